@@ -1,0 +1,95 @@
+"""The worker process: `python -m kotara_worker --endpoint ENDPOINT`.
+
+It reads the session key from the first line of stdin (never the command line),
+connects a DEALER socket to the controller's ROUTER, says hello, and serves
+load / evaluate / cancel / shutdown until told to stop. It exits by itself when
+the controller goes away (stdin closes, or the parent process changes).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def watch_parent(parent_pid: int) -> None:
+    """Exit when the controller is gone: stdin EOF, or we were re-parented."""
+
+    def stdin_eof() -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except Exception:  # noqa: BLE001
+            pass
+        log("kotara-worker: controller closed stdin; exiting")
+        os._exit(0)
+
+    def parent_pid_changed() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                log("kotara-worker: controller process is gone; exiting")
+                os._exit(0)
+
+    threading.Thread(target=stdin_eof, daemon=True).start()
+    threading.Thread(target=parent_pid_changed, daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kotara_worker")
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--heartbeat", type=float, default=float(os.environ.get("KOTARA_HEARTBEAT_S", "1.0")))
+    args = parser.parse_args(argv)
+
+    # Ctrl-C in a terminal reaches the whole process group; the controller decides
+    # what an interrupt means (cancel, checkpoint, shutdown), so the worker ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent_pid = os.getppid()
+    key_hex = sys.stdin.readline().strip()
+    try:
+        key = bytes.fromhex(key_hex)
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        log("kotara-worker: no session key on stdin (the worker is started by the kotara controller)")
+        return 2
+    watch_parent(parent_pid)
+
+    import zmq
+
+    from . import protocol
+
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(args.endpoint)
+    channel = protocol.Channel(socket, key, log=log)
+
+    def heartbeat() -> None:
+        while True:
+            time.sleep(args.heartbeat)
+            channel.send({"type": "heartbeat"})
+
+    threading.Thread(target=heartbeat, daemon=True).start()
+
+    from .server import Server  # imports torch + transformers (seconds)
+
+    server = Server(channel, log)
+    try:
+        server.run()
+    finally:
+        socket.close(0)
+        context.term()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

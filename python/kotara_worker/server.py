@@ -1,0 +1,191 @@
+"""Message handling: what the worker does with load / evaluate / cancel / shutdown.
+
+One request at a time, in the main thread. While an evaluation runs, the loop in
+evaluate.py asks `should_stop()` between batches, which reads any message that
+arrived (a cancel, or a shutdown).
+"""
+from __future__ import annotations
+
+import platform
+import time
+import traceback
+
+import torch
+import transformers
+
+from . import __version__, evaluate as ev, protocol
+from .models import LoadError, load_models
+from .windows import plan_windows
+
+
+class RequestError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Server:
+    def __init__(self, channel: protocol.Channel, log):
+        self.channel = channel
+        self.log = log
+        self.tokenizer = None
+        self.models = []
+        self.stopping = False
+        self.channel.send({
+            "type": "hello",
+            "protocol_version": protocol.PROTOCOL_VERSION,
+            "worker_version": __version__,
+            "pid": __import__("os").getpid(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        })
+
+    # -- the loop ---------------------------------------------------------------
+    def run(self) -> None:
+        while not self.stopping:
+            message = self.channel.recv(200)
+            if message is not None:
+                self.dispatch(message)
+
+    def dispatch(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "shutdown":
+            self.channel.send({"type": "bye"})
+            self.stopping = True
+            return
+        if kind == "cancel":
+            return  # nothing is running
+        request_id = message.get("request_id")
+        try:
+            if kind == "load":
+                self.load(message)
+            elif kind == "evaluate":
+                self.evaluate(message)
+        except (RequestError, LoadError) as e:
+            self.error(request_id, e.code, e.message)
+        except ev.NumericalError as e:
+            self.error(request_id, "numerical", str(e))
+        except ev.Cancelled:
+            self.error(request_id, "cancelled", "cancelled by the controller")
+        except Exception as e:  # noqa: BLE001 - report, keep serving
+            self.error(request_id, "internal", f"{type(e).__name__}: {e}", traceback.format_exc())
+
+    def error(self, request_id, code: str, message: str, detail: str | None = None) -> None:
+        self.channel.send({"type": "error", "request_id": request_id, "code": code,
+                           "message": message, "detail": detail})
+
+    def status(self, message: str) -> None:
+        self.channel.send({"type": "status", "message": message})
+
+    # -- requests ---------------------------------------------------------------
+    def load(self, message: dict) -> None:
+        start = time.perf_counter()
+        self.models = []
+        self.tokenizer, self.models = load_models(
+            message["models"], message["tokenizer"], message["max_length"],
+            message["bos_per_window"], self.status)
+        tok = self.tokenizer
+        self.channel.send({
+            "type": "loaded",
+            "models": [m.describe() for m in self.models],
+            "tokenizer": {"ref": getattr(tok, "name_or_path", "") or "", "vocab_size": len(tok),
+                          "bos_token_id": tok.bos_token_id},
+            "seconds": time.perf_counter() - start,
+        })
+
+    def evaluate(self, message: dict) -> None:
+        if not self.models:
+            raise RequestError("bad_request", "no models are loaded (send load first)")
+        request_id = message["request_id"]
+        data = message["dataset"]
+        max_length, stride, bos = data["max_length"], data["stride"], data["bos_per_window"]
+        for m in self.models:
+            need = max_length + (1 if bos else 0)
+            if m.max_positions is not None and need > m.max_positions:
+                raise RequestError("context", f"max_length {max_length}{' + BOS' if bos else ''} is over the "
+                                              f"context of {m.ref} ({m.max_positions} positions)")
+        bos_id = None
+        if bos:
+            bos_id = self.tokenizer.bos_token_id
+            if bos_id is None:
+                raise RequestError("bad_request", "dataset.bos_per_window is true but the tokenizer has no BOS token")
+        n_models = len(self.models)
+        for s in message["settings"]:
+            for name in ("temperatures", "betas"):
+                if s[name] is not None and len(s[name]) != n_models:
+                    raise RequestError("bad_request", f"setting {s['id']}: {name} has {len(s[name])} values "
+                                                      f"for {n_models} models")
+        token_ids = self.tokenize(data["path"])
+        try:
+            windows = plan_windows(len(token_ids), max_length, stride, bos=bos)
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
+        resume = ev.Sums(**message["resume"]) if message["resume"] else None
+        tokens_total = len(token_ids)
+        started = time.perf_counter()
+        cancelled = False
+
+        def on_progress(sums: ev.Sums) -> None:
+            self.channel.send({"type": "progress", "request_id": request_id, "windows_total": len(windows),
+                               "tokens_total": tokens_total, "seconds": time.perf_counter() - started,
+                               "sums": sums.to_dict()})
+
+        def should_stop() -> bool:
+            nonlocal cancelled
+            while (incoming := self.channel.recv(0)) is not None:
+                if incoming["type"] == "cancel" and incoming["request_id"] == request_id:
+                    cancelled = True
+                elif incoming["type"] == "shutdown":
+                    cancelled = True
+                    self.stopping = True
+            return cancelled
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            sums = ev.evaluate(self.models, token_ids, windows, message["settings"], message["batch_size"], bos_id,
+                               len(self.tokenizer), resume, on_progress, message["progress_every"], should_stop)
+        except ev.Cancelled as c:
+            on_progress(c.sums)  # what was finished reaches the controller before the error
+            raise
+        first = self.models[0]
+        self.channel.send({
+            "type": "result", "request_id": request_id, "tokens": tokens_total, "windows": len(windows),
+            "sums": sums.to_dict(), "seconds": time.perf_counter() - started,
+            "peak_memory_bytes": peak_memory_bytes(), "device": str(first.device),
+            "dtype": str(first.dtype).replace("torch.", ""),
+        })
+        if self.stopping:
+            self.channel.send({"type": "bye"})
+
+    def tokenize(self, path: str) -> torch.Tensor:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise RequestError("not_found", f"dataset not found: {path}") from None
+        except UnicodeDecodeError as e:
+            raise RequestError("bad_request", f"dataset {path} is not UTF-8 (first bad byte at offset {e.start})") from None
+        self.status(f"tokenizing {path}")
+        # One stream, the tokenizer's defaults (SPEC §2). The length warning is moot:
+        # windows cut the stream to max_length.
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            ids = self.tokenizer(text)["input_ids"]
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        return torch.tensor(ids, dtype=torch.long)  # [n]
+
+
+def peak_memory_bytes() -> int:
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    try:
+        import resource
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
+    except Exception:  # noqa: BLE001
+        return 0

@@ -1,0 +1,109 @@
+// Checkpoints of a long run: the running sums every N windows (and on Ctrl-C), so that
+// `kotara run CONFIG --resume` continues exactly where it stopped. A checkpoint is only
+// used when the config, the models and the text are the ones it was made from, which
+// is checked by hashes.
+import { createHash } from "node:crypto";
+import { createReadStream, existsSync, readdirSync, statSync } from "node:fs";
+import { open, readFile, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { UserError } from "./errors.js";
+import { Sums, type ModelSpec, type Setting } from "./protocol.js";
+import { writeJsonAtomic } from "./report.js";
+
+export interface Fingerprint {
+  /** What decides the numbers: models, tokenizer, windows, settings, batch size. */
+  config: string;
+  /** sha256 of the text file. */
+  text: string;
+  /** Per model: its files (name, size, head and tail hashes) for local dirs; ref@revision for Hub ids. */
+  models: string[];
+}
+
+export interface Checkpoint {
+  kotara_checkpoint: 1;
+  fingerprint: Fingerprint;
+  windows_total: number;
+  sums: Sums;
+  written_at: string;
+}
+
+export interface EvaluationKey {
+  models: ModelSpec[];
+  tokenizer: string | null;
+  dataset: { path: string; max_length: number; stride: number; bos_per_window: boolean };
+  settings: Setting[];
+  batch_size: number;
+}
+
+const sha256 = (data: string | Buffer) => createHash("sha256").update(data).digest("hex");
+
+async function hashFile(path: string): Promise<string> {
+  const h = createHash("sha256");
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
+  return h.digest("hex");
+}
+
+/** Size plus the first and last MiB: cheap for 15 GB of weights, and any re-save changes it. */
+async function sampleFile(path: string): Promise<string> {
+  const { size } = statSync(path);
+  const f = await open(path, "r");
+  try {
+    const n = Math.min(size, 1 << 20);
+    const head = Buffer.alloc(n);
+    const tail = Buffer.alloc(n);
+    await f.read(head, 0, n, 0);
+    await f.read(tail, 0, n, Math.max(0, size - n));
+    return `${size}:${sha256(Buffer.concat([head, tail]))}`;
+  } finally {
+    await f.close();
+  }
+}
+
+async function modelFingerprint(m: ModelSpec): Promise<string> {
+  if (!existsSync(m.ref) || !statSync(m.ref).isDirectory()) return `${m.ref}@${m.revision ?? "default"}`;
+  const parts: string[] = [];
+  for (const name of readdirSync(m.ref).sort()) {
+    const p = join(m.ref, name);
+    if (statSync(p).isFile()) parts.push(`${name}=${await sampleFile(p)}`);
+  }
+  return sha256(parts.join("\n"));
+}
+
+export async function fingerprint(key: EvaluationKey): Promise<Fingerprint> {
+  const config = sha256(JSON.stringify({
+    models: key.models.map((m) => ({ ...m })), tokenizer: key.tokenizer, dataset: { ...key.dataset, path: undefined },
+    settings: key.settings, batch_size: key.batch_size,
+  }));
+  return { config, text: await hashFile(key.dataset.path), models: await Promise.all(key.models.map(modelFingerprint)) };
+}
+
+export async function saveCheckpoint(path: string, fp: Fingerprint, windowsTotal: number, sums: Sums): Promise<void> {
+  const c: Checkpoint = { kotara_checkpoint: 1, fingerprint: fp, windows_total: windowsTotal, sums, written_at: new Date().toISOString() };
+  await writeJsonAtomic(path, c);
+}
+
+/** The checkpoint's sums, or a UserError (exit 2) saying why it cannot be used. */
+export async function loadCheckpoint(path: string, fp: Fingerprint): Promise<Checkpoint> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await readFile(path, "utf8"));
+  } catch (e) {
+    const why = (e as NodeJS.ErrnoException).code === "ENOENT" ? "there is none" : `it is unreadable (${(e as Error).message})`;
+    throw new UserError(`cannot resume: no usable checkpoint at ${path}: ${why}`, 2);
+  }
+  const c = raw as Checkpoint;
+  const sums = Sums.safeParse(c?.sums);
+  if (c?.kotara_checkpoint !== 1 || !sums.success || !c.fingerprint) throw new UserError(`cannot resume: ${path} is not a kotara checkpoint`, 2);
+  const reasons: string[] = [];
+  if (c.fingerprint.config !== fp.config) reasons.push("the config changed (models, tokenizer, windows, strategies or batch size)");
+  if (c.fingerprint.text !== fp.text) reasons.push("the text file changed");
+  fp.models.forEach((m, i) => {
+    if (c.fingerprint.models?.[i] !== m) reasons.push(`model ${i + 1} changed`);
+  });
+  if (reasons.length) throw new UserError(`cannot resume from ${path}: ${reasons.join("; ")}. Run without --resume to start over.`, 2);
+  return { ...c, sums: sums.data };
+}
+
+export async function removeCheckpoint(path: string): Promise<void> {
+  await rm(path, { force: true });
+}

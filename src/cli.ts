@@ -1,0 +1,92 @@
+#!/usr/bin/env node
+// commander wiring only: every command is a plain async function in src/commands/.
+// One top-level handler: user errors print without a stack trace and exit with their
+// code (2 usage/config, 1 failed run, 130 interrupted); anything else is a bug and
+// prints its stack.
+import { Command, CommanderError, InvalidArgumentError } from "commander";
+import { evalCommand } from "./commands/eval.js";
+import { runCommand } from "./commands/run.js";
+import { UserError } from "./errors.js";
+import { VERSION } from "./session.js";
+
+function number(name: string) {
+  return (value: string) => {
+    const x = Number(value);
+    if (value.trim() === "" || !Number.isFinite(x)) throw new InvalidArgumentError(`${name} must be a number, got "${value}"`);
+    return x;
+  };
+}
+
+function integer(name: string) {
+  return (value: string) => {
+    const x = Number(value);
+    if (!Number.isInteger(x)) throw new InvalidArgumentError(`${name} must be an integer, got "${value}"`);
+    return x;
+  };
+}
+
+export function buildProgram(): Command {
+  const program = new Command()
+    .name("kotara")
+    .description("Fuse causal language models at the level of their next-token distributions, and measure it.")
+    .version(VERSION)
+    .exitOverride()
+    .showHelpAfterError("(run with --help for usage)");
+
+  program
+    .command("run")
+    .description("evaluate the models and fusions of a YAML config (with its sweep)")
+    .argument("<config>", "YAML config file")
+    .option("--metrics <file>", "write the metrics JSON here (overrides output.metrics)")
+    .option("--quiet", "no progress on stderr")
+    .option("--resume", "continue from the checkpoint of an interrupted run of the same config")
+    .option("--verbose", "forward the worker's stderr")
+    .action((config: string, opts) => runCommand(config, opts));
+
+  program
+    .command("eval")
+    .description("the original research script's flags: two models, one strategy")
+    .requiredOption("--model_a <ref>", "first model (Hub id or local directory)")
+    .requiredOption("--model_b <ref>", "second model")
+    .option("--tokenizer <ref>", "tokenizer (default: model_a's)")
+    .requiredOption("--dataset_path <file>", "UTF-8 text file")
+    .option("--max_length <n>", "tokens per window", integer("--max_length"), 1024)
+    .option("--stride <n>", "tokens between window starts", integer("--stride"), 1024)
+    .option("--strategy <name>", "entropy | average | poe | gap", "entropy")
+    .option("--temp_a <t>", "temperature of model_a", number("--temp_a"), 1)
+    .option("--temp_b <t>", "temperature of model_b", number("--temp_b"), 1)
+    .option("--poe_beta_a <b>", "PoE weight of model_a", number("--poe_beta_a"), 0.5)
+    .option("--poe_beta_b <b>", "PoE weight of model_b", number("--poe_beta_b"), 0.5)
+    .option("--device <device>", "auto | cpu | cuda | cuda:N", "auto")
+    .option("--dtype <dtype>", "auto | float32 | float16 | bfloat16", "auto")
+    .option("--trust_remote_code", "allow models that need their own code", false)
+    .option("--batch_size <n>", "windows per forward", integer("--batch_size"), 8)
+    .option("--save_metrics <file>", "write the metrics JSON here")
+    .option("--quiet", "no progress on stderr")
+    .option("--verbose", "forward the worker's stderr")
+    .action((opts) => evalCommand(opts));
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    await buildProgram().parseAsync(argv, { from: "user" });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // commander already printed the message; help and version exit 0.
+      return e.exitCode === 0 ? 0 : 2;
+    }
+    if (e instanceof UserError) {
+      process.stderr.write(`kotara: ${e.message}\n`);
+      return e.exitCode;
+    }
+    process.stderr.write(`kotara: unexpected error (a bug; please report it with this trace)\n${(e as Error)?.stack ?? String(e)}\n`);
+    return 1;
+  }
+}
+
+main(process.argv.slice(2)).then((code) => {
+  process.exitCode = code;
+});

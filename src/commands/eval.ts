@@ -1,0 +1,32 @@
+// `kotara eval`: the original research script's flags, mapped onto a config.
+import { resolve } from "node:path";
+import { parseConfig } from "../config.js";
+import { execute } from "./run.js";
+
+export interface EvalFlags {
+  model_a: string; model_b: string; tokenizer?: string; dataset_path: string;
+  max_length: number; stride: number; strategy: string;
+  temp_a: number; temp_b: number; poe_beta_a: number; poe_beta_b: number;
+  device: string; dtype: string; trust_remote_code: boolean; batch_size: number;
+  save_metrics?: string; quiet?: boolean; verbose?: boolean;
+}
+
+/** The config the flags stand for (validated like any YAML config). */
+export function flagsToConfig(f: EvalFlags): Record<string, unknown> {
+  const model = (ref: string) => ({ ref, device: f.device, dtype: f.dtype, trust_remote_code: f.trust_remote_code });
+  const strategy: Record<string, unknown> = { type: f.strategy, temperatures: [f.temp_a, f.temp_b] };
+  if (f.strategy === "poe") strategy.betas = [f.poe_beta_a, f.poe_beta_b];
+  return {
+    models: [model(f.model_a), model(f.model_b)],
+    ...(f.tokenizer ? { tokenizer: f.tokenizer } : {}),
+    dataset: { path: f.dataset_path, max_length: f.max_length, stride: f.stride },
+    strategies: [strategy],
+    runtime: { batch_size: f.batch_size },
+    ...(f.save_metrics ? { output: { metrics: f.save_metrics } } : {}),
+  };
+}
+
+export async function evalCommand(f: EvalFlags): Promise<void> {
+  const plan = await parseConfig(flagsToConfig(f), process.cwd());
+  await execute(plan, { quiet: f.quiet, verbose: f.verbose, metricsPath: f.save_metrics ? resolve(f.save_metrics) : null });
+}

@@ -1,0 +1,56 @@
+// Progress on stderr while the worker runs: windows done/total, tokens/s, ETA.
+// A live bar on a terminal; a line every ~10% otherwise; nothing with --quiet.
+import cliProgress from "cli-progress";
+import type { ProgressMsg } from "./protocol.js";
+
+export class Progress {
+  private bar: cliProgress.SingleBar | null = null;
+  private lastTenth = -1;
+  private started = 0;
+
+  constructor(private enabled: boolean, private tty = Boolean(process.stderr.isTTY)) {}
+
+  status(message: string) {
+    if (!this.enabled) return;
+    if (this.bar) return; // the bar owns the line while it runs
+    process.stderr.write(`${message}\n`);
+  }
+
+  update(p: ProgressMsg, resumedFrom = 0) {
+    if (!this.enabled) return;
+    const done = p.sums.windows_done;
+    const tokensPerSecond = p.seconds > 0 ? Math.round((p.sums.scored_tokens - 0) / p.seconds) : 0;
+    const rate = p.seconds > 0 ? (done - resumedFrom) / p.seconds : 0;
+    const eta = rate > 0 ? (p.windows_total - done) / rate : Infinity;
+    if (this.tty) {
+      if (!this.bar) {
+        this.started = Date.now();
+        this.bar = new cliProgress.SingleBar({
+          format: "{bar} {value}/{total} windows | {tps} tok/s | ETA {eta_text}",
+          stream: process.stderr, hideCursor: true, clearOnComplete: true, etaBuffer: 20,
+        }, cliProgress.Presets.shades_classic);
+        this.bar.start(p.windows_total, done, { tps: tokensPerSecond, eta_text: formatSeconds(eta) });
+      }
+      this.bar.update(done, { tps: tokensPerSecond, eta_text: formatSeconds(eta) });
+    } else {
+      const tenth = Math.floor((10 * done) / Math.max(1, p.windows_total));
+      if (tenth !== this.lastTenth) {
+        this.lastTenth = tenth;
+        process.stderr.write(`windows ${done}/${p.windows_total} | ${tokensPerSecond} tok/s | ETA ${formatSeconds(eta)}\n`);
+      }
+    }
+  }
+
+  stop() {
+    this.bar?.stop();
+    this.bar = null;
+  }
+}
+
+export function formatSeconds(s: number): string {
+  if (!Number.isFinite(s)) return "?";
+  s = Math.round(s);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+}

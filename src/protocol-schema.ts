@@ -1,0 +1,73 @@
+// The JSON Schema view of src/protocol.ts and the golden messages both suites decode.
+import { z } from "zod";
+import { FromWorker, PROTOCOL_VERSION, ToWorker, type FromWorker as From, type ToWorker as To } from "./protocol.js";
+
+export function protocolJsonSchema(): Record<string, unknown> {
+  const schema = (s: z.ZodType) => z.toJSONSchema(s, { target: "draft-2020-12" }) as Record<string, unknown>;
+  return {
+    $comment: "GENERATED from src/protocol.ts by `npm run protocol:gen`; do not edit.",
+    protocol_version: PROTOCOL_VERSION,
+    to_worker: schema(ToWorker),
+    from_worker: schema(FromWorker),
+  };
+}
+
+const sums = {
+  windows_done: 3,
+  scored_tokens: 1021,
+  model_nll: [4211.5, 3977.25],
+  fusion_nll: [3890.125, 3901.0],
+  fusion_weights: [[510.5, 510.5], [498.25, 522.75]],
+};
+
+/** One example of every message type; the worker's tests decode and validate them. */
+export const GOLDEN_MESSAGES: Record<string, To | From> = {
+  load: {
+    seq: 1, type: "load", tokenizer: null, max_length: 1024, bos_per_window: false,
+    models: [
+      { ref: "gpt2", revision: "main", trust_remote_code: false, dtype: "auto", device: "auto" },
+      { ref: "/models/distilgpt2", revision: null, trust_remote_code: false, dtype: "bfloat16", device: "cuda:1" },
+    ],
+  },
+  evaluate: {
+    seq: 2, type: "evaluate", request_id: "r1", batch_size: 8, progress_every: 4, resume: null,
+    dataset: { path: "/data/wiki.txt", max_length: 1024, stride: 512, bos_per_window: false },
+    settings: [
+      { id: "entropy", type: "entropy", temperatures: [1, 1], betas: null },
+      { id: "poe@t=0.85,1.1;b=0.8,0.2", type: "poe", temperatures: [0.85, 1.1], betas: [0.8, 0.2] },
+    ],
+  },
+  evaluate_resume: {
+    seq: 3, type: "evaluate", request_id: "r2", batch_size: 2, progress_every: 1, resume: sums,
+    dataset: { path: "/data/wiki.txt", max_length: 256, stride: 256, bos_per_window: true },
+    settings: [{ id: "gap", type: "gap", temperatures: [1, 1, 1], betas: null }],
+  },
+  cancel: { seq: 4, type: "cancel", request_id: "r1" },
+  shutdown: { seq: 5, type: "shutdown" },
+  hello: {
+    seq: 0, type: "hello", protocol_version: PROTOCOL_VERSION, worker_version: "0.1.0", pid: 4242,
+    python: "3.11.7", torch: "2.13.0+cpu", transformers: "5.24.0", cuda_devices: 0,
+  },
+  loaded: {
+    seq: 1, type: "loaded", seconds: 2.5,
+    tokenizer: { ref: "gpt2", vocab_size: 50257, bos_token_id: 50256 },
+    models: [
+      { ref: "gpt2", device: "cpu", dtype: "float32", parameters: 124439808, vocab_size: 50257, max_positions: 1024, head_path: "scored" },
+      { ref: "distilgpt2", device: "cpu", dtype: "float32", parameters: 81912576, vocab_size: 50304, max_positions: 1024, head_path: "scored" },
+    ],
+  },
+  status: { seq: 2, type: "status", message: "loading gpt2" },
+  heartbeat: { seq: 3, type: "heartbeat" },
+  progress: {
+    seq: 4, type: "progress", request_id: "r1", windows_total: 10, tokens_total: 5000, seconds: 1.25, sums,
+  },
+  result: {
+    seq: 5, type: "result", request_id: "r1", tokens: 5000, windows: 10, sums, seconds: 4.5,
+    peak_memory_bytes: 123456789, device: "cpu", dtype: "float32",
+  },
+  error: {
+    seq: 6, type: "error", request_id: null, code: "not_found",
+    message: "model 'gpt3' not found: not a local directory, and not in the Hugging Face cache (offline)", detail: null,
+  },
+  bye: { seq: 7, type: "bye" },
+};

@@ -1,0 +1,150 @@
+// The wire protocol between the controller and the Python worker: the ONE definition.
+//
+// Every message is a msgpack map with `type` and `seq`, sent as two ZeroMQ frames:
+//   [ body = msgpack(message), mac = HMAC-SHA256(session key, body) ]
+// `seq` rises by one per message in each direction; a receiver drops a message whose
+// mac does not verify or whose seq is not above the last one it accepted (replay).
+//
+// protocol/schema.json is generated from the schemas below (`npm run protocol:gen`)
+// and the worker validates what it receives against it; protocol/golden/*.msgpack are
+// encoded messages that both test suites decode.
+import { z } from "zod";
+
+export const PROTOCOL_VERSION = 1;
+
+// zod 4 numbers are finite (NaN and ±Infinity fail); these also map onto JSON Schema.
+const finite = z.number();
+const positive = z.number().positive();
+
+export const StrategyType = z.enum(["average", "poe", "entropy", "gap"]);
+export type StrategyType = z.infer<typeof StrategyType>;
+
+/** One fully resolved fusion setting: every parameter explicit, one per model. */
+export const Setting = z.strictObject({
+  id: z.string().min(1),
+  type: StrategyType,
+  temperatures: z.array(positive).min(2),
+  betas: z.array(finite).min(2).nullable(),
+});
+export type Setting = z.infer<typeof Setting>;
+
+export const ModelSpec = z.strictObject({
+  ref: z.string().min(1),
+  revision: z.string().nullable(),
+  trust_remote_code: z.boolean(),
+  dtype: z.enum(["auto", "float32", "float16", "bfloat16"]),
+  device: z.string().regex(/^(auto|cpu|cuda|cuda:\d+|mps)$/),
+});
+export type ModelSpec = z.infer<typeof ModelSpec>;
+
+/** Running sums of one evaluation: all a result (or a checkpoint) needs. */
+export const Sums = z.strictObject({
+  windows_done: z.number().int().nonnegative(),
+  scored_tokens: z.number().int().nonnegative(),
+  model_nll: z.array(finite), // per model: Σ NLL (nats) over scored tokens
+  fusion_nll: z.array(finite), // per setting, in request order
+  fusion_weights: z.array(z.array(finite)), // per setting: Σ α_m over scored tokens
+});
+export type Sums = z.infer<typeof Sums>;
+
+const base = { seq: z.number().int().nonnegative() };
+
+// ---- controller → worker ------------------------------------------------------
+export const LoadMsg = z.strictObject({
+  ...base,
+  type: z.literal("load"),
+  models: z.array(ModelSpec).min(2),
+  tokenizer: z.string().nullable(),
+  max_length: z.number().int().positive().nullable(), // checked against each model's context
+  bos_per_window: z.boolean(),
+});
+export const EvaluateMsg = z.strictObject({
+  ...base,
+  type: z.literal("evaluate"),
+  request_id: z.string().min(1),
+  dataset: z.strictObject({
+    path: z.string().min(1),
+    max_length: z.number().int().positive(),
+    stride: z.number().int().positive(),
+    bos_per_window: z.boolean(),
+  }),
+  settings: z.array(Setting),
+  batch_size: z.number().int().positive(),
+  progress_every: z.number().int().positive(), // windows between progress messages (which carry sums)
+  resume: Sums.nullable(), // continue from these sums (a checkpoint)
+});
+export const CancelMsg = z.strictObject({ ...base, type: z.literal("cancel"), request_id: z.string() });
+export const ShutdownMsg = z.strictObject({ ...base, type: z.literal("shutdown") });
+
+// ---- worker → controller ------------------------------------------------------
+export const HelloMsg = z.strictObject({
+  ...base,
+  type: z.literal("hello"),
+  protocol_version: z.number().int(),
+  worker_version: z.string(),
+  pid: z.number().int(),
+  python: z.string(),
+  torch: z.string(),
+  transformers: z.string(),
+  cuda_devices: z.number().int().nonnegative(),
+});
+export const LoadedModel = z.strictObject({
+  ref: z.string(),
+  device: z.string(),
+  dtype: z.string(),
+  parameters: z.number().int().nonnegative(),
+  vocab_size: z.number().int().positive(), // rows of the output layer
+  max_positions: z.number().int().positive().nullable(),
+  head_path: z.enum(["scored", "full"]), // "scored": only scored positions go through the output layer
+});
+export const LoadedMsg = z.strictObject({
+  ...base,
+  type: z.literal("loaded"),
+  models: z.array(LoadedModel),
+  tokenizer: z.strictObject({ ref: z.string(), vocab_size: z.number().int().positive(), bos_token_id: z.number().int().nullable() }),
+  seconds: finite,
+});
+export const StatusMsg = z.strictObject({ ...base, type: z.literal("status"), message: z.string() });
+export const HeartbeatMsg = z.strictObject({ ...base, type: z.literal("heartbeat") });
+export const ProgressMsg = z.strictObject({
+  ...base,
+  type: z.literal("progress"),
+  request_id: z.string(),
+  windows_total: z.number().int().nonnegative(),
+  tokens_total: z.number().int().nonnegative(), // tokens of the whole stream
+  seconds: finite, // compute seconds so far in this request
+  sums: Sums,
+});
+export const ResultMsg = z.strictObject({
+  ...base,
+  type: z.literal("result"),
+  request_id: z.string(),
+  tokens: z.number().int().nonnegative(),
+  windows: z.number().int().nonnegative(),
+  sums: Sums,
+  seconds: finite, // compute loop only
+  peak_memory_bytes: z.number().int().nonnegative(),
+  device: z.string(),
+  dtype: z.string(),
+});
+export const ErrorMsg = z.strictObject({
+  ...base,
+  type: z.literal("error"),
+  request_id: z.string().nullable(),
+  code: z.enum(["bad_request", "not_found", "tokenizer_mismatch", "remote_code", "context", "numerical", "cancelled", "internal"]),
+  message: z.string(),
+  detail: z.string().nullable(), // e.g. a traceback, for --verbose and bug reports
+});
+export const ByeMsg = z.strictObject({ ...base, type: z.literal("bye") });
+
+export const ToWorker = z.discriminatedUnion("type", [LoadMsg, EvaluateMsg, CancelMsg, ShutdownMsg]);
+export const FromWorker = z.discriminatedUnion("type", [
+  HelloMsg, LoadedMsg, StatusMsg, HeartbeatMsg, ProgressMsg, ResultMsg, ErrorMsg, ByeMsg,
+]);
+export type ToWorker = z.infer<typeof ToWorker>;
+export type FromWorker = z.infer<typeof FromWorker>;
+export type ResultMsg = z.infer<typeof ResultMsg>;
+export type LoadedMsg = z.infer<typeof LoadedMsg>;
+export type HelloMsg = z.infer<typeof HelloMsg>;
+export type ProgressMsg = z.infer<typeof ProgressMsg>;
+export type ErrorMsg = z.infer<typeof ErrorMsg>;
