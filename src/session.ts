@@ -85,15 +85,12 @@ function isSetting(x: unknown): x is Setting {
   return typeof x === "object" && x !== null && "id" in x && "temperatures" in x && "betas" in x && Array.isArray((x as Setting).temperatures);
 }
 
-/** Strategy entries → resolved, de-duplicated settings (Settings pass through). */
+/** Strategy entries → resolved, de-duplicated settings; errors name `strategies[i]` of the list given. */
 export function toSettings(entries: (StrategyEntry | Setting)[], nModels: number): Setting[] {
-  const out: Setting[] = [];
-  const plain: StrategyEntry[] = [];
-  for (const e of entries) if (!isSetting(e)) plain.push(e as StrategyEntry);
-  const resolved = resolveStrategies(plain, nModels);
-  let i = 0;
-  for (const e of entries) out.push(isSetting(e) ? e : resolved[i++]);
-  return dedupeSettings(out);
+  const asEntries = entries.map((e) =>
+    isSetting(e) ? { id: e.id, type: e.type, temperatures: e.temperatures, ...(e.betas ? { betas: e.betas } : {}) } : e,
+  );
+  return dedupeSettings(resolveStrategies(asEntries, nModels));
 }
 
 export class Session {

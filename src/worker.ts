@@ -24,7 +24,9 @@ export const PYTHON_DIR = join(PACKAGE_ROOT, "python");
 /** An error the worker reported for a request (a missing model, a bad dataset, …). */
 export class WorkerRequestError extends UserError {
   constructor(readonly code: ErrorMsg["code"], message: string, readonly detail: string | null) {
-    super(message, code === "internal" ? 1 : code === "cancelled" ? 130 : 1);
+    // A model, tokenizer or dataset the worker cannot use is a configuration problem (2);
+    // a crash or a numerical fault is a failed run (1).
+    super(message, code === "cancelled" ? 130 : code === "internal" || code === "numerical" ? 1 : 2);
     this.name = "WorkerRequestError";
   }
 }
@@ -263,11 +265,14 @@ export class Worker {
     }
   }
 
-  /** Send one message (validated, numbered, signed). */
+  /** One message as frames: validated, numbered, signed. */
+  frame(message: Outgoing): Uint8Array[] {
+    const body = encode(ToWorker.parse({ ...message, seq: this.sendSeq++ }));
+    return [body, this.sign(body)];
+  }
+
   async send(message: Outgoing): Promise<void> {
-    const full = ToWorker.parse({ ...message, seq: this.sendSeq++ });
-    const body = encode(full);
-    await this.sendFrames([body, this.sign(body)]);
+    await this.sendFrames(this.frame(message));
   }
 
   /** Raw frames to the worker (tests use it to forge and replay messages). */

@@ -24,6 +24,7 @@ export async function runCommand(configPath: string, opts: RunOptions): Promise<
 /** Shared by `run` and `eval`: start the worker, evaluate with progress and checkpoints, report. */
 export async function execute(plan: RunPlan, opts: RunOptions & { metricsPath: string | null }): Promise<void> {
   const progress = new Progress(!opts.quiet);
+  for (const note of plan.notes) progress.status(`note: ${note}`);
   const checkpointPath = opts.metricsPath ? `${opts.metricsPath}.checkpoint.json` : null;
   const key = {
     models: plan.models, tokenizer: plan.tokenizer, dataset: plan.dataset, settings: plan.settings, batch_size: plan.runtime.batch_size,
@@ -87,7 +88,7 @@ export async function execute(plan: RunPlan, opts: RunOptions & { metricsPath: s
     await saving;
     const written = opts.metricsPath ? await writeRunOutputs(opts.metricsPath, evaluation.metrics) : [];
     if (checkpointPath) await removeCheckpoint(checkpointPath);
-    process.stdout.write(formatReport(evaluation.metrics) + "\n");
+    process.stdout.write(formatReport(evaluation.metrics, { metricsPath: opts.metricsPath ?? undefined }) + "\n");
     if (!opts.quiet) for (const f of written) process.stderr.write(`wrote ${f}\n`);
   } catch (e) {
     progress.stop();

@@ -1,0 +1,245 @@
+// Heatmaps of a two-model temperature sweep: for each strategy, PPL over the grid
+// T(model A) × T(model B). As aligned text for the console report, and as a
+// self-contained SVG (one panel per strategy, shared colour scale) next to the
+// metrics file. No dependencies.
+import type { Sweep } from "./sweep.js";
+import { STRATEGIES, formatNumber } from "./strategies.js";
+import type { StrategyType } from "./protocol.js";
+
+/** The parts of a fusion result a heatmap reads (report.ts's FusionMetrics fits). */
+export interface HeatmapFusion {
+  id: string;
+  strategy: { type: string; temperatures: number[]; betas?: number[] | null };
+  ppl: number;
+}
+
+export interface HeatmapInput {
+  sweep: Sweep;
+  fusions: readonly HeatmapFusion[];
+  /** Labels of the two models (rows: the first, columns: the second). */
+  models?: readonly [string, string] | readonly string[];
+}
+
+export interface HeatmapCell {
+  ppl: number;
+  id: string;
+}
+
+export interface HeatmapPanel {
+  type: StrategyType;
+  /** e.g. "poe (best over betas)". */
+  title: string;
+  /** Temperatures of model A: one row each. */
+  rows: number[];
+  /** Temperatures of model B: one column each. */
+  cols: number[];
+  /** cells[r][c]; null where no result matched (e.g. a setting that failed). */
+  cells: (HeatmapCell | null)[][];
+  /** [row, col] of the lowest PPL in the panel. */
+  best: [number, number] | null;
+}
+
+/** True when the sweep is a two-model temperature grid (the only kind drawn). */
+export function isTwoModelGrid(sweep: Sweep | null | undefined): sweep is Sweep {
+  return !!sweep && sweep.temperatures.length === 2;
+}
+
+function betasMatch(type: string, betas: readonly number[] | null | undefined, sweep: Sweep): boolean {
+  if (type !== "poe") return true;
+  if (!betas) return false;
+  if (!sweep.betas) {
+    const d = STRATEGIES.poe.defaultBetas(2);
+    return betas.length === 2 && betas[0] === d[0] && betas[1] === d[1];
+  }
+  return betas.length === sweep.betas.length && betas.every((b, i) => sweep.betas![i].includes(b));
+}
+
+/**
+ * One panel per strategy of the sweep. A cell is the fusion of that type at
+ * (T_a, T_b), found by its parameters, not its id (an explicit strategy with the same
+ * parameters stands in for the sweep's); for poe swept over betas, the best over them.
+ */
+export function heatmapPanels(input: HeatmapInput): HeatmapPanel[] {
+  const { sweep } = input;
+  if (!isTwoModelGrid(sweep)) return [];
+  const [rows, cols] = sweep.temperatures;
+  const types = [...new Set(sweep.strategies)];
+  return types.map((type) => {
+    const cells: (HeatmapCell | null)[][] = rows.map(() => cols.map(() => null));
+    for (const f of input.fusions) {
+      if (f.strategy.type !== type || f.strategy.temperatures.length !== 2 || !Number.isFinite(f.ppl)) continue;
+      if (!betasMatch(type, f.strategy.betas, sweep)) continue;
+      const r = rows.indexOf(f.strategy.temperatures[0]);
+      const c = cols.indexOf(f.strategy.temperatures[1]);
+      if (r < 0 || c < 0) continue;
+      const cur = cells[r][c];
+      if (!cur || f.ppl < cur.ppl) cells[r][c] = { ppl: f.ppl, id: f.id };
+    }
+    let best: [number, number] | null = null;
+    cells.forEach((row, r) =>
+      row.forEach((cell, c) => {
+        if (cell && (!best || cell.ppl < cells[best[0]][best[1]]!.ppl)) best = [r, c];
+      }),
+    );
+    const title = type === "poe" && sweep.betas ? "poe (best over betas)" : type;
+    return { type, title, rows: [...rows], cols: [...cols], cells, best };
+  });
+}
+
+function modelLabels(input: HeatmapInput): [string, string] {
+  return [input.models?.[0] ?? "model A", input.models?.[1] ?? "model B"];
+}
+
+const fmtPpl = (x: number) => (x >= 1e5 ? x.toExponential(2) : x.toFixed(2));
+
+/**
+ * Aligned text tables, one per strategy: rows T of model A, columns T of model B,
+ * `*` marks the panel's best cell.
+ */
+export function heatmapText(input: HeatmapInput): string {
+  const panels = heatmapPanels(input);
+  if (panels.length === 0) return "";
+  const [a, b] = modelLabels(input);
+  const out = [`PPL by temperature (rows: T of ${a}; columns: T of ${b}; * best of the panel)`];
+  for (const p of panels) {
+    const corner = "T_a \\ T_b";
+    const body = p.cells.map((row, r) =>
+      row.map((cell, c) => (cell ? fmtPpl(cell.ppl) : "-") + (p.best && p.best[0] === r && p.best[1] === c ? "*" : " ")),
+    );
+    const head = p.cols.map((t) => formatNumber(t) + " ");
+    const width = Math.max(...head.map((h) => h.length), ...body.flat().map((s) => s.length));
+    const first = Math.max(corner.length, ...p.rows.map((t) => formatNumber(t).length));
+    out.push("", `${p.title}`);
+    out.push(`  ${corner.padStart(first)}  ${head.map((h) => h.padStart(width)).join(" ")}`.trimEnd());
+    p.rows.forEach((t, r) =>
+      out.push(`  ${formatNumber(t).padStart(first)}  ${body[r].map((s) => s.padStart(width)).join(" ")}`.trimEnd()),
+    );
+  }
+  return out.join("\n");
+}
+
+// ---- SVG -----------------------------------------------------------------------------
+
+// Viridis, sampled: the best (lowest) PPL is yellow, the worst purple.
+const VIRIDIS = ["#fde725", "#90d743", "#35b779", "#21918c", "#31688e", "#443983", "#440154"];
+
+function hexToRgb(h: string): [number, number, number] {
+  const n = parseInt(h.slice(1), 16);
+  return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+}
+
+/** Colour for t in [0, 1] (0 = best). */
+export function colourAt(t: number): string {
+  const x = Math.min(1, Math.max(0, Number.isFinite(t) ? t : 0)) * (VIRIDIS.length - 1);
+  const i = Math.min(VIRIDIS.length - 2, Math.floor(x));
+  const f = x - i;
+  const [a, b] = [hexToRgb(VIRIDIS[i]), hexToRgb(VIRIDIS[i + 1])];
+  const rgb = a.map((v, k) => Math.round(v + (b[k] - v) * f));
+  return `#${rgb.map((v) => v.toString(16).padStart(2, "0")).join("")}`;
+}
+
+function textColourFor(t: number): string {
+  return t < 0.55 ? "#111111" : "#ffffff";
+}
+
+function esc(s: string): string {
+  return s.replace(/[&<>"']/g, (ch) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[ch]!);
+}
+
+const CELL_W = 64;
+const CELL_H = 30;
+const LEFT = 78;
+const TOP = 58;
+const PANEL_GAP = 36;
+
+/**
+ * A self-contained SVG: one panel per strategy (two per row), cells coloured on one
+ * log-PPL scale shared by all panels, values written in the cells, the best cell of
+ * each panel outlined, axis labels, and a colour bar.
+ */
+export function heatmapSvg(input: HeatmapInput, opts: { title?: string } = {}): string {
+  const panels = heatmapPanels(input);
+  const [a, b] = modelLabels(input);
+  const values = panels.flatMap((p) => p.cells.flat().filter((c): c is HeatmapCell => c !== null).map((c) => c.ppl));
+  const lo = values.length ? Math.log(Math.min(...values)) : 0;
+  const hi = values.length ? Math.log(Math.max(...values)) : 1;
+  const scale = (ppl: number) => (hi > lo ? (Math.log(ppl) - lo) / (hi - lo) : 0);
+
+  const nCols = panels[0]?.cols.length ?? 1;
+  const nRows = panels[0]?.rows.length ?? 1;
+  const panelW = LEFT + nCols * CELL_W + 16;
+  const panelH = TOP + nRows * CELL_H + 12;
+  const perRow = Math.min(2, Math.max(1, panels.length));
+  const gridRows = Math.max(1, Math.ceil(panels.length / perRow));
+  const legendH = 84;
+  const width = Math.max(360, perRow * panelW + (perRow - 1) * PANEL_GAP + 40);
+  const height = 44 + gridRows * panelH + (gridRows - 1) * PANEL_GAP + legendH;
+
+  const o: string[] = [];
+  o.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" ` +
+      `font-family="Helvetica, Arial, sans-serif" font-size="12">`,
+  );
+  o.push(`<rect width="100%" height="100%" fill="#ffffff"/>`);
+  o.push(`<text x="20" y="26" font-size="15" font-weight="bold">${esc(opts.title ?? "Perplexity by temperature")}</text>`);
+
+  panels.forEach((p, k) => {
+    const x0 = 20 + (k % perRow) * (panelW + PANEL_GAP);
+    const y0 = 44 + Math.floor(k / perRow) * (panelH + PANEL_GAP);
+    o.push(`<g class="panel" data-strategy="${esc(p.type)}" transform="translate(${x0},${y0})">`);
+    o.push(`<text x="${LEFT}" y="16" font-size="14" font-weight="bold">${esc(p.title)}</text>`);
+    // column header: T of model B
+    o.push(`<text x="${LEFT + (p.cols.length * CELL_W) / 2}" y="34" text-anchor="middle" fill="#444">T ${esc(b)}</text>`);
+    p.cols.forEach((t, c) =>
+      o.push(`<text x="${LEFT + c * CELL_W + CELL_W / 2}" y="${TOP - 6}" text-anchor="middle">${formatNumber(t)}</text>`),
+    );
+    // row header: T of model A
+    const midY = TOP + (p.rows.length * CELL_H) / 2;
+    o.push(`<text x="14" y="${midY}" text-anchor="middle" fill="#444" transform="rotate(-90 14 ${midY})">T ${esc(a)}</text>`);
+    p.rows.forEach((t, r) =>
+      o.push(`<text x="${LEFT - 8}" y="${TOP + r * CELL_H + CELL_H / 2 + 4}" text-anchor="end">${formatNumber(t)}</text>`),
+    );
+    p.cells.forEach((row, r) =>
+      row.forEach((cell, c) => {
+        const x = LEFT + c * CELL_W;
+        const y = TOP + r * CELL_H;
+        if (!cell) {
+          o.push(`<rect x="${x}" y="${y}" width="${CELL_W}" height="${CELL_H}" fill="#eeeeee" stroke="#ffffff"/>`);
+          o.push(`<text x="${x + CELL_W / 2}" y="${y + CELL_H / 2 + 4}" text-anchor="middle" fill="#999">–</text>`);
+          return;
+        }
+        const t = scale(cell.ppl);
+        o.push(
+          `<rect x="${x}" y="${y}" width="${CELL_W}" height="${CELL_H}" fill="${colourAt(t)}" stroke="#ffffff">` +
+            `<title>${esc(cell.id)}: PPL ${cell.ppl}</title></rect>`,
+        );
+        o.push(
+          `<text x="${x + CELL_W / 2}" y="${y + CELL_H / 2 + 4}" text-anchor="middle" fill="${textColourFor(t)}">${fmtPpl(cell.ppl)}</text>`,
+        );
+      }),
+    );
+    if (p.best) {
+      const [r, c] = p.best;
+      o.push(
+        `<rect class="best" x="${LEFT + c * CELL_W + 1.5}" y="${TOP + r * CELL_H + 1.5}" width="${CELL_W - 3}" height="${CELL_H - 3}" ` +
+          `fill="none" stroke="#d62728" stroke-width="3"/>`,
+      );
+    }
+    o.push(`</g>`);
+  });
+
+  // colour bar (log scale, labelled in PPL)
+  const ly = height - legendH + 18;
+  const lw = Math.min(300, width - 40);
+  o.push(`<defs><linearGradient id="kotara-scale" x1="0" x2="1" y1="0" y2="0">`);
+  VIRIDIS.forEach((col, i) => o.push(`<stop offset="${(i / (VIRIDIS.length - 1)).toFixed(3)}" stop-color="${col}"/>`));
+  o.push(`</linearGradient></defs>`);
+  o.push(`<rect x="20" y="${ly}" width="${lw}" height="12" fill="url(#kotara-scale)"/>`);
+  if (values.length) {
+    o.push(`<text x="20" y="${ly + 28}">${fmtPpl(Math.exp(lo))} (best)</text>`);
+    o.push(`<text x="${20 + lw}" y="${ly + 28}" text-anchor="end">${fmtPpl(Math.exp(hi))}</text>`);
+  }
+  o.push(`<text x="20" y="${ly + 46}" fill="#444">PPL (log scale); red outline: best of the panel</text>`);
+  o.push(`</svg>`);
+  return o.join("\n") + "\n";
+}

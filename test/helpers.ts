@@ -1,0 +1,100 @@
+// Shared by the end-to-end tests: tiny models built offline once (by the same
+// builder the Python tests use), temp dirs, and running the real CLI.
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { execa } from "execa";
+import { resolvePython } from "../src/session.js";
+import { PACKAGE_ROOT } from "../src/worker.js";
+
+export const PYTHON = resolvePython();
+export const KOTARA = join(PACKAGE_ROOT, "bin", "kotara");
+
+/** OUT/{gpt2-a,gpt2-b,llama,gpt2-padded,gpt2-othertok}, OUT/text.txt — built once per builder version. */
+export function tinyModels(): string {
+  const builder = join(PACKAGE_ROOT, "python", "tests", "tiny_models.py");
+  const tag = createHash("sha256").update(readFileSync(builder)).digest("hex").slice(0, 12);
+  const out = join(tmpdir(), `kotara-tiny-${tag}`);
+  if (!existsSync(join(out, "text.txt"))) {
+    const staging = `${out}.${process.pid}`;
+    execFileSync(PYTHON, [builder, staging], { stdio: ["ignore", "ignore", "inherit"] });
+    try {
+      renameSync(staging, out);
+    } catch {
+      rmSync(staging, { recursive: true, force: true }); // another test file won the race
+    }
+  }
+  return out;
+}
+
+export function tempDir(prefix = "kotara-test-"): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export function writeFile(dir: string, name: string, content: string | Buffer): string {
+  const p = join(dir, name);
+  mkdirSync(join(p, ".."), { recursive: true });
+  writeFileSync(p, content);
+  return p;
+}
+
+export function kotara(args: string[], opts: { env?: Record<string, string>; cwd?: string; timeout?: number } = {}) {
+  return execa(process.execPath, [KOTARA, ...args], {
+    reject: false, all: false, cwd: opts.cwd ?? PACKAGE_ROOT, env: { ...opts.env }, timeout: opts.timeout ?? 120_000,
+  });
+}
+
+/** Perplexity by the Hugging Face fixed-length method, computed by plain transformers code (no Kotara). */
+export function referencePpl(model: string, text: string, maxLength: number, stride: number): number {
+  const script = `
+import math, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model_dir, text_path, L, S = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+tok = AutoTokenizer.from_pretrained(model_dir)
+model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+ids = torch.tensor([tok(open(text_path, encoding="utf-8").read())["input_ids"]])
+n = ids.size(1); nll = 0.0; count = 0; prev_end = 0
+for begin in range(0, n, S):
+    end = min(begin + L, n); trg = end - prev_end
+    inp = ids[:, begin:end]; labels = inp.clone(); labels[:, :-trg] = -100
+    with torch.no_grad():
+        logits = model(inp).logits.float()
+    lp = torch.log_softmax(logits[:, :-1], -1); tgt = labels[:, 1:]
+    mask = tgt != -100
+    nll -= lp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask].sum().item(); count += int(mask.sum())
+    prev_end = end
+    if end == n: break
+print(math.exp(nll / count))
+`;
+  const out = execFileSync(PYTHON, ["-c", script, model, text, String(maxLength), String(stride)], { encoding: "utf8" });
+  return Number(out.trim().split("\n").pop());
+}
+
+/** Is a process alive? */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** PIDs of the children of `pid` (Linux /proc). */
+export function childPids(pid: number): number[] {
+  try {
+    return execFileSync("pgrep", ["-P", String(pid)], { encoding: "utf8" }).trim().split("\n").filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+export async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
