@@ -62,7 +62,7 @@ export const GOLDEN_MESSAGES: Record<string, To | From> = {
     seq: 4, type: "progress", request_id: "r1", windows_total: 10, tokens_total: 5000, seconds: 1.25, sums,
   },
   result: {
-    seq: 5, type: "result", request_id: "r1", tokens: 5000, windows: 10, sums, seconds: 4.5,
+    seq: 5, type: "result", request_id: "r1", tokens: 5000, windows: 10, sums, seconds: 4.5, tokenize_seconds: 0.25,
     peak_memory_bytes: 123456789, device: "cpu", dtype: "float32",
   },
   error: {

@@ -123,6 +123,7 @@ export const ResultMsg = z.strictObject({
   windows: z.number().int().nonnegative(),
   sums: Sums,
   seconds: finite, // compute loop only
+  tokenize_seconds: finite, // reading and tokenizing the text
   peak_memory_bytes: z.number().int().nonnegative(),
   device: z.string(),
   dtype: z.string(),

@@ -174,10 +174,11 @@ export const openSession = (opts: SessionOptions) => Session.open(opts);
 
 function withSetupHint(e: unknown, python: string): unknown {
   if (!(e instanceof UserError)) return e;
-  const text = e.message;
-  if (/No module named '(torch|transformers|zmq|msgpack|jsonschema)'/.test(text) || /ENOENT|not found/i.test(text)) {
-    e.message = `${text}\n\nThe worker's Python (${python}) lacks Kotara's requirements. Run \`bash scripts/setup.sh\`, ` +
-      "or point KOTARA_PYTHON at an environment with torch, transformers, pyzmq, msgpack and jsonschema.";
+  const fix = "Run `bash scripts/setup.sh`, or point KOTARA_PYTHON at an environment with torch, transformers, pyzmq, msgpack and jsonschema.";
+  if (/ENOENT/.test(e.message)) {
+    e.message = `no Python at ${python} to run the worker. ${fix}\n(${e.message})`;
+  } else if (/No module named '(torch|transformers|zmq|msgpack|jsonschema)'/.test(e.message)) {
+    e.message = `the worker's Python (${python}) lacks Kotara's requirements. ${fix}\n(${e.message})`;
   }
   return e;
 }

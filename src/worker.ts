@@ -135,7 +135,15 @@ export class Worker {
       });
       stream.on("end", () => partial && this.stderrLine(partial));
     }
-    void this.proc.then((r) => this.onExit(r.exitCode, r.signal ?? undefined), (e) => this.onExit(undefined, String(e)));
+    void this.proc.then(
+      (r) => {
+        // No exit code and no signal: it never started (e.g. spawn python ENOENT).
+        const how = r.signal ? `was killed by ${r.signal}` : r.exitCode !== undefined ? `exited with code ${r.exitCode}`
+          : `could not be started: ${String((r.cause as Error | undefined)?.message ?? r.shortMessage)}`;
+        this.onExit(r.exitCode, r.signal ?? undefined, how);
+      },
+      (e) => this.onExit(undefined, undefined, `could not be started: ${String(e)}`),
+    );
     void this.receiveLoop();
 
     const startTimeoutMs = this.opts.startTimeoutMs ?? Number(process.env.KOTARA_START_TIMEOUT_MS ?? 180_000);
@@ -177,11 +185,10 @@ export class Worker {
     this.opts.onStderr?.(line);
   }
 
-  private onExit(code: number | undefined, signal: string | undefined) {
+  private onExit(code: number | undefined, signal: string | undefined, how: string) {
     this.exited = { code, signal };
     process.removeListener("exit", this.exitHook);
     if (!this.closing) {
-      const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
       const what = this.pending?.what ?? this.helloWaiter?.what ?? "idle";
       this.fail(new WorkerDied(`the worker died: it ${how} while ${what}`, this.stderrTail));
     }

@@ -16,11 +16,11 @@ let longText: string;
 before(() => {
   models = tinyModels();
   work = tempDir();
-  // Long enough to interrupt: stride 1 makes one window per token.
-  longText = writeFile(work, "long.txt", readFileSync(join(models, "text.txt"), "utf8").repeat(6));
+  // Long enough to interrupt: stride 8 makes ~700 windows of 64 tokens.
+  longText = writeFile(work, "long.txt", readFileSync(join(models, "text.txt"), "utf8").repeat(3));
 });
 
-function longConfig(name: string, stride = 2) {
+function longConfig(name: string, stride = 8) {
   return writeFile(work, `${name}.yaml`,
     `models:\n  - { ref: ${join(models, "gpt2-a")}, device: cpu }\n  - { ref: ${join(models, "llama")}, device: cpu }\n` +
     `dataset: { path: ${longText}, max_length: 64, stride: ${stride} }\nstrategies: [average, entropy]\n` +

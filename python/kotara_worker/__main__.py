@@ -17,7 +17,10 @@ import traceback
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # stderr is a pipe to the controller, which may be gone
 
 
 def watch_parent(parent_pid: int) -> None:

@@ -118,7 +118,9 @@ class Server:
                 if s[name] is not None and len(s[name]) != n_models:
                     raise RequestError("bad_request", f"setting {s['id']}: {name} has {len(s[name])} values "
                                                       f"for {n_models} models")
+        tokenize_started = time.perf_counter()
         token_ids = self.tokenize(data["path"])
+        tokenize_seconds = time.perf_counter() - tokenize_started
         try:
             windows = plan_windows(len(token_ids), max_length, stride, bos=bos)
         except ValueError as e:
@@ -154,7 +156,7 @@ class Server:
         first = self.models[0]
         self.channel.send({
             "type": "result", "request_id": request_id, "tokens": tokens_total, "windows": len(windows),
-            "sums": sums.to_dict(), "seconds": time.perf_counter() - started,
+            "sums": sums.to_dict(), "seconds": time.perf_counter() - started, "tokenize_seconds": tokenize_seconds,
             "peak_memory_bytes": peak_memory_bytes(), "device": str(first.device),
             "dtype": str(first.dtype).replace("torch.", ""),
         })
@@ -163,7 +165,8 @@ class Server:
 
     def tokenize(self, path: str) -> torch.Tensor:
         try:
-            with open(path, encoding="utf-8") as f:
+            # newline="": the text exactly as its bytes say (no \r\n folding), as the byte count assumes.
+            with open(path, encoding="utf-8", newline="") as f:
                 text = f.read()
         except FileNotFoundError:
             raise RequestError("not_found", f"dataset not found: {path}") from None

@@ -1,0 +1,169 @@
+"""The one pass (SPEC §2): every model runs once per batch of windows, and the base
+NLL of each model and every requested fusion come from those same logits.
+
+Per batch: each model's body gives hidden states [B, L, H]; only the scored
+positions go through the output head, a chunk of positions at a time, so the
+float32 logits of a whole batch never exist at once. Models whose logits are
+post-processed after the head (head_path "full") run the plain forward instead.
+Only sums leave this module (never logits).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .fusion import ChunkSums, FusionConfig, NumericalError, Setting, check_settings, score_positions
+from .windows import Window
+
+__all__ = ["Sums", "Cancelled", "NumericalError", "EvalConfig", "plan_batches", "evaluate"]
+
+
+@dataclass
+class Sums:
+    """Running sums of one evaluation (protocol.ts Sums): all a result or a checkpoint needs."""
+    windows_done: int = 0
+    scored_tokens: int = 0
+    model_nll: list[float] = field(default_factory=list)            # per model: Σ NLL (nats)
+    fusion_nll: list[float] = field(default_factory=list)           # per setting, request order
+    fusion_weights: list[list[float]] = field(default_factory=list)  # per setting: Σ α_m
+
+    @staticmethod
+    def zeros(n_models: int, n_settings: int) -> "Sums":
+        return Sums(0, 0, [0.0] * n_models, [0.0] * n_settings, [[0.0] * n_models for _ in range(n_settings)])
+
+    def add(self, part: ChunkSums) -> None:
+        # float64 Python floats, added in a fixed order: a resumed run repeats it bit for bit
+        self.scored_tokens += part.positions
+        for i, x in enumerate(part.model_nll.tolist()):
+            self.model_nll[i] += x
+        for k, x in enumerate(part.fusion_nll.tolist()):
+            self.fusion_nll[k] += x
+        for k, row in enumerate(part.fusion_weights.tolist()):
+            for m, x in enumerate(row):
+                self.fusion_weights[k][m] += x
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Cancelled(Exception):
+    """should_stop() said so; sums holds every finished batch (a valid checkpoint)."""
+
+    def __init__(self, sums: Sums):
+        super().__init__(f"cancelled after {sums.windows_done} windows")
+        self.sums = sums
+
+
+@dataclass
+class EvalConfig:
+    position_chunk: int = 256            # scored positions per head + fusion call
+    fusion: FusionConfig | None = None   # None: FusionConfig.for_device(first model's device)
+
+    @staticmethod
+    def for_device(device: torch.device | str) -> "EvalConfig":
+        # a GPU wants big launches; a CPU wants the [chunk, V] logits to stay modest
+        cuda = torch.device(device).type == "cuda"
+        return EvalConfig(position_chunk=1024 if cuda else 256, fusion=FusionConfig.for_device(device))
+
+
+def plan_batches(windows: Sequence[Window], batch_size: int) -> list[range]:
+    """Window index ranges, one per forward. Grouped by absolute index // batch_size (so a
+    resumed run batches exactly like an uninterrupted one), then split where the window
+    length changes: the last, shorter window runs on its own and nothing is ever padded."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    batches: list[range] = []
+    for g in range(0, len(windows), batch_size):
+        start = g
+        for i in range(g + 1, min(g + batch_size, len(windows)) + 1):
+            if i == min(g + batch_size, len(windows)) or \
+                    windows[i].end - windows[i].start != windows[start].end - windows[start].start:
+                batches.append(range(start, i))
+                start = i
+    return batches
+
+
+def _scored_positions(windows: Sequence[Window], token_ids: torch.Tensor, offset: int):
+    """For a batch: (row in batch [P], input position [P], target id [P]) of every scored
+    target. The logits at input position q predict input token q + 1, i.e. stream index
+    start + q + 1 - offset (offset = 1 when a BOS heads the window)."""
+    b_idx, p_idx, targets = [], [], []
+    for b, w in enumerate(windows):
+        n = w.end - w.first_scored
+        first = w.first_scored - w.start - 1 + offset
+        b_idx.append(torch.full((n,), b, dtype=torch.long))
+        p_idx.append(torch.arange(first, first + n))
+        targets.append(token_ids[w.first_scored:w.end])
+    return torch.cat(b_idx), torch.cat(p_idx), torch.cat(targets)
+
+
+@torch.inference_mode()
+def evaluate(models: Sequence, token_ids: torch.Tensor, windows: Sequence[Window], settings: Sequence[Setting],
+             batch_size: int, bos_id: int | None, vocab: int, resume: Sums | None,
+             on_progress: Callable[[Sums], None], progress_every: int,
+             should_stop: Callable[[], bool], cfg: EvalConfig | None = None) -> Sums:
+    """Σ NLL of every model (T = 1, whole output layer) and every setting (over [:vocab])
+    on the scored targets of `windows`; `resume` continues from a checkpoint's sums."""
+    cfg = cfg or EvalConfig.for_device(models[0].device)
+    n_models, n_settings = len(models), len(settings)
+    check_settings(settings, n_models)
+    token_ids = token_ids.reshape(-1).long().cpu()                                 # [n]
+    offset = 0 if bos_id is None else 1
+    for i, w in enumerate(windows):
+        # without a BOS the window's first token has no context and cannot be a target
+        if not (0 <= w.start and w.start + 1 - offset <= w.first_scored < w.end <= token_ids.numel()):
+            raise ValueError(f"window {i} {w} does not fit a {token_ids.numel()}-token stream"
+                             f"{'' if offset else ' without BOS'}")
+    if token_ids.numel() and (int(token_ids.max()) >= vocab or int(token_ids.min()) < 0):
+        raise ValueError(f"token ids must lie in [0, {vocab})")
+
+    sums = copy.deepcopy(resume) if resume is not None else Sums.zeros(n_models, n_settings)
+    if (len(sums.model_nll) != n_models or len(sums.fusion_nll) != n_settings
+            or any(len(r) != n_models for r in sums.fusion_weights) or len(sums.fusion_weights) != n_settings
+            or not 0 <= sums.windows_done <= len(windows)):
+        raise ValueError(f"resume sums do not match {n_models} models, {n_settings} settings, "
+                         f"{len(windows)} windows")
+    fuse_device = models[0].device
+    fusion_cfg = cfg.fusion or FusionConfig.for_device(fuse_device)
+    reported = sums.windows_done
+
+    for batch in plan_batches(windows, batch_size):
+        if batch.stop <= sums.windows_done:
+            continue                                            # done before the checkpoint
+        batch = range(max(batch.start, sums.windows_done), batch.stop)
+        if should_stop():
+            raise Cancelled(copy.deepcopy(sums))
+        ws = [windows[i] for i in batch]
+        ids = torch.stack([token_ids[w.start:w.end] for w in ws])                 # [B, L]
+        if bos_id is not None:
+            ids = torch.cat([torch.full((len(ws), 1), bos_id, dtype=torch.long), ids], 1)  # [B, 1 + L]
+        b_idx, p_idx, targets = _scored_positions(ws, token_ids, offset)        # [P] each
+
+        # each model runs once: hidden states (or, for head_path "full", its own logits)
+        sources = [m.hidden(ids) if m.head_path == "scored" else m.full_logits(ids) for m in models]
+        for c in range(0, targets.numel(), cfg.position_chunk):
+            sel = slice(c, c + cfg.position_chunk)
+            logits = []
+            for m, src in zip(models, sources):
+                rows = src[b_idx[sel].to(src.device), p_idx[sel].to(src.device)]  # [p, H] or [p, V]
+                z = m.head(rows) if m.head_path == "scored" else rows            # [p, V_m]
+                logits.append(z.to(fuse_device))
+            try:
+                part = score_positions(logits, targets[sel], vocab, settings, fusion_cfg)
+            except NumericalError as e:
+                w = batch.start + int(b_idx[c + e.position])
+                ref = models[e.model_index].ref
+                raise NumericalError(f"model {ref}: NaN or infinite logits in window {w} "
+                                     f"(tokens {windows[w].start}..{windows[w].end - 1})",
+                                     model_index=e.model_index, position=e.position, model_ref=ref,
+                                     window=w) from None
+            sums.add(part)
+        del sources
+        sums.windows_done = batch.stop
+        if sums.windows_done - reported >= progress_every:
+            reported = sums.windows_done
+            on_progress(copy.deepcopy(sums))
+    return sums

@@ -1,0 +1,306 @@
+"""Where strategies RUN (SPEC §3).
+
+For models m = 1..N at one position: logits z_m over the shared vocabulary,
+temperature T_m, y_m = z_m / T_m, p_m = softmax(y_m). Every strategy fuses
+
+    f = Σ_m w_m y_m = Σ_m c_m z_m,    c_m = w_m / T_m,
+
+with per-position weights w (α). PoE fits too: Σ β_m log_softmax(y_m) differs
+from Σ β_m y_m by a per-position constant, which the final softmax removes.
+So a strategy is only a small function that returns its weights, and one shared
+fast path turns coefficients into NLLs:  NLL = -log_softmax(Σ_m c_m z_m)[target].
+
+Cost model (a sweep is 100 settings over a 50k vocabulary): the fused pass is
+K × P × V work and is done in small blocks of (positions × settings) that stay
+in cache; everything that depends on a (model, temperature) pair only — entropy,
+top-2 gap — is computed once per pair, never per setting.
+All NLL math is float32 whatever the model dtype; sums are float64.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+
+Setting = Mapping[str, Any]   # {"id", "type", "temperatures": [N], "betas": [N] | None} (protocol.ts)
+
+
+class NumericalError(Exception):
+    """NaN or ±inf logits. evaluate.py re-raises it with the model ref and window index."""
+
+    def __init__(self, message: str, model_index: int | None = None, position: int | None = None,
+                 model_ref: str | None = None, window: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.model_index = model_index
+        self.position = position
+        self.model_ref = model_ref
+        self.window = window
+
+
+@dataclass
+class FusionConfig:
+    # float32 elements of one fused block ([positions, settings, V]); 4 MB on CPU
+    # keeps the logits → log_softmax → gather round trip in L2/L3.
+    block_elems: int = 1 << 20
+
+    @staticmethod
+    def for_device(device: torch.device | str) -> "FusionConfig":
+        device = torch.device(device)
+        return FusionConfig(block_elems=1 << 26 if device.type == "cuda" else 1 << 20)
+
+
+# ----------------------------------------------------------------------------- per (model, T) statistics
+
+class ModelLogits:
+    """One model's logits at P positions, and what all its temperatures share."""
+
+    def __init__(self, z: torch.Tensor, vocab: int, cfg: FusionConfig):
+        self.z = z                      # [P, V_m] model dtype; the fusion uses [:, :vocab]
+        self.vocab = vocab
+        self.cfg = cfg
+        self._stats: dict[float, TempStats] = {}
+
+    @property
+    def n_positions(self) -> int:
+        return self.z.shape[0]
+
+    @cached_property
+    def top2(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # top-2 of z/T is top-2 of z (T > 0): one topk per model, whatever the temperatures
+        values, index = torch.topk(self.z[:, :self.vocab].float(), 2, dim=-1)  # [P, 2]
+        return values, index
+
+    def at(self, temperature: float) -> "TempStats":
+        if temperature not in self._stats:
+            self._stats[temperature] = TempStats(self, temperature)
+        return self._stats[temperature]
+
+    def moments(self, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per position, with d = z - max(z) and e = exp(d / T) over the vocabulary minus
+        the top-1 token: eps = Σ e and ed = Σ e·d (float64, CPU, [P]).
+
+        The top-1 term (exactly 1) is left out and added back analytically, so a
+        near-one-hot row keeps its tiny entropy instead of rounding 1 + eps to 1.
+        """
+        values, index = self.top2
+        P, V = self.n_positions, self.vocab
+        rows = max(1, self.cfg.block_elems // V)
+        eps = torch.empty(P, dtype=torch.float32, device=self.z.device)
+        ed = torch.empty(P, dtype=torch.float32, device=self.z.device)
+        d_buf = torch.empty(min(rows, P), V, dtype=torch.float32, device=self.z.device)
+        e_buf = torch.empty_like(d_buf)
+        for i in range(0, P, rows):
+            b = min(rows, P - i)
+            d, e = d_buf[:b], e_buf[:b]
+            torch.sub(self.z[i:i + b, :V].float(), values[i:i + b, :1], out=d)     # [b, V] ≤ 0
+            torch.mul(d, 1.0 / temperature, out=e).exp_()                          # [b, V]
+            e.scatter_(1, index[i:i + b, :1], 0.0)                                 # drop the top-1 term
+            eps[i:i + b] = e.sum(-1)                                               # [b]
+            ed[i:i + b] = torch.bmm(e.unsqueeze(1), d.unsqueeze(2)).view(b)        # [b] Σ e·d
+        return eps.cpu().double(), ed.cpu().double()
+
+
+class TempStats:
+    """Per-position statistics of p = softmax(z / T) over the shared vocabulary,
+    computed on first use (average and poe never ask)."""
+
+    def __init__(self, logits: ModelLogits, temperature: float):
+        self.logits = logits
+        self.temperature = temperature
+
+    @property
+    def n_positions(self) -> int:
+        return self.logits.n_positions
+
+    @cached_property
+    def _moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.logits.moments(self.temperature)
+
+    @cached_property
+    def entropy(self) -> torch.Tensor:
+        """H(p) [P] float64. With s = 1 + eps the softmax denominator (max subtracted):
+        H = log s − Σ p (y − y_max) = log1p(eps) − ed / (T s): two non-negative terms."""
+        eps, ed = self._moments
+        return torch.log1p(eps) - ed / (self.temperature * (1.0 + eps))
+
+    @cached_property
+    def top_gap(self) -> torch.Tensor:
+        """p(top-1) − p(top-2) [P] float64 = (1 − exp((z2 − z1) / T)) / s."""
+        eps, _ = self._moments
+        values, _ = self.logits.top2
+        d2 = (values[:, 1] - values[:, 0]).cpu().double()                 # [P] ≤ 0
+        return -torch.expm1(d2 / self.temperature) / (1.0 + eps)
+
+
+# ----------------------------------------------------------------------------- strategies: weights only
+
+WeightFn = Callable[[list[TempStats], Setting], torch.Tensor]   # -> α [P, N] float64
+
+
+def _normalize(raw: torch.Tensor) -> torch.Tensor:
+    """Rows of raw [P, N] scaled to sum 1; an all-zero row gets equal weights."""
+    total = raw.sum(1, keepdim=True)                                       # [P, 1]
+    equal = torch.full_like(raw, 1.0 / raw.shape[1])
+    return torch.where(total > 0, raw / total.clamp_min(torch.finfo(raw.dtype).tiny), equal)
+
+
+def average(stats: list[TempStats], setting: Setting) -> torch.Tensor:
+    n = len(stats)
+    return torch.full((stats[0].n_positions, n), 1.0 / n, dtype=torch.float64)
+
+
+def poe(stats: list[TempStats], setting: Setting) -> torch.Tensor:
+    # Σ β_m log_softmax(y_m), renormalized by the final softmax (SPEC §3): static weights β
+    n = len(stats)
+    betas = setting.get("betas") or [1.0 / n] * n
+    return torch.tensor(betas, dtype=torch.float64).expand(stats[0].n_positions, n)
+
+
+def entropy(stats: list[TempStats], setting: Setting) -> torch.Tensor:
+    h = torch.stack([s.entropy for s in stats], 1)                         # [P, N]
+    return _normalize(1.0 / (h + 1e-9))
+
+
+def gap(stats: list[TempStats], setting: Setting) -> torch.Tensor:
+    return _normalize(torch.stack([s.top_gap for s in stats], 1))          # [P, N]
+
+
+STRATEGIES: dict[str, WeightFn] = {
+    "average": average,
+    "poe": poe,
+    "entropy": entropy,
+    "gap": gap,
+}
+
+
+def check_settings(settings: Sequence[Setting], n_models: int) -> None:
+    for s in settings:
+        name = s.get("id", s.get("type"))
+        if s.get("type") not in STRATEGIES:
+            raise ValueError(f"setting {name}: unknown strategy type {s.get('type')!r} "
+                             f"(known: {', '.join(STRATEGIES)})")
+        temps = s.get("temperatures")
+        if temps is None or len(temps) != n_models:
+            raise ValueError(f"setting {name}: needs one temperature per model ({n_models})")
+        if not all(t > 0 for t in temps):
+            raise ValueError(f"setting {name}: temperatures must be > 0, got {list(temps)}")
+        betas = s.get("betas")
+        if betas is not None and len(betas) != n_models:
+            raise ValueError(f"setting {name}: needs one beta per model ({n_models})")
+
+
+# ----------------------------------------------------------------------------- the shared fast path
+
+def base_nll(z: torch.Tensor, targets: torch.Tensor, model_index: int, cfg: FusionConfig) -> torch.Tensor:
+    """-log_softmax(z)[target] at T = 1 over the model's whole output layer; [P] float64 CPU.
+    Also the finiteness check: NaN/inf anywhere in a row raises NumericalError."""
+    P, V = z.shape
+    rows = max(1, cfg.block_elems // V)
+    out = torch.empty(P, dtype=torch.float32, device=z.device)
+    l_buf = torch.empty(min(rows, P), V, dtype=torch.float32, device=z.device)
+    for i in range(0, P, rows):
+        b = min(rows, P - i)
+        zb = z[i:i + b].float()                                            # [b, V] (a view if float32)
+        # a row sum is finite iff every logit is (NaN and ±inf propagate); far cheaper than isfinite
+        finite = torch.isfinite(zb.sum(-1))                                # [b]
+        if not bool(finite.all()):
+            row = i + int((~finite).nonzero()[0])
+            raise NumericalError(f"model {model_index}: non-finite logits at position {row}",
+                                 model_index=model_index, position=row)
+        logp = l_buf[:b]
+        torch.log_softmax(zb, -1, out=logp)                                # [b, V]
+        out[i:i + b] = -logp.gather(1, targets[i:i + b, None]).view(b)
+    return out.cpu().double()
+
+
+def fused_nll(zs: Sequence[torch.Tensor], targets: torch.Tensor, vocab: int, coef: torch.Tensor,
+              cfg: FusionConfig) -> torch.Tensor:
+    """-log_softmax(Σ_m coef[p, k, m] z_m[p, :vocab])[target[p]] for every position p and
+    setting k; coef [P, K, N] float32 on the logits' device. Returns [K, P] float64 CPU.
+
+    Never materializes K × P × V: blocks of (b positions × kk settings) go through
+    bmm → log_softmax → gather while they are still in cache. log_softmax keeps
+    the exact max per row, so large logits and negative coefficients are safe.
+    """
+    P, K, N = coef.shape
+    device = zs[0].device
+    rows = max(1, cfg.block_elems // vocab)        # (position, setting) rows per block
+    bk = min(K, rows)
+    bp = min(P, max(1, rows // bk))
+    z_buf = torch.empty(bp, N, vocab, dtype=torch.float32, device=device)
+    f_buf = torch.empty(bp * bk * vocab, dtype=torch.float32, device=device)
+    l_buf = torch.empty_like(f_buf)
+    out = torch.empty(P, K, dtype=torch.float32, device=device)
+    for i in range(0, P, bp):
+        b = min(bp, P - i)
+        zb = z_buf[:b]                                                     # [b, N, V]
+        for m, z in enumerate(zs):
+            zb[:, m].copy_(z[i:i + b, :vocab])                             # cast to float32 here
+        idx = targets[i:i + b].view(b, 1, 1)
+        for k in range(0, K, bk):
+            kk = min(bk, K - k)
+            f = f_buf[:b * kk * vocab].view(b, kk, vocab)
+            torch.bmm(coef[i:i + b, k:k + kk], zb, out=f)                  # [b, kk, V] fused logits
+            logp = l_buf[:b * kk * vocab].view(b * kk, vocab)
+            torch.log_softmax(f.view(b * kk, vocab), -1, out=logp)         # [b·kk, V]
+            out[i:i + b, k:k + kk] = -logp.view(b, kk, vocab).gather(2, idx.expand(b, kk, 1)).view(b, kk)
+    return out.t().cpu().double()                                          # [K, P]
+
+
+@dataclass
+class PositionScores:
+    model_nll: torch.Tensor    # [N, P] float64: each model alone, T = 1, whole output layer
+    fusion_nll: torch.Tensor   # [K, P] float64: per setting
+    weights: torch.Tensor      # [K, P, N] float64: α per setting, position and model
+
+
+@dataclass
+class ChunkSums:
+    positions: int
+    model_nll: torch.Tensor       # [N] float64 Σ over positions
+    fusion_nll: torch.Tensor      # [K] float64
+    fusion_weights: torch.Tensor  # [K, N] float64 Σ α
+
+
+def score_each_position(logits: Sequence[torch.Tensor], targets: torch.Tensor, vocab: int,
+                        settings: Sequence[Setting], cfg: FusionConfig | None = None) -> PositionScores:
+    """Per-position NLLs of every model and every setting from the same logits.
+    logits: one [P, V_m] tensor per model (V_m ≥ vocab, any float dtype, one device);
+    targets: [P] token ids < vocab."""
+    n = len(logits)
+    check_settings(settings, n)
+    if any(z.shape[1] < vocab for z in logits):
+        raise ValueError(f"every model needs at least {vocab} output rows, got {[z.shape[1] for z in logits]}")
+    device = logits[0].device
+    cfg = cfg or FusionConfig.for_device(device)
+    targets = targets.to(device)
+    P = targets.shape[0]
+
+    base = torch.stack([base_nll(z, targets, m, cfg) for m, z in enumerate(logits)])    # [N, P]
+    views = [ModelLogits(z, vocab, cfg) for z in logits]
+    alphas, coefs = [], []
+    for s in settings:
+        temps = [float(t) for t in s["temperatures"]]
+        alpha = STRATEGIES[s["type"]]([v.at(t) for v, t in zip(views, temps)], s)      # [P, N]
+        alphas.append(alpha)
+        coefs.append(alpha / torch.tensor(temps, dtype=torch.float64))                   # [P, N]
+    if settings:
+        weights = torch.stack(alphas)                                                    # [K, P, N]
+        coef = torch.stack(coefs, 1).float().to(device)                                  # [P, K, N]
+        fused = fused_nll(logits, targets, vocab, coef, cfg)                             # [K, P]
+    else:
+        weights = torch.zeros(0, P, n, dtype=torch.float64)
+        fused = torch.zeros(0, P, dtype=torch.float64)
+    return PositionScores(model_nll=base, fusion_nll=fused, weights=weights)
+
+
+def score_positions(logits: Sequence[torch.Tensor], targets: torch.Tensor, vocab: int,
+                    settings: Sequence[Setting], cfg: FusionConfig | None = None) -> ChunkSums:
+    """Sums over positions of score_each_position (what evaluate accumulates)."""
+    s = score_each_position(logits, targets, vocab, settings, cfg)
+    return ChunkSums(positions=int(targets.shape[0]), model_nll=s.model_nll.sum(1),
+                     fusion_nll=s.fusion_nll.sum(1), fusion_weights=s.weights.sum(1))

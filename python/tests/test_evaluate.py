@@ -1,0 +1,256 @@
+"""evaluate.py: the one pass, against a plain transcription of the Hugging Face
+"perplexity of fixed-length models" loop and the float64 strategy formulas."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from conftest import spec
+from kotara_worker.evaluate import Cancelled, NumericalError, Sums, evaluate, plan_batches
+from kotara_worker.models import load_models
+from kotara_worker.windows import plan_windows
+from test_fusion import all_settings, reference, reference_base
+from tiny_models import FakeModel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+NAMES = ["gpt2-a", "gpt2-b", "llama", "gpt2-padded", "gemma2-softcap"]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny):
+    tok, models = load_models([spec(tiny[n]) for n in NAMES], None, 64, True, lambda _m: None)
+    return tok, dict(zip(NAMES, models))
+
+
+@pytest.fixture(scope="module")
+def hf(tiny):
+    """The same checkpoints, loaded by plain transformers (independent of models.py)."""
+    from transformers import AutoModelForCausalLM
+    return {n: AutoModelForCausalLM.from_pretrained(tiny[n]).eval() for n in NAMES}
+
+
+def hf_loop(model, ids: torch.Tensor, L: int, S: int, bos_id: int | None = None) -> tuple[float, int]:
+    """Σ NLL and count, as the HF docs loop computes them (loss × number of loss tokens;
+    the count read off the shifted labels, so a window whose labels are all targets
+    counts trg_len − 1)."""
+    n, prev_end, total, count = ids.numel(), 0, 0.0, 0
+    for begin in range(0, n, S):
+        end = min(begin + L, n)
+        trg_len = end - prev_end
+        input_ids = ids[begin:end].unsqueeze(0)
+        target_ids = input_ids.clone()
+        target_ids[:, :-trg_len] = -100
+        if bos_id is not None:
+            input_ids = torch.cat([torch.tensor([[bos_id]]), input_ids], 1)
+            target_ids = torch.cat([torch.tensor([[-100]]), target_ids], 1)
+        k = int((target_ids[:, 1:] != -100).sum())
+        if k:
+            with torch.no_grad():
+                loss = model(input_ids, labels=target_ids).loss
+            total += float(loss) * k
+            count += k
+        prev_end = end
+        if end == n:
+            break
+    return total, count
+
+
+def run(models, ids, windows, settings=(), batch_size=1, bos_id=None, vocab=400, **kw) -> Sums:
+    args = dict(resume=None, on_progress=lambda s: None, progress_every=10**9, should_stop=lambda: False)
+    args.update(kw)
+    return evaluate(models, ids, windows, list(settings), batch_size, bos_id, vocab, **args)
+
+
+def rel(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+# ----------------------------------------------------------------------------- base PPL = the HF method
+
+@pytest.mark.parametrize("name", ["gpt2-a", "llama", "gpt2-padded", "gemma2-softcap"])
+@pytest.mark.parametrize("L,S", [(64, 64), (64, 24), (40, 7)])
+def test_base_ppl_is_the_hf_fixed_length_method(loaded, hf, tiny_tokens, name, L, S):
+    _, ids = tiny_tokens
+    ids = ids[:800] if S < 10 else ids
+    total, count = hf_loop(hf[name], ids, L, S)
+    for batch_size in (1, 3):
+        sums = run([loaded[1][name]], ids, plan_windows(ids.numel(), L, S), batch_size=batch_size)
+        assert sums.scored_tokens == count
+        assert rel(math.exp(sums.model_nll[0] / count), math.exp(total / count)) < 1e-5
+
+
+@pytest.mark.parametrize("L,S", [(64, 64), (64, 32)])
+def test_bos_per_window_is_the_hf_loop_with_bos(loaded, hf, tiny_tokens, L, S):
+    tok, ids = tiny_tokens
+    sums = run([loaded[1]["llama"]], ids, plan_windows(ids.numel(), L, S, bos=True), batch_size=2,
+               bos_id=tok.bos_token_id)
+    total, count = hf_loop(hf["llama"], ids, L, S, bos_id=tok.bos_token_id)
+    assert sums.scored_tokens == count == ids.numel()
+    assert rel(sums.model_nll[0], total) < 1e-5
+
+
+def test_head_paths_agree_and_softcap_takes_the_full_path(loaded, tiny_tokens):
+    _, ids = tiny_tokens
+    models = loaded[1]
+    assert models["gemma2-softcap"].head_path == "full"
+    assert all(models[n].head_path == "scored" for n in ("gpt2-a", "llama", "gpt2-padded"))
+    scored = [models["gpt2-a"], models["llama"]]
+    full = [dataclasses.replace(m, head_path="full") for m in scored]
+    windows = plan_windows(ids.numel(), 64, 40)
+    a = run(scored, ids, windows, all_settings(2), batch_size=4)
+    b = run(full, ids, windows, all_settings(2), batch_size=4)
+    assert a.scored_tokens == b.scored_tokens
+    for x, y in zip(a.model_nll + a.fusion_nll, b.model_nll + b.fusion_nll):
+        assert rel(x, y) < 1e-6
+
+
+# ----------------------------------------------------------------------------- fusion inside the pass
+
+def reference_sums(hf_models, ids, windows, settings, vocab):
+    """Σ NLL per model and per setting from plain HF forwards, one window at a time."""
+    model_nll = [0.0] * len(hf_models)
+    fusion_nll = [0.0] * len(settings)
+    weights = [[0.0] * len(hf_models) for _ in settings]
+    for w in windows:
+        rows = slice(w.first_scored - w.start - 1, w.end - w.start - 1)
+        targets = ids[w.first_scored:w.end]
+        with torch.no_grad():
+            logits = [m(ids[w.start:w.end].unsqueeze(0)).logits[0, rows] for m in hf_models]   # [p, V_m]
+        for i, z in enumerate(logits):
+            model_nll[i] += float(reference_base(z, targets).sum())
+        for k, s in enumerate(settings):
+            nll, alpha = reference(logits, targets, vocab, s)
+            fusion_nll[k] += float(nll.sum())
+            for m in range(len(hf_models)):
+                weights[k][m] += float(alpha[:, m].sum())
+    return model_nll, fusion_nll, weights
+
+
+@pytest.mark.parametrize("names", [("gpt2-a", "llama"), ("gpt2-a", "gpt2-padded", "gpt2-b")])
+def test_fusions_in_the_pass_equal_the_formulas(loaded, hf, tiny_tokens, names):
+    tok, ids = tiny_tokens
+    ids = ids[:900]
+    windows = plan_windows(ids.numel(), 64, 48)
+    settings = all_settings(len(names))
+    sums = run([loaded[1][n] for n in names], ids, windows, settings, batch_size=3, vocab=len(tok))
+    model_nll, fusion_nll, weights = reference_sums([hf[n] for n in names], ids, windows, settings, len(tok))
+    for got, want in zip(sums.model_nll + sums.fusion_nll, model_nll + fusion_nll):
+        assert rel(got, want) < 1e-5
+    for got_row, want_row in zip(sums.fusion_weights, weights):
+        for got, want in zip(got_row, want_row):
+            assert abs(got - want) <= 1e-5 * sums.scored_tokens
+    assert sums.scored_tokens == sum(w.end - w.first_scored for w in windows) == ids.numel() - 1
+
+
+# ----------------------------------------------------------------------------- batches, progress, resume
+
+def fake_stream(n: int, vocab: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def fakes(n_models: int = 2, vocab: int = 50, **kw) -> list[FakeModel]:
+    return [FakeModel(vocab + 3 * m, seed=m, ref=f"fake-{m}", **kw) for m in range(n_models)]
+
+
+def test_batches_group_by_index_and_never_pad():
+    windows = plan_windows(1000, 64, 48)
+    batches = plan_batches(windows, 4)
+    assert [i for b in batches for i in b] == list(range(len(windows)))
+    for b in batches:
+        assert len({windows[i].end - windows[i].start for i in b}) == 1          # one length per forward
+        assert len({i // 4 for i in b}) == 1                                    # never across groups
+    assert list(batches[-1]) == [len(windows) - 1]                              # the short last window alone
+    with pytest.raises(ValueError):
+        plan_batches(windows, 0)
+
+
+def test_each_model_runs_once_per_batch_and_progress_comes_at_batch_boundaries():
+    ids = fake_stream(2000, 50, 0)
+    windows = plan_windows(ids.numel(), 64, 48)
+    models = fakes(3)
+    seen: list[int] = []
+    sums = run(models, ids, windows, all_settings(3), batch_size=5, vocab=50,
+               on_progress=lambda s: seen.append(s.windows_done), progress_every=12)
+    batches = plan_batches(windows, 5)
+    assert [m.forwards for m in models] == [len(batches)] * 3
+    ends = [b.stop for b in batches]
+    assert seen and all(x in ends for x in seen)
+    assert all(b - a >= 12 for a, b in zip([0] + seen, seen))
+    assert sums.windows_done == len(windows) and sums.scored_tokens == ids.numel() - 1
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_resume_after_cancel_is_bitwise_identical(bos):
+    ids = fake_stream(3000, 50, 1)
+    windows = plan_windows(ids.numel(), 64, 40, bos=bos)
+    settings = all_settings(2)
+    bos_id = 0 if bos else None
+    whole = run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id)
+
+    calls = iter(range(10**9))
+    with pytest.raises(Cancelled) as e:
+        run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id,
+            should_stop=lambda: next(calls) == 7)
+    checkpoint = e.value.sums
+    assert checkpoint.windows_done == 28
+    resumed = run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id,
+                  resume=Sums(**checkpoint.to_dict()))
+    assert resumed == whole                                   # dataclass equality: exact floats
+
+    snapshots: list[Sums] = []
+    run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id,
+        on_progress=snapshots.append, progress_every=9)
+    for snap in snapshots[:3]:
+        assert run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id, resume=snap) == whole
+
+
+def test_resume_with_real_models_is_bitwise_identical(loaded, tiny_tokens):
+    _, ids = tiny_tokens
+    models = [loaded[1]["gpt2-a"], loaded[1]["llama"]]
+    windows = plan_windows(ids.numel(), 64, 32)
+    whole = run(models, ids, windows, all_settings(2), batch_size=3)
+    snaps: list[Sums] = []
+    run(models, ids, windows, all_settings(2), batch_size=3, on_progress=snaps.append, progress_every=7)
+    assert run(models, ids, windows, all_settings(2), batch_size=3, resume=snaps[1]) == whole
+
+
+def test_nan_logits_name_the_model_and_the_window():
+    ids = fake_stream(1500, 50, 2)
+    windows = plan_windows(ids.numel(), 64, 32)
+    bad = int(ids[1000])
+    # the first window with a scored target predicted from the bad token
+    expected = next(i for i, w in enumerate(windows) if any(int(ids[j - 1]) == bad
+                                                            for j in range(w.first_scored, w.end)))
+    models = [FakeModel(50, seed=0, ref="fake-ok"), FakeModel(50, seed=1, ref="fake-nan", nan_token=bad)]
+    with pytest.raises(NumericalError) as e:
+        run(models, ids, windows, all_settings(2), batch_size=3, vocab=50)
+    assert e.value.model_ref == "fake-nan" and e.value.window == expected
+    assert "fake-nan" in str(e.value) and f"window {expected}" in str(e.value)
+
+
+def test_sweep_sized_settings_equal_one_setting_at_a_time():
+    ids = fake_stream(600, 50, 3)
+    windows = plan_windows(ids.numel(), 64, 64)
+    grid = [0.7, 0.85, 1.0, 1.15, 1.3]
+    settings = [{"id": f"{t}-{a}-{b}", "type": t, "temperatures": [a, b], "betas": None}
+                for t in ("average", "poe", "entropy", "gap") for a in grid for b in grid]
+    together = run(fakes(), ids, windows, settings, batch_size=4, vocab=50)
+    for k in range(0, 100, 7):
+        alone = run(fakes(), ids, windows, [settings[k]], batch_size=4, vocab=50)
+        assert rel(together.fusion_nll[k], alone.fusion_nll[0]) < 1e-6
+        assert together.fusion_weights[k] == alone.fusion_weights[0]
+    assert together.model_nll == alone.model_nll
+
+
+def test_bad_inputs_are_refused():
+    ids = fake_stream(300, 50, 4)
+    with pytest.raises(ValueError, match="without BOS"):
+        run(fakes(), ids, plan_windows(300, 64, 64, bos=True), vocab=50)     # first token needs a BOS
+    with pytest.raises(ValueError, match="resume"):
+        run(fakes(), ids, plan_windows(300, 64, 64), all_settings(2), vocab=50, resume=Sums.zeros(2, 1))
+    with pytest.raises(ValueError, match="unknown strategy"):
+        run(fakes(), ids, plan_windows(300, 64, 64), [{"id": "x", "type": "max", "temperatures": [1, 1],
+                                                        "betas": None}], vocab=50)

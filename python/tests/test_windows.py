@@ -1,0 +1,80 @@
+"""windows.plan_windows against the Hugging Face fixed-length loop, transcribed here."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from kotara_worker.windows import Window, plan_windows
+
+CASES = [(n, L, S) for n in (2, 3, 7, 10, 11, 64, 65, 100) for L in (1, 2, 4, 10, 16) for S in (1, 3, 4, 10, 16)
+         if S <= L]
+
+
+def hf_loop(n: int, L: int, S: int, bos: bool) -> list[tuple[int, int, set[int]]]:
+    """(begin, end, scored stream indices) per window, as the HF docs loop does it:
+    labels = input_ids with [:-trg_len] set to -100, then the model shifts labels by
+    one, so label 0 of the window is never a loss target (unless a BOS precedes it)."""
+    out, prev_end = [], 0
+    for begin in range(0, n, S):
+        end = min(begin + L, n)
+        trg_len = end - prev_end
+        labels = list(range(begin, end))
+        labels = [-100] * (len(labels) - trg_len) + labels[len(labels) - trg_len:]
+        if bos:
+            labels = [-100] + labels          # the BOS position has no label
+        scored = {t for t in labels[1:] if t != -100}
+        out.append((begin, end, scored))
+        prev_end = end
+        if end == n:
+            break
+    return out
+
+
+@pytest.mark.parametrize("bos", [False, True])
+@pytest.mark.parametrize("n,L,S", CASES)
+def test_windows_are_the_hf_loop(n, L, S, bos):
+    expected = [w for w in hf_loop(n, L, S, bos) if w[2]]        # a window with no target is left out
+    got = plan_windows(n, L, S, bos=bos)
+    assert [(w.start, w.end, set(range(w.first_scored, w.end))) for w in got] == expected
+
+
+@pytest.mark.parametrize("n,L,S", CASES)
+def test_every_token_scored_at_most_once_and_the_right_ones(n, L, S):
+    for bos in (False, True):
+        counts = Counter(j for w in plan_windows(n, L, S, bos=bos) for j in range(w.first_scored, w.end))
+        assert set(counts.values()) <= {1}
+        if bos:
+            assert set(counts) == set(range(n))                       # every token, given BOS
+        elif S < L:
+            assert set(counts) == set(range(1, n))                    # every token after the first
+        else:
+            starts = set(range(0, n, S))
+            assert set(counts) == set(range(n)) - starts              # each window's first token unscored
+
+
+def test_counts_and_context():
+    ws = plan_windows(1000, 128, 64)
+    assert len(ws) == len(range(0, 1000 - 128 + 64, 64))              # the last window reaches n
+    assert ws[-1].end == 1000 and ws[-2].end < 1000 and ws[-1].start == 64 * (len(ws) - 1)
+    assert all(w.end - w.start == 128 for w in ws[:-1])               # only the last may be shorter
+    assert sum(w.n_scored for w in ws) == 999
+    # with S < L every target after the first window has at least L - S tokens of context
+    assert all(w.first_scored - w.start >= 64 for w in ws[1:])
+    assert sum(w.n_scored for w in plan_windows(1000, 128, 128)) == 1000 - len(range(0, 1000, 128))
+    assert sum(w.n_scored for w in plan_windows(1000, 128, 128, bos=True)) == 1000
+    assert plan_windows(5, 10, 10) == [Window(0, 5, 1)]
+
+
+@pytest.mark.parametrize("args,needle", [
+    ((100, 10, 11), "stride (11) must be <= max_length (10)"),
+    ((100, 0, 0), "max_length must be > 0"),
+    ((100, 10, 0), "stride must be > 0"),
+    ((100, 10, -1), "stride must be > 0"),
+    ((1, 10, 5), "at least 2"),
+    ((0, 10, 5), "at least 2"),
+])
+def test_bad_arguments(args, needle):
+    with pytest.raises(ValueError) as e:
+        plan_windows(*args)
+    assert needle in str(e.value)
