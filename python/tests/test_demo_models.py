@@ -48,26 +48,33 @@ def load(refs: list[Path], max_length: int, dtype: str = "auto"):
     return load_models([spec(r, dtype) for r in refs], None, max_length, False, lambda _msg: None)
 
 
-def nll_sums(models, ids: torch.Tensor, max_length: int, stride: int):
-    """Σ NLL of each model alone and of the plain logit average of all of them
-    (T = 1), over Kotara's windows (kotara_worker.windows.plan_windows)."""
+def perplexities(models: dict, ids: torch.Tensor, max_length: int, stride: int,
+                 pairs: list[tuple[str, str]] = ()) -> dict[str, float]:
+    """PPL of each model alone and of the plain logit average of each pair (T = 1),
+    over Kotara's windows (kotara_worker.windows.plan_windows), one forward per model
+    per window."""
     from kotara_worker.windows import plan_windows
-    sums = [0.0] * (len(models) + 1)
+    nll = {k: 0.0 for k in [*models, *(f"{a}+{b}" for a, b in pairs)]}
     count = 0
-    with torch.no_grad():
-        for w in plan_windows(ids.numel(), max_length, stride):
-            inp = ids[w.start:w.end].unsqueeze(0)
-            rows = slice(w.first_scored - 1 - w.start, w.end - 1 - w.start)
-            targets = ids[w.first_scored:w.end].unsqueeze(1)
-            if targets.numel() == 0:
-                continue
-            logits = [m.full_logits(inp)[0, rows].float() for m in models]
-            for i, lg in enumerate(logits):
-                sums[i] -= torch.log_softmax(lg, -1).gather(1, targets).sum().item()
-            fused = torch.log_softmax(sum(logits) / len(logits), -1)
-            sums[-1] -= fused.gather(1, targets).sum().item()
-            count += targets.numel()
-    return [math.exp(s / count) for s in sums]
+    for w in plan_windows(ids.numel(), max_length, stride):
+        inp = ids[w.start:w.end].unsqueeze(0)
+        rows = slice(w.first_scored - 1 - w.start, w.end - 1 - w.start)
+        targets = ids[w.first_scored:w.end].unsqueeze(1)
+        logits = {k: m.full_logits(inp)[0, rows].float() for k, m in models.items()}
+        fused = {f"{a}+{b}": (logits[a] + logits[b]) / 2 for a, b in pairs}
+        for k, lg in {**logits, **fused}.items():
+            nll[k] -= torch.log_softmax(lg, -1).gather(1, targets).sum().item()
+        count += targets.numel()
+    return {k: math.exp(v / count) for k, v in nll.items()}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models on a few shared cores: more intra-op threads only add sync cost."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def heldout_ids(tokenizer, chars: int) -> torch.Tensor:
@@ -103,14 +110,26 @@ def test_cli_writes_both_held_out_files(tmp_path):
 
 # ----------------------------------------------------------------------------- training
 
-def test_tiny_training_run_beats_a_random_model_through_kotaras_loading_path(tmp_path):
-    out = tmp_path / "models"
+TINY_ARGS = ["--preset", "tiny", "--only", "twin-a", "--only", "sibling", "--no-eval"]
+
+
+def train_tiny(out: Path) -> None:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / "train_demo.py"), "--preset", "tiny", "--out", str(out),
-         "--only", "twin-a", "--only", "sibling", "--no-eval"],
-        capture_output=True, text=True, timeout=180, env=env)
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "train_demo.py"), "--out", str(out), *TINY_ARGS],
+                          capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """The training script on a tiny budget (a few seconds): GPT-2 twin-a, Llama sibling."""
+    out = tmp_path_factory.mktemp("tiny-demo")
+    train_tiny(out)
+    return out
+
+
+def test_tiny_training_run_beats_a_random_model_through_kotaras_loading_path(tiny_run):
+    out = tiny_run
     for name in ("twin-a", "sibling"):
         assert (out / name / "model.safetensors").is_file()
         assert (out / name / "tokenizer.json").is_file()
@@ -124,29 +143,22 @@ def test_tiny_training_run_beats_a_random_model_through_kotaras_loading_path(tmp
     rand.save_pretrained(out / "random")
     AutoTokenizer.from_pretrained(out / "twin-a").save_pretrained(out / "random")
 
-    tokenizer, models = load(
-        [out / "twin-a", out / "sibling", out / "random"], max_length=64)
+    tokenizer, models = load([out / "twin-a", out / "sibling", out / "random"], max_length=64)
     assert [m.vocab_size for m in models] == [len(tokenizer)] * 3
-    ids = heldout_ids(tokenizer, 12_000)
-    ppl_gpt2, ppl_llama, ppl_random, _ = nll_sums(models, ids, 64, 32)
-    assert ppl_random > 0.7 * len(tokenizer)           # about uniform
-    assert ppl_gpt2 < 0.6 * ppl_random, (ppl_gpt2, ppl_random)
-    assert ppl_llama < 0.6 * ppl_random, (ppl_llama, ppl_random)
+    ids = heldout_ids(tokenizer, 8_000)
+    ppl = perplexities(dict(zip(["gpt2", "llama", "random"], models)), ids, 64, 32)
+    assert ppl["random"] > 0.7 * len(tokenizer), ppl          # about uniform
+    assert ppl["gpt2"] < 0.6 * ppl["random"], ppl
+    assert ppl["llama"] < 0.6 * ppl["random"], ppl
 
 
-def test_tiny_training_is_deterministic(tmp_path):
-    runs = []
-    for i in range(2):
-        out = tmp_path / f"run{i}"
-        subprocess.run(
-            [sys.executable, str(SCRIPTS / "train_demo.py"), "--preset", "tiny", "--out", str(out),
-             "--only", "twin-a", "--steps", "10", "--no-eval"],
-            check=True, capture_output=True, timeout=180)
-        runs.append(out)
-    a, b = (r / "twin-a" / "model.safetensors" for r in runs)
-    assert a.read_bytes() == b.read_bytes()
-    assert ((runs[0] / "tokenizer" / "tokenizer.json").read_text()
-            == (runs[1] / "tokenizer" / "tokenizer.json").read_text())
+def test_tiny_training_is_deterministic(tiny_run, tmp_path):
+    train_tiny(tmp_path)
+    for name in ("twin-a", "sibling"):
+        assert ((tmp_path / name / "model.safetensors").read_bytes()
+                == (tiny_run / name / "model.safetensors").read_bytes()), name
+    assert ((tmp_path / "tokenizer" / "tokenizer.json").read_text()
+            == (tiny_run / "tokenizer" / "tokenizer.json").read_text())
 
 
 # ----------------------------------------------------------------------------- committed models
@@ -189,12 +201,10 @@ def test_committed_demo_models_load_through_kotaras_loading_path(demo_models):
 def test_committed_demo_models_do_what_the_demo_says(demo_models):
     tokenizer, models = demo_models
     ids = heldout_ids(tokenizer, 12_000)
-    a, s, fused = nll_sums([models["twin-a"], models["sibling"]], ids, 256, 128)
-    assert fused < min(a, s), (a, s, fused)
-    a, b, fused = nll_sums([models["twin-a"], models["twin-b"]], ids, 256, 128)
-    assert fused < min(a, b), (a, b, fused)
-    (far,) = nll_sums([models["far"]], ids, 256, 128)[:1]
-    assert far > 2 * max(a, b, s), (far, a, b, s)
+    ppl = perplexities(models, ids, 256, 128, pairs=[("twin-a", "sibling"), ("twin-a", "twin-b")])
+    assert ppl["twin-a+sibling"] < min(ppl["twin-a"], ppl["sibling"]), ppl
+    assert ppl["twin-a+twin-b"] < min(ppl["twin-a"], ppl["twin-b"]), ppl
+    assert ppl["far"] > 2 * max(ppl["twin-a"], ppl["twin-b"], ppl["sibling"]), ppl
 
 
 # ----------------------------------------------------------------------------- the config
