@@ -408,7 +408,7 @@ slightly different text, so its perplexities differ slightly.
 Preset `{preset_name}`: d_model {preset.d_model}, {preset.n_layer} layers, {preset.n_head} heads, context
 {preset.context}, batch {preset.batch_size} x {preset.context} tokens, AdamW (lr {preset.lr:g}, betas 0.9/0.95,
 weight decay 0.1), {preset.warmup} warm-up steps then cosine to 10%, dropout {preset.dropout:g}, gradient clipping
-1.0, {info0.get('threads', '?')} torch threads. Weights stored in float16, embeddings tied. Each model
+1.0, torch threads: {info0.get("threads", "?")}. Weights stored in float16 (Kotara scores them in float32 on the CPU), embeddings tied. Each model
 directory has a `training.json` with what produced it.
 
 Reproduce (same Python, torch and flags give the same weights; about

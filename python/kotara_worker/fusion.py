@@ -290,8 +290,13 @@ def score_each_position(logits: Sequence[torch.Tensor], targets: torch.Tensor, v
         coefs.append(alpha / torch.tensor(temps, dtype=torch.float64))                   # [P, N]
     if settings:
         weights = torch.stack(alphas)                                                    # [K, P, N]
-        coef = torch.stack(coefs, 1).float().to(device)                                  # [P, K, N]
-        fused = fused_nll(logits, targets, vocab, coef, cfg)                             # [K, P]
+        # settings with identical coefficients share one fused pass: e.g. poe with its
+        # default betas 1/N IS average, so a sweep over both does that half of its work once
+        unique: dict[bytes, int] = {}
+        slot = [unique.setdefault(c.numpy().tobytes(), len(unique)) for c in coefs]    # [K]
+        distinct = [coefs[slot.index(u)] for u in range(len(unique))]
+        coef = torch.stack(distinct, 1).float().to(device)                               # [P, U, N]
+        fused = fused_nll(logits, targets, vocab, coef, cfg)[slot]                       # [K, P]
     else:
         weights = torch.zeros(0, P, n, dtype=torch.float64)
         fused = torch.zeros(0, P, dtype=torch.float64)

@@ -145,8 +145,7 @@ class Server:
                     self.stopping = True
             return cancelled
 
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        reset_peak_memory()
         try:
             sums = ev.evaluate(self.models, token_ids, windows, message["settings"], message["batch_size"], bos_id,
                                len(self.tokenizer), resume, on_progress, message["progress_every"], should_stop)
@@ -184,9 +183,29 @@ class Server:
         return torch.tensor(ids, dtype=torch.long)  # [n]
 
 
+def reset_peak_memory() -> None:
+    """Start a new peak for this request: CUDA's allocator peak, or on Linux the
+    process's resident high-water mark (writing 5 to clear_refs resets VmHWM)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the peak is then the process's lifetime peak
+
+
 def peak_memory_bytes() -> int:
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     try:
         import resource
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB

@@ -203,6 +203,7 @@ class FakeModel:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: tiny_models.py OUTDIR")
-    import transformers
-    transformers.logging.set_verbosity_error()
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
     print(json.dumps(build_all(sys.argv[1]), indent=1))
