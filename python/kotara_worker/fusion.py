@@ -13,7 +13,11 @@ fast path turns coefficients into NLLs:  NLL = -log_softmax(Σ_m c_m z_m)[target
 Cost model (a sweep is 100 settings over a 50k vocabulary): the fused pass is
 K × P × V work and is done in small blocks of (positions × settings) that stay
 in cache; everything that depends on a (model, temperature) pair only — entropy,
-top-2 gap — is computed once per pair, never per setting.
+top-2 gap — is computed once per pair, never per setting; settings with identical
+coefficients (poe at its default betas is average) are fused once. The block goes
+through torch.log_softmax rather than exp_ + sum under an upper bound: on CPU the
+softmax kernels use a faster vectorized exp than exp_, so the exact per-row max
+comes for free, nothing can underflow, and negative betas need no special case.
 All NLL math is float32 whatever the model dtype; sums are float64.
 """
 from __future__ import annotations
@@ -283,11 +287,17 @@ def score_each_position(logits: Sequence[torch.Tensor], targets: torch.Tensor, v
     base = torch.stack([base_nll(z, targets, m, cfg) for m, z in enumerate(logits)])    # [N, P]
     views = [ModelLogits(z, vocab, cfg) for z in logits]
     alphas, coefs = [], []
-    for s in settings:
-        temps = [float(t) for t in s["temperatures"]]
-        alpha = STRATEGIES[s["type"]]([v.at(t) for v, t in zip(views, temps)], s)      # [P, N]
-        alphas.append(alpha)
-        coefs.append(alpha / torch.tensor(temps, dtype=torch.float64))                   # [P, N]
+    try:
+        for s in settings:
+            temps = [float(t) for t in s["temperatures"]]
+            alpha = STRATEGIES[s["type"]]([v.at(t) for v, t in zip(views, temps)], s)  # [P, N]
+            alphas.append(alpha)
+            coefs.append(alpha / torch.tensor(temps, dtype=torch.float64))               # [P, N]
+    finally:
+        # TempStats points back at its ModelLogits: break the cycle now, or each chunk's
+        # logits live until the cyclic GC runs and peak memory grows with the text.
+        for v in views:
+            v._stats.clear()
     if settings:
         weights = torch.stack(alphas)                                                    # [K, P, N]
         # settings with identical coefficients share one fused pass: e.g. poe with its

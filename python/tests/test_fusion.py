@@ -198,3 +198,21 @@ def test_golden_strategies():
         assert close(got.model_nll, base), case["name"]
         for k, s in enumerate(case["strategies"]):
             assert close(got.fusion_nll[k], torch.tensor(s["nll"], dtype=torch.float64)), (case["name"], s)
+
+
+def test_scoring_leaves_no_reference_cycles():
+    # A cycle would keep every chunk's float32 logits alive until the cyclic GC runs,
+    # so a long text would grow the worker's peak memory.
+    import gc
+
+    torch.manual_seed(0)
+    logits = [torch.randn(16, 40), torch.randn(16, 40)]
+    targets = torch.randint(0, 40, (16,))
+    settings = [{"id": t, "type": t, "temperatures": [0.9, 1.1], "betas": None} for t in STRATEGIES]
+    gc.collect()
+    gc.disable()
+    try:
+        score_positions(logits, targets, 40, settings)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
