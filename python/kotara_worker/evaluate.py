@@ -10,6 +10,7 @@ Only sums leave this module (never logits).
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -61,6 +62,9 @@ class Cancelled(Exception):
 class EvalConfig:
     position_chunk: int = 256            # scored positions per head + fusion call
     fusion: FusionConfig | None = None   # None: FusionConfig.for_device(first model's device)
+    # run the models' forwards in threads, at the same time; None: when every model
+    # sits on its own CUDA device (cuda:0, cuda:1, …), where they then overlap
+    concurrent: bool | None = None
 
     @staticmethod
     def for_device(device: torch.device | str) -> "EvalConfig":
@@ -129,7 +133,26 @@ def evaluate(models: Sequence, token_ids: torch.Tensor, windows: Sequence[Window
     fuse_device = models[0].device
     fusion_cfg = cfg.fusion or FusionConfig.for_device(fuse_device)
     reported = sums.windows_done
+    devices = [m.device for m in models]
+    concurrent = cfg.concurrent if cfg.concurrent is not None else (
+        len(models) > 1 and all(torch.device(d).type == "cuda" for d in devices) and len(set(map(str, devices))) == len(models))
+    pool = ThreadPoolExecutor(len(models), thread_name_prefix="kotara-forward") if concurrent else None
+    try:
+        return _batches(models, token_ids, windows, settings, batch_size, bos_id, vocab, sums, on_progress,
+                        progress_every, should_stop, cfg, fuse_device, fusion_cfg, reported, offset, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
+
+def _forward(model, ids: torch.Tensor) -> torch.Tensor:
+    # inference_mode is per thread: a pool thread needs its own
+    with torch.inference_mode():
+        return model.hidden(ids) if model.head_path == "scored" else model.full_logits(ids)
+
+
+def _batches(models, token_ids, windows, settings, batch_size, bos_id, vocab, sums, on_progress,
+             progress_every, should_stop, cfg, fuse_device, fusion_cfg, reported, offset, pool) -> Sums:
     for batch in plan_batches(windows, batch_size):
         if batch.stop <= sums.windows_done:
             continue                                            # done before the checkpoint
@@ -143,7 +166,8 @@ def evaluate(models: Sequence, token_ids: torch.Tensor, windows: Sequence[Window
         b_idx, p_idx, targets = _scored_positions(ws, token_ids, offset)        # [P] each
 
         # each model runs once: hidden states (or, for head_path "full", its own logits)
-        sources = [m.hidden(ids) if m.head_path == "scored" else m.full_logits(ids) for m in models]
+        # (on separate devices, all at once: each in its own thread)
+        sources = list(pool.map(_forward, models, [ids] * len(models))) if pool else [_forward(m, ids) for m in models]
         for c in range(0, targets.numel(), cfg.position_chunk):
             sel = slice(c, c + cfg.position_chunk)
             logits = []

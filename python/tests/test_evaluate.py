@@ -254,3 +254,16 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="unknown strategy"):
         run(fakes(), ids, plan_windows(300, 64, 64), [{"id": "x", "type": "max", "temperatures": [1, 1],
                                                         "betas": None}], vocab=50)
+
+
+def test_concurrent_forwards_give_the_same_sums(loaded, tiny_tokens):
+    # On separate CUDA devices the models' forwards run in threads at the same time;
+    # the threaded path itself is exercised here on the CPU and must change nothing.
+    from kotara_worker.evaluate import EvalConfig
+
+    _, ids = tiny_tokens
+    models = [loaded[1]["gpt2-a"], loaded[1]["llama"]]
+    windows = plan_windows(ids.numel(), 64, 32)
+    serial = run(models, ids, windows, all_settings(2), batch_size=3, cfg=EvalConfig(concurrent=False))
+    threaded = run(models, ids, windows, all_settings(2), batch_size=3, cfg=EvalConfig(concurrent=True))
+    assert threaded == serial
