@@ -100,7 +100,8 @@ function python(script: string, args: string[]): any {
   const py = resolvePython();
   const r = spawnSync(py, [join(ROOT, "bench", script), ...args], {
     cwd: ROOT, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"], maxBuffer: 64 << 20,
-    env: { ...process.env, TOKENIZERS_PARALLELISM: "false" },
+    // the same threading environment the worker gets (src/worker.ts), so both sides compare fairly
+    env: { ...process.env, TOKENIZERS_PARALLELISM: "false", OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? "PASSIVE" },
   });
   if (r.status !== 0) throw new Error(`${script} ${args.join(" ")} failed (exit ${r.status ?? r.signal})`);
   const lines = r.stdout.trim().split("\n");

@@ -113,6 +113,9 @@ export class Worker {
       PYTHONPATH: [PYTHON_DIR, process.env.PYTHONPATH].filter(Boolean).join(":"),
       PYTHONUNBUFFERED: "1",
       TOKENIZERS_PARALLELISM: process.env.TOKENIZERS_PARALLELISM ?? "false",
+      // OpenMP threads that spin while waiting turn every small op into a scheduler time
+      // slice when another process holds a core (measured: 12x slower on 2 shared cores).
+      OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? "PASSIVE",
     };
     const args = ["-m", "kotara_worker", "--endpoint", bound];
     if (this.opts.heartbeatS) args.push("--heartbeat", String(this.opts.heartbeatS));

@@ -1,0 +1,605 @@
+// `npm run experiments`: tests the original research's three heuristics on Kotara's demo
+// models and writes docs/experiments.md from the measurements.
+//
+//   npm run experiments                   # run every config, then write the page (≈ 2-5 min on 2 cores)
+//   npm run experiments -- --no-run       # rewrite the page from the metrics already in results/experiments/
+//   npm run experiments -- --only twins   # run one experiment (repeatable); the page uses the others' last results
+//   nice -n 5 npm run experiments         # on a shared machine (the worker inherits the niceness)
+//
+// Each experiment is one committed config, configs/experiments/<name>.yaml, run by the real
+// CLI exactly as the page's rows say (`./bin/kotara run configs/experiments/<name>.yaml`,
+// here with --quiet). The page's numbers and its prose are computed from the metrics files
+// those runs write (results/experiments/<name>.json); no number on the page is typed in.
+//
+// The heuristics (from the research that Kotara generalizes):
+//   1. an identical pair (a model with itself) gains nothing;
+//   2. a similar pair (twins: same architecture and data, other seed; siblings: other
+//      architecture, same data) gains;
+//   3. a pair from distant domains gains little or loses.
+// "Gain" is measured two ways: at T = 1 (the fusion itself), and with temperatures tuned on
+// the grid, against the best *tempered* single model (temperature scaling of one model is not
+// fusion, and an identical pair "fused" at two temperatures is only a retempered model).
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, release, totalmem, type as osType } from "node:os";
+import { basename, dirname, join, resolve } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+
+/** A fusion is a "gain" when its PPL is at least this many percent below the reference. */
+export const GAIN_PCT = 1;
+
+export type Heuristic = "identical" | "similar" | "distant";
+
+export interface Experiment {
+  name: string;
+  heuristic: Heuristic;
+  /** What is fused, in words. */
+  pair: string;
+  /** Which held-out text. */
+  text: "docs" | "code";
+}
+
+export const EXPERIMENTS: Experiment[] = [
+  { name: "identical", heuristic: "identical", pair: "twin-a + twin-a", text: "docs" },
+  { name: "twins", heuristic: "similar", pair: "twin-a + twin-b (twins)", text: "docs" },
+  { name: "siblings", heuristic: "similar", pair: "twin-a + sibling (siblings)", text: "docs" },
+  { name: "distant", heuristic: "distant", pair: "twin-a + far (distant domains)", text: "docs" },
+  { name: "distant-code", heuristic: "distant", pair: "twin-a + far (distant domains)", text: "code" },
+];
+
+export const HEURISTIC_TEXT: Record<Heuristic, string> = {
+  identical: "an identical pair gains nothing",
+  similar: "a similar pair gains",
+  distant: "a pair from distant domains gains little or loses",
+};
+
+export const STRATEGY_TYPES = ["average", "poe", "entropy", "gap"] as const;
+export type StrategyType = (typeof STRATEGY_TYPES)[number];
+
+export function commandFor(name: string): string {
+  return `./bin/kotara run configs/experiments/${name}.yaml`;
+}
+
+// ---------------------------------------------------------------------------- metrics input
+
+/** The parts of a Kotara metrics file (SPEC §6, src/report.ts) that this script reads. */
+export interface MetricsInput {
+  kotara_version: string;
+  dataset: { path: string; bytes: number; words: number; tokens: number; scored_tokens: number; windows: number; max_length: number; stride: number };
+  models: { ref: string; ppl: number }[];
+  fusions: {
+    id: string;
+    strategy: { type: string; temperatures: number[]; betas: number[] | null };
+    ppl: number;
+    weights_mean: number[];
+  }[];
+  sweep: { strategies: string[]; temperatures: number[][] } | null;
+  runtime: { device: string; dtype: string; torch: string; transformers: string; python?: string; seconds: number; tokens_per_second?: number };
+}
+
+// ---------------------------------------------------------------------------- analysis
+
+export interface FusionPoint {
+  id: string;
+  type: StrategyType;
+  temperatures: number[];
+  ppl: number;
+  /** (ppl / best single model at T = 1 − 1) × 100; negative is better. */
+  delta: number;
+  weights: number[];
+  /** A temperature sits at the end of the swept grid (the optimum may lie beyond it). */
+  atEdge: boolean;
+}
+
+export interface TemperedModel {
+  model: number;
+  name: string;
+  t: number;
+  ppl: number;
+}
+
+export interface Analysis {
+  models: { name: string; ppl: number }[];
+  /** Index of the best single model at T = 1. */
+  bestModel: number;
+  bestModelPpl: number;
+  /** The four strategies with their defaults (T = 1, default betas). */
+  atT1: Partial<Record<StrategyType, FusionPoint>>;
+  /** Per strategy, its lowest-PPL setting (defaults and sweep). */
+  swept: Partial<Record<StrategyType, FusionPoint>>;
+  bestT1: FusionPoint;
+  bestSwept: FusionPoint;
+  /** The best single model at any temperature measured (T = 1 and the "alone:" baselines). */
+  bestTempered: TemperedModel;
+  /** Per model, its best temperature. */
+  temperedPerModel: TemperedModel[];
+  /** bestT1 vs the best single model, %. */
+  gainT1: number;
+  /** bestSwept vs the best single model at T = 1, % (the naive reading). */
+  gainSweptRaw: number;
+  /** bestSwept vs the best tempered single model, % (the fair reading). */
+  gainSweptVsTempered: number;
+  /** Largest |ppl_poe / ppl_average − 1| over settings with the same temperatures (default betas); null if none pair up. */
+  poeVsAverage: number | null;
+  /** Largest |ppl / ppl_model − 1| of the four strategies at T = 1 when all models are the same model; null otherwise. */
+  identicalT1Deviation: number | null;
+}
+
+const pct = (ppl: number, ref: number) => (ppl / ref - 1) * 100;
+const allOnes = (ts: number[]) => ts.every((t) => t === 1);
+const defaultBetas = (betas: number[] | null, n: number) => betas === null || betas.every((b) => Math.abs(b - 1 / n) < 1e-12);
+
+/** A poe setting with exactly one nonzero beta is that model alone at its temperature. */
+export function aloneModel(f: MetricsInput["fusions"][number]): number | null {
+  if (f.strategy.type !== "poe" || !f.strategy.betas) return null;
+  const nz = f.strategy.betas.map((b, i) => (b > 0 ? i : -1)).filter((i) => i >= 0);
+  return nz.length === 1 ? nz[0] : null;
+}
+
+export function modelName(ref: string): string {
+  return basename(ref.replace(/[\\/]+$/, ""));
+}
+
+export function analyse(m: MetricsInput): Analysis {
+  const n = m.models.length;
+  const models = m.models.map((x) => ({ name: modelName(x.ref), ppl: x.ppl }));
+  let bestModel = 0;
+  models.forEach((x, i) => { if (x.ppl < models[bestModel].ppl) bestModel = i; });
+  const ref = models[bestModel].ppl;
+  const grid = m.sweep?.temperatures ?? null;
+  const edge = (ts: number[]) => grid !== null && ts.some((t, i) => grid[i] && grid[i].length > 1 && (t === Math.min(...grid[i]) || t === Math.max(...grid[i])));
+
+  const temperedPerModel: TemperedModel[] = models.map((x, i) => ({ model: i, name: x.name, t: 1, ppl: x.ppl }));
+  const atT1: Analysis["atT1"] = {};
+  const swept: Analysis["swept"] = {};
+  const byKey = new Map<string, number>(); // "type|temps" → ppl, for poe vs average
+  for (const f of m.fusions) {
+    const alone = aloneModel(f);
+    if (alone !== null) {
+      const t = f.strategy.temperatures[alone];
+      if (f.ppl < temperedPerModel[alone].ppl) temperedPerModel[alone] = { model: alone, name: models[alone].name, t, ppl: f.ppl };
+      continue;
+    }
+    const type = f.strategy.type as StrategyType;
+    if (!STRATEGY_TYPES.includes(type)) continue;
+    const isDefault = defaultBetas(f.strategy.betas, n);
+    const point: FusionPoint = {
+      id: f.id, type, temperatures: f.strategy.temperatures, ppl: f.ppl, delta: pct(f.ppl, ref), weights: f.weights_mean,
+      atEdge: edge(f.strategy.temperatures),
+    };
+    if (isDefault && allOnes(f.strategy.temperatures) && !atT1[type]) atT1[type] = { ...point, atEdge: false };
+    if (!swept[type] || f.ppl < swept[type]!.ppl) swept[type] = point;
+    if (isDefault && (type === "average" || type === "poe")) byKey.set(`${type}|${f.strategy.temperatures.join(",")}`, f.ppl);
+  }
+  // The identical pair: "average@t=T,T" is the model alone at T, so it counts as a tempered baseline too.
+  const same = new Set(m.models.map((x) => resolve(x.ref))).size === 1;
+  if (same) {
+    for (const f of m.fusions) {
+      const ts = f.strategy.temperatures;
+      if (aloneModel(f) === null && ts.every((t) => t === ts[0]) && f.ppl < temperedPerModel[0].ppl) {
+        temperedPerModel[0] = { model: 0, name: models[0].name, t: ts[0], ppl: f.ppl };
+      }
+    }
+  }
+  const present = STRATEGY_TYPES.filter((t) => atT1[t]);
+  if (present.length === 0) throw new Error("the metrics have none of the four strategies at their defaults (T = 1)");
+  const bestT1 = present.map((t) => atT1[t]!).reduce((a, b) => (b.ppl < a.ppl ? b : a));
+  const bestSwept = STRATEGY_TYPES.filter((t) => swept[t]).map((t) => swept[t]!).reduce((a, b) => (b.ppl < a.ppl ? b : a));
+  const bestTempered = temperedPerModel.reduce((a, b) => (b.ppl < a.ppl ? b : a));
+
+  let poeVsAverage: number | null = null;
+  for (const [k, ppl] of byKey) {
+    if (!k.startsWith("poe|")) continue;
+    const avg = byKey.get(`average|${k.slice(4)}`);
+    if (avg === undefined) continue;
+    const d = Math.abs(ppl / avg - 1);
+    poeVsAverage = poeVsAverage === null ? d : Math.max(poeVsAverage, d);
+  }
+  const identicalT1Deviation = same ? Math.max(...present.map((t) => Math.abs(atT1[t]!.ppl / models[0].ppl - 1))) : null;
+  return {
+    models, bestModel, bestModelPpl: ref, atT1, swept, bestT1, bestSwept, bestTempered, temperedPerModel,
+    gainT1: bestT1.delta,
+    gainSweptRaw: bestSwept.delta,
+    gainSweptVsTempered: pct(bestSwept.ppl, bestTempered.ppl),
+    poeVsAverage, identicalT1Deviation,
+  };
+}
+
+// ---------------------------------------------------------------------------- verdicts
+
+export interface Verdict {
+  holds: boolean;
+  /** The number that decides it, in words. */
+  because: string;
+}
+
+/** Does `delta` (% PPL vs the reference, negative is better) agree with the heuristic? */
+export function judge(h: Heuristic, delta: number, reference: string): Verdict {
+  const gain = delta <= -GAIN_PCT;
+  const holds = h === "similar" ? gain : !gain;
+  const what = delta < 0 ? `${fmtPct(delta)} PPL vs ${reference}` : `${fmtPct(delta)} PPL vs ${reference} (a loss)`;
+  const rule = h === "similar" ? `a gain needs ≤ -${GAIN_PCT}%` : `a gain would be ≤ -${GAIN_PCT}%`;
+  return { holds, because: `${what}; ${rule}` };
+}
+
+export function verdicts(h: Heuristic, a: Analysis): { t1: Verdict; tuned: Verdict } {
+  return {
+    t1: judge(h, a.gainT1, `${a.models[a.bestModel].name} (best model)`),
+    tuned: judge(h, a.gainSweptVsTempered, `${a.bestTempered.name} at T=${fmtNum(a.bestTempered.t)} (best tempered model)`),
+  };
+}
+
+// ---------------------------------------------------------------------------- formatting
+
+export function fmtNum(x: number): string {
+  return String(Number(x.toFixed(4)));
+}
+export function fmtPpl(x: number): string {
+  return x.toFixed(2);
+}
+export function fmtPct(x: number): string {
+  const s = x.toFixed(2);
+  return (x >= 0 && s !== "-0.00" ? "+" : "") + (s === "-0.00" ? "0.00" : s) + "%";
+}
+const fmtWeights = (w: number[]) => w.map((x) => x.toFixed(2)).join(" / ");
+const holdText = (v: Verdict) => (v.holds ? "**holds**" : "**does not hold**");
+const esc = (s: string) => s.replace(/\|/g, "\\|");
+
+export interface RunRecord {
+  experiment: Experiment;
+  metrics: MetricsInput;
+  /** Wall seconds of the whole command (process start to exit), or null when not measured by this run. */
+  wallSeconds: number | null;
+}
+
+/** One row per experiment: the summary table. */
+export function summaryTable(records: RunRecord[]): string {
+  const out = [
+    "| experiment | heuristic | text | best model alone (T=1) | best fusion at T=1 | gain at T=1 | verdict at T=1 | best swept fusion | vs best model at T=1 | best tempered model | swept fusion vs tempered model | verdict, temperatures tuned | wall time | command |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  ];
+  for (const r of records) {
+    const a = analyse(r.metrics);
+    const v = verdicts(r.experiment.heuristic, a);
+    out.push("| " + [
+      `${r.experiment.name}: ${r.experiment.pair}`,
+      HEURISTIC_TEXT[r.experiment.heuristic],
+      r.experiment.text,
+      `${a.models[a.bestModel].name} ${fmtPpl(a.bestModelPpl)}`,
+      `${a.bestT1.id} ${fmtPpl(a.bestT1.ppl)}`,
+      fmtPct(a.gainT1),
+      holdText(v.t1),
+      `${esc(a.bestSwept.id)} ${fmtPpl(a.bestSwept.ppl)}${a.bestSwept.atEdge ? " (grid edge)" : ""}`,
+      fmtPct(a.gainSweptRaw),
+      `${a.bestTempered.name} @T=${fmtNum(a.bestTempered.t)} ${fmtPpl(a.bestTempered.ppl)}`,
+      fmtPct(a.gainSweptVsTempered),
+      holdText(v.tuned),
+      wallText(r),
+      `\`${commandFor(r.experiment.name)}\``,
+    ].join(" | ") + " |");
+  }
+  return out.join("\n");
+}
+
+function wallText(r: RunRecord): string {
+  const w = r.wallSeconds === null ? "" : `${r.wallSeconds.toFixed(1)} s`;
+  const e = `${r.metrics.runtime.seconds.toFixed(1)} s eval`;
+  return w ? `${w} (${e})` : e;
+}
+
+/** The detail section of one experiment. */
+export function detailSection(r: RunRecord): string {
+  const a = analyse(r.metrics);
+  const v = verdicts(r.experiment.heuristic, a);
+  const d = r.metrics.dataset;
+  const grid = r.metrics.sweep?.temperatures;
+  const out: string[] = [];
+  out.push(`### ${r.experiment.name}: ${r.experiment.pair}, held-out ${r.experiment.text}`);
+  out.push("");
+  out.push(`Heuristic: *${HEURISTIC_TEXT[r.experiment.heuristic]}*. Command: \`${commandFor(r.experiment.name)}\` ` +
+    `(config [configs/experiments/${r.experiment.name}.yaml](../configs/experiments/${r.experiment.name}.yaml)). ` +
+    `${d.scored_tokens.toLocaleString("en-US")} scored tokens (${d.bytes.toLocaleString("en-US")} bytes) in ${d.windows} windows of ${d.max_length}, stride ${d.stride}; ` +
+    `${r.metrics.fusions.length} settings in one pass; wall time ${wallText(r)}.`);
+  out.push("");
+  out.push("| model alone | PPL at T=1 | best PPL over T (grid) | at T |");
+  out.push("| --- | --- | --- | --- |");
+  const seen = new Set<string>();
+  a.models.forEach((x, i) => {
+    const t = a.temperedPerModel[i] ?? a.temperedPerModel[0];
+    const row = `| ${x.name}${i === a.bestModel ? " (best)" : ""} | ${fmtPpl(x.ppl)} | ${fmtPpl(t.ppl)} | ${fmtNum(t.t)} |`;
+    if (!seen.has(x.name)) out.push(row);
+    seen.add(x.name);
+  });
+  out.push("");
+  out.push(`| strategy | PPL at T=1 | Δ vs ${a.models[a.bestModel].name} | mean weights at T=1 | best swept setting | PPL | Δ vs ${a.models[a.bestModel].name} | Δ vs best tempered model |`);
+  out.push("| --- | --- | --- | --- | --- | --- | --- | --- |");
+  for (const t of STRATEGY_TYPES) {
+    const p = a.atT1[t];
+    const s = a.swept[t];
+    out.push("| " + [
+      t,
+      p ? fmtPpl(p.ppl) : "—",
+      p ? fmtPct(p.delta) : "—",
+      p ? fmtWeights(p.weights) : "—",
+      s ? `${esc(s.id)}${s.atEdge ? " (grid edge)" : ""}` : "—",
+      s ? fmtPpl(s.ppl) : "—",
+      s ? fmtPct(s.delta) : "—",
+      s ? fmtPct(pct(s.ppl, a.bestTempered.ppl)) : "—",
+    ].join(" | ") + " |");
+  }
+  out.push("");
+  out.push(`- At T = 1: ${holdText(v.t1)} (${v.t1.because}).`);
+  out.push(`- Temperatures tuned: ${holdText(v.tuned)} (${v.tuned.because}). ` +
+    `Against the untempered best model the best swept fusion reads ${fmtPct(a.gainSweptRaw)}.`);
+  if (grid) out.push(`- Swept grid: ${grid.map((g, i) => `${a.models[i]?.name ?? `model ${i + 1}`} [${g.map(fmtNum).join(", ")}]`).join("; ")}.`);
+  return out.join("\n");
+}
+
+/** "Where the measurements disagree with the heuristics": sentences built from the numbers. */
+export function findings(records: RunRecord[]): string[] {
+  const out: string[] = [];
+  const rows = records.map((r) => ({ r, a: analyse(r.metrics), v: verdicts(r.experiment.heuristic, analyse(r.metrics)) }));
+  const name = (r: RunRecord) => `**${r.experiment.name}** (${r.experiment.pair}, held-out ${r.experiment.text})`;
+
+  // Outright disagreements first.
+  const disagree = rows.filter((x) => !x.v.t1.holds || !x.v.tuned.holds);
+  if (disagree.length === 0) {
+    out.push(`No outright disagreement: every experiment agrees with its heuristic both at T = 1 and with temperatures tuned ` +
+      `(a gain means a PPL at least ${GAIN_PCT}% below the reference). The points below are where the agreement needs qualifying.`);
+  }
+  for (const { r, a, v } of disagree) {
+    const parts: string[] = [];
+    if (!v.t1.holds) parts.push(`at T = 1 the best fusion (${a.bestT1.id}, PPL ${fmtPpl(a.bestT1.ppl)}) is ${fmtPct(a.gainT1)} vs the best model`);
+    if (!v.tuned.holds) parts.push(`with temperatures tuned the best fusion (${a.bestSwept.id}, PPL ${fmtPpl(a.bestSwept.ppl)}) is ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model`);
+    out.push(`${name(r)} disagrees with "${HEURISTIC_TEXT[r.experiment.heuristic]}": ${parts.join("; and ")}.`);
+  }
+
+  // Heuristic 1: the identical pair's swept "gain" is temperature, not fusion.
+  for (const { r, a } of rows.filter((x) => x.r.experiment.heuristic === "identical")) {
+    const dev = a.identicalT1Deviation;
+    let s = `${name(r)}: at T = 1 all four strategies give the model itself` +
+      (dev !== null ? ` (largest relative PPL difference ${dev.toExponential(1)})` : "") + ", as they must: fusing a model with itself changes nothing.";
+    if (a.gainSweptRaw <= -GAIN_PCT) {
+      s += ` With temperatures swept the pair appears to gain ${fmtPct(a.gainSweptRaw)} (${a.bestSwept.id}), but ${a.bestTempered.name} alone at ` +
+        `T = ${fmtNum(a.bestTempered.t)} already reaches ${fmtPpl(a.bestTempered.ppl)} (${fmtPct(pct(a.bestTempered.ppl, a.bestModelPpl))}); ` +
+        `the fusion is ${fmtPct(a.gainSweptVsTempered)} from that. The apparent gain is the model being ${a.bestTempered.t > 1 ? "too confident" : "not confident enough"} ` +
+        `at T = 1, fixed by a temperature; it is not a gain from fusing. Read swept gains against the best tempered single model, not against T = 1.`;
+    }
+    out.push(s);
+  }
+
+  // Heuristic 2: how much of the similar pairs' gain survives tempering; which strategies fail to gain.
+  for (const { r, a } of rows.filter((x) => x.r.experiment.heuristic === "similar")) {
+    const t1s = STRATEGY_TYPES.filter((t) => a.atT1[t]).map((t) => `${t} ${fmtPct(a.atT1[t]!.delta)}`).join(", ");
+    const noGain = STRATEGY_TYPES.filter((t) => a.atT1[t] && a.atT1[t]!.delta > -GAIN_PCT);
+    const temperOnly = pct(a.bestTempered.ppl, a.bestModelPpl);
+    let s = `${name(r)}: at T = 1 ${t1s}.`;
+    if (noGain.length) s += ` ${noGain.join(" and ")} ${noGain.length > 1 ? "do" : "does"} not gain at T = 1.`;
+    s += ` Tempering the best single model alone is worth ${fmtPct(temperOnly)}; the best swept fusion is ${fmtPct(a.gainSweptRaw)} vs the model at T = 1 ` +
+      `and ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model, so ` +
+      (a.gainSweptRaw < 0 ? `${Math.round((a.gainSweptVsTempered / a.gainSweptRaw) * 100)}% of the swept gain is fusion and the rest temperature.` : "the sweep finds no gain.");
+    out.push(s);
+  }
+  const sim = rows.filter((x) => x.r.experiment.heuristic === "similar");
+  if (sim.length >= 2) {
+    const [x, y] = [...sim].sort((p, q) => p.a.gainT1 - q.a.gainT1);
+    out.push(`Of the similar pairs, **${x.r.experiment.name}** gains more at T = 1 (${fmtPct(x.a.gainT1)}) than **${y.r.experiment.name}** (${fmtPct(y.a.gainT1)})` +
+      (x.r.experiment.name === "siblings" ? ": the pair with *different* architectures gains more than the same-architecture twins, " +
+        "so \"similar\" should mean similar data (and comparable quality), not similar architecture." : "."));
+  }
+
+  // Heuristic 3: per text, and what the data-dependent weights do.
+  for (const { r, a } of rows.filter((x) => x.r.experiment.heuristic === "distant")) {
+    const best = a.models[a.bestModel];
+    const other = a.models.find((_, i) => i !== a.bestModel)!;
+    const ratio = other.ppl / best.ppl;
+    const t1s = STRATEGY_TYPES.filter((t) => a.atT1[t]).map((t) => `${t} ${fmtPct(a.atT1[t]!.delta)}`).join(", ");
+    const dyn = (["entropy", "gap"] as const).filter((t) => a.atT1[t]).map((t) => {
+      const w = a.atT1[t]!.weights[a.bestModel];
+      return `${t} gives ${best.name} a mean weight of ${w.toFixed(2)}`;
+    });
+    let s = `${name(r)}: ${best.name} is the in-domain model (PPL ${fmtPpl(best.ppl)}; ${other.name} ${fmtPpl(other.ppl)}, ${ratio.toFixed(1)}× worse). ` +
+      `At T = 1: ${t1s}.`;
+    if (dyn.length) s += ` The per-position weights lean on the in-domain model only partly (${dyn.join("; ")}).`;
+    s += a.gainT1 <= -GAIN_PCT
+      ? ` The best fusion still gains ${fmtPct(a.gainT1)}, against the heuristic.`
+      : a.gainT1 < 0 ? ` The best fusion gains only ${fmtPct(a.gainT1)}: "gains little", as the heuristic says.`
+        : ` Every strategy loses at T = 1, as the heuristic says.`;
+    if (a.gainSweptVsTempered <= -GAIN_PCT) {
+      s += ` With temperatures tuned the best fusion (${a.bestSwept.id}) is ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model: ` +
+        `tuning the out-of-domain model's temperature turns the loss into a gain, against "gains little".`;
+    } else {
+      s += ` With temperatures tuned the best fusion (${a.bestSwept.id}) is ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model.`;
+    }
+    out.push(s);
+  }
+  const dist = rows.filter((x) => x.r.experiment.heuristic === "distant");
+  if (dist.length && sim.length) {
+    const worstSim = Math.max(...sim.map((x) => x.a.gainT1));
+    const bestDist = Math.min(...dist.map((x) => x.a.gainT1));
+    out.push(bestDist > worstSim
+      ? `Ordering: every distant experiment gains less at T = 1 (best ${fmtPct(bestDist)}) than every similar pair (worst ${fmtPct(worstSim)}), as the heuristics order them.`
+      : `Ordering: a distant experiment gains at least as much at T = 1 (${fmtPct(bestDist)}) as a similar pair (${fmtPct(worstSim)}), against the heuristics' ordering.`);
+  }
+
+  // poe with default betas is average.
+  const pv = rows.map((x) => x.a.poeVsAverage).filter((x): x is number => x !== null);
+  if (pv.length) {
+    out.push(`\`poe\` with its default betas (1/N each) is \`average\`: over every pair of settings with the same temperatures, in every experiment, ` +
+      `their PPLs differ by at most ${Math.max(...pv).toExponential(1)} (relative). Σ β_m log p_m and Σ y_m / N differ by a constant per position, which the ` +
+      `softmax removes. Its rows are not a fourth independent test; poe differs only with other betas (not swept here).`);
+  }
+  // Edges.
+  const edges = rows.filter((x) => x.a.bestSwept.atEdge);
+  if (edges.length) {
+    out.push(`The best swept setting sits at the edge of the temperature grid in ${edges.map((x) => `**${x.r.experiment.name}** (${x.a.bestSwept.id})`).join(", ")}: ` +
+      `a wider grid could do a little better there, so those swept gains are lower bounds.`);
+  }
+  out.push(`Scale: each experiment is one held-out text of ${[...new Set(records.map((r) => r.metrics.dataset.scored_tokens))].map((x) => x.toLocaleString("en-US")).join(" or ")} ` +
+    `scored tokens and one training seed per model, on ~1M-parameter toy models; differences of a fraction of a percent are not meaningful.`);
+  return out;
+}
+
+export function machineSection(records: RunRecord[], startedAt: Date | null, loadAtStart: number[] | null, totalSeconds: number | null): string {
+  const rt = records[0]?.metrics.runtime;
+  const cpu = cpus();
+  const lines = [
+    `- Machine: ${cpu[0]?.model ?? "unknown CPU"}, ${cpu.length} logical cores, ${(totalmem() / 2 ** 30).toFixed(1)} GiB RAM, ${osType()} ${release()}` +
+      (loadAtStart ? `; load average at start ${loadAtStart.map((x) => x.toFixed(2)).join(" / ")} (a shared machine: wall times vary with it)` : ""),
+    `- Versions: Kotara ${records[0]?.metrics.kotara_version ?? "?"}, Node ${process.version}` +
+      (rt ? `, Python ${rt.python ?? "?"}, torch ${rt.torch}, transformers ${rt.transformers}; device ${rt.device}, ${rt.dtype}` : ""),
+  ];
+  if (startedAt) lines.push(`- Run: ${startedAt.toISOString().replace(/\.\d+Z$/, "Z")}` + (totalSeconds !== null ? `, ${totalSeconds.toFixed(1)} s for all runs` : ""));
+  return lines.join("\n");
+}
+
+export function buildPage(records: RunRecord[], opts: { startedAt: Date | null; loadAtStart: number[] | null; totalSeconds: number | null }): string {
+  const out: string[] = [];
+  out.push("# Experiments: do the research's heuristics hold on Kotara's demo models?");
+  out.push("");
+  out.push("<!-- Generated by `npm run experiments` (scripts/experiments.ts) from the metrics of the runs below. Do not edit by hand. -->");
+  out.push("");
+  out.push("The research behind Kotara left three rules of thumb for fusing language models at the level of their next-token distributions:");
+  out.push("");
+  out.push(`1. ${HEURISTIC_TEXT.identical} (a model fused with itself);`);
+  out.push(`2. ${HEURISTIC_TEXT.similar} (twins: same architecture and data, another seed; siblings: another architecture, same data);`);
+  out.push(`3. ${HEURISTIC_TEXT.distant}.`);
+  out.push("");
+  out.push("Each experiment below is one Kotara run of one committed config (`configs/experiments/`), on Kotara's own ~1M-parameter demo models " +
+    "([models/demo/](../models/demo/README.md)): `twin-a` and `twin-b` (GPT-2, Python docs, seeds 1 and 2), `sibling` (Llama, the same docs) and `far` " +
+    "(GPT-2, Python standard-library source). The texts are the held-out docs and code that `scripts/demo_text.py` extracts from the Python " +
+    "interpreter (another Python version gives slightly different text and numbers). Every run evaluates all four strategies at T = 1, " +
+    "each model alone at the grid's temperatures (`alone:M@t=T`: `poe` with betas [1, 0], which is exactly model M at temperature T), and " +
+    "all four strategies over a 5 × 5 temperature grid, from one forward pass per model per window.");
+  out.push("");
+  out.push(`**How to read it.** Δ is the PPL relative to a reference (negative is better). A *gain* is a PPL at least ${GAIN_PCT}% below the reference. ` +
+    "Each heuristic is judged twice: **at T = 1** (best of the four strategies vs the best single model), and **with temperatures tuned** " +
+    "(best swept fusion vs the best single model at its best grid temperature). The second reference matters: sweeping temperatures also " +
+    "retempers each model, and a retempered model is not a fusion. \"vs best model at T=1\" is the naive reading of a sweep, shown for comparison.");
+  out.push("");
+  out.push("## Summary");
+  out.push("");
+  out.push(summaryTable(records));
+  out.push("");
+  out.push("## Where the measurements disagree with the heuristics");
+  out.push("");
+  for (const f of findings(records)) out.push(`- ${f}`);
+  out.push("");
+  out.push("## Each experiment");
+  out.push("");
+  for (const r of records) {
+    out.push(detailSection(r));
+    out.push("");
+  }
+  out.push("## Machine and versions");
+  out.push("");
+  out.push(machineSection(records, opts.startedAt, opts.loadAtStart, opts.totalSeconds));
+  out.push("");
+  out.push("Reproduce: `npm run experiments` (after `bash scripts/setup.sh`; `nice -n 5 npm run experiments` on a shared machine), " +
+    "or any single row with its command. `npm run experiments -- --no-run` rewrites this page from the metrics already in `results/experiments/`.");
+  out.push("");
+  return out.join("\n");
+}
+
+// ---------------------------------------------------------------------------- running
+
+interface Options {
+  run: boolean;
+  only: string[];
+  out: string;
+}
+
+function parseArgs(argv: string[]): Options {
+  const o: Options = { run: true, only: [], out: join(ROOT, "docs", "experiments.md") };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === "--no-run") o.run = false;
+    else if (a === "--only") {
+      const v = argv[++i];
+      if (!v || !EXPERIMENTS.some((e) => e.name === v)) throw new Error(`--only needs one of: ${EXPERIMENTS.map((e) => e.name).join(", ")}`);
+      o.only.push(v);
+    } else if (a === "--out") {
+      const v = argv[++i];
+      if (!v) throw new Error("--out needs a file");
+      o.out = resolve(v);
+    } else if (a === "--help" || a === "-h") {
+      process.stdout.write("usage: npm run experiments [-- --no-run] [--only NAME]... [--out FILE]\n");
+      process.exit(0);
+    } else throw new Error(`unknown option ${a} (try --help)`);
+  }
+  return o;
+}
+
+const metricsPath = (name: string) => join(ROOT, "results", "experiments", `${name}.json`);
+const wallPath = (name: string) => join(ROOT, "results", "experiments", `${name}.wall.json`);
+
+function newestMtime(dir: string): number {
+  let t = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    t = Math.max(t, e.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs);
+  }
+  return t;
+}
+
+function ensureBuilt(): void {
+  const cli = join(ROOT, "dist", "cli.js");
+  if (existsSync(cli) && statSync(cli).mtimeMs >= newestMtime(join(ROOT, "src"))) return;
+  process.stderr.write("experiments: dist/ is missing or older than src/; running npm run build\n");
+  const r = spawnSync("npm", ["run", "build", "--silent"], { cwd: ROOT, stdio: "inherit" });
+  if (r.status !== 0) throw new Error("npm run build failed");
+}
+
+function runOne(e: Experiment): number {
+  const args = ["run", `configs/experiments/${e.name}.yaml`, "--quiet"];
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync(join(ROOT, "bin", "kotara"), args, { cwd: ROOT, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+  const wall = Number(process.hrtime.bigint() - t0) / 1e9;
+  if (r.status !== 0) {
+    process.stderr.write(r.stdout ?? "");
+    process.stderr.write(r.stderr ?? "");
+    throw new Error(`${commandFor(e.name)} failed (exit ${r.status ?? r.signal})`);
+  }
+  mkdirSync(dirname(wallPath(e.name)), { recursive: true });
+  writeFileSync(wallPath(e.name), JSON.stringify({ command: commandFor(e.name), wall_seconds: wall, finished_at: new Date().toISOString() }, null, 2) + "\n");
+  return wall;
+}
+
+async function main(): Promise<void> {
+  const o = parseArgs(process.argv.slice(2));
+  const startedAt = new Date();
+  const loadAtStart = loadavg();
+  const toRun = o.run ? EXPERIMENTS.filter((e) => o.only.length === 0 || o.only.includes(e.name)) : [];
+  if (toRun.length) ensureBuilt();
+  let total = 0;
+  for (const [i, e] of toRun.entries()) {
+    process.stderr.write(`[${i + 1}/${toRun.length}] ${commandFor(e.name)} --quiet … `);
+    const w = runOne(e);
+    total += w;
+    process.stderr.write(`${w.toFixed(1)} s\n`);
+  }
+  const records: RunRecord[] = [];
+  for (const e of EXPERIMENTS) {
+    const p = metricsPath(e.name);
+    if (!existsSync(p)) throw new Error(`no metrics for "${e.name}" at ${p}: run \`npm run experiments\` (or ${commandFor(e.name)})`);
+    const metrics = JSON.parse(readFileSync(p, "utf8")) as MetricsInput;
+    const w = existsSync(wallPath(e.name)) ? (JSON.parse(readFileSync(wallPath(e.name), "utf8")) as { wall_seconds: number }).wall_seconds : null;
+    records.push({ experiment: e, metrics, wallSeconds: w });
+  }
+  const fullRun = toRun.length === EXPERIMENTS.length;
+  const page = buildPage(records, {
+    startedAt: toRun.length ? startedAt : null, loadAtStart: toRun.length ? loadAtStart : null, totalSeconds: fullRun ? total : null,
+  });
+  mkdirSync(dirname(o.out), { recursive: true });
+  writeFileSync(o.out, page);
+  process.stderr.write(`wrote ${o.out}${toRun.length ? ` (runs: ${total.toFixed(1)} s)` : ""}\n`);
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
+  main().catch((e: unknown) => {
+    process.stderr.write(`experiments: ${(e as Error).message}\n`);
+    process.exit(1);
+  });
+}
