@@ -43,10 +43,10 @@ export interface Experiment {
 
 export const EXPERIMENTS: Experiment[] = [
   { name: "identical", heuristic: "identical", pair: "twin-a + twin-a", text: "docs" },
-  { name: "twins", heuristic: "similar", pair: "twin-a + twin-b (twins)", text: "docs" },
-  { name: "siblings", heuristic: "similar", pair: "twin-a + sibling (siblings)", text: "docs" },
-  { name: "distant", heuristic: "distant", pair: "twin-a + far (distant domains)", text: "docs" },
-  { name: "distant-code", heuristic: "distant", pair: "twin-a + far (distant domains)", text: "code" },
+  { name: "twins", heuristic: "similar", pair: "twin-a + twin-b", text: "docs" },
+  { name: "siblings", heuristic: "similar", pair: "twin-a + sibling", text: "docs" },
+  { name: "distant", heuristic: "distant", pair: "twin-a + far", text: "docs" },
+  { name: "distant-code", heuristic: "distant", pair: "twin-a + far", text: "code" },
 ];
 
 export const HEURISTIC_TEXT: Record<Heuristic, string> = {
@@ -98,6 +98,8 @@ export interface TemperedModel {
   name: string;
   t: number;
   ppl: number;
+  /** t is the end of the swept grid (the model's optimum may lie beyond it). */
+  atEdge?: boolean;
 }
 
 export interface Analysis {
@@ -187,6 +189,10 @@ export function analyse(m: MetricsInput): Analysis {
   if (present.length === 0) throw new Error("the metrics have none of the four strategies at their defaults (T = 1)");
   const bestT1 = present.map((t) => atT1[t]!).reduce((a, b) => (b.ppl < a.ppl ? b : a));
   const bestSwept = STRATEGY_TYPES.filter((t) => swept[t]).map((t) => swept[t]!).reduce((a, b) => (b.ppl < a.ppl ? b : a));
+  for (const t of temperedPerModel) {
+    const g = grid?.[t.model];
+    t.atEdge = !!g && g.length > 1 && (t.t === Math.min(...g) || t.t === Math.max(...g));
+  }
   const bestTempered = temperedPerModel.reduce((a, b) => (b.ppl < a.ppl ? b : a));
 
   let poeVsAverage: number | null = null;
@@ -219,7 +225,7 @@ export interface Verdict {
 export function judge(h: Heuristic, delta: number, reference: string): Verdict {
   const gain = delta <= -GAIN_PCT;
   const holds = h === "similar" ? gain : !gain;
-  const what = delta < 0 ? `${fmtPct(delta)} PPL vs ${reference}` : `${fmtPct(delta)} PPL vs ${reference} (a loss)`;
+  const what = `${fmtPct(delta)} PPL vs ${reference}` + (Math.abs(delta) < 0.005 ? " (no change)" : delta > 0 ? " (a loss)" : "");
   const rule = h === "similar" ? `a gain needs ≤ -${GAIN_PCT}%` : `a gain would be ≤ -${GAIN_PCT}%`;
   return { holds, because: `${what}; ${rule}` };
 }
@@ -238,6 +244,10 @@ export function fmtNum(x: number): string {
 }
 export function fmtPpl(x: number): string {
   return x.toFixed(2);
+}
+/** A relative difference that may be exactly 0. */
+export function fmtRel(x: number): string {
+  return x === 0 ? "0 (identical to the last bit)" : x.toExponential(1);
 }
 export function fmtPct(x: number): string {
   const s = x.toFixed(2);
@@ -273,7 +283,7 @@ export function summaryTable(records: RunRecord[]): string {
       holdText(v.t1),
       `${esc(a.bestSwept.id)} ${fmtPpl(a.bestSwept.ppl)}${a.bestSwept.atEdge ? " (grid edge)" : ""}`,
       fmtPct(a.gainSweptRaw),
-      `${a.bestTempered.name} @T=${fmtNum(a.bestTempered.t)} ${fmtPpl(a.bestTempered.ppl)}`,
+      `${a.bestTempered.name} @T=${fmtNum(a.bestTempered.t)} ${fmtPpl(a.bestTempered.ppl)}${a.bestTempered.atEdge ? " (grid edge)" : ""}`,
       fmtPct(a.gainSweptVsTempered),
       holdText(v.tuned),
       wallText(r),
@@ -308,7 +318,7 @@ export function detailSection(r: RunRecord): string {
   const seen = new Set<string>();
   a.models.forEach((x, i) => {
     const t = a.temperedPerModel[i] ?? a.temperedPerModel[0];
-    const row = `| ${x.name}${i === a.bestModel ? " (best)" : ""} | ${fmtPpl(x.ppl)} | ${fmtPpl(t.ppl)} | ${fmtNum(t.t)} |`;
+    const row = `| ${x.name}${i === a.bestModel ? " (best)" : ""} | ${fmtPpl(x.ppl)} | ${fmtPpl(t.ppl)} | ${fmtNum(t.t)}${t.atEdge ? " (grid edge)" : ""} |`;
     if (!seen.has(x.name)) out.push(row);
     seen.add(x.name);
   });
@@ -360,9 +370,9 @@ export function findings(records: RunRecord[]): string[] {
   for (const { r, a } of rows.filter((x) => x.r.experiment.heuristic === "identical")) {
     const dev = a.identicalT1Deviation;
     let s = `${name(r)}: at T = 1 all four strategies give the model itself` +
-      (dev !== null ? ` (largest relative PPL difference ${dev.toExponential(1)})` : "") + ", as they must: fusing a model with itself changes nothing.";
+      (dev !== null ? ` (largest relative PPL difference ${fmtRel(dev)})` : "") + ", as they must: fusing a model with itself changes nothing.";
     if (a.gainSweptRaw <= -GAIN_PCT) {
-      s += ` With temperatures swept the pair appears to gain ${fmtPct(a.gainSweptRaw)} (${a.bestSwept.id}), but ${a.bestTempered.name} alone at ` +
+      s += ` With temperatures swept the pair seems to gain: ${a.bestSwept.id} is ${fmtPct(a.gainSweptRaw)} vs the model at T = 1. But ${a.bestTempered.name} alone at ` +
         `T = ${fmtNum(a.bestTempered.t)} already reaches ${fmtPpl(a.bestTempered.ppl)} (${fmtPct(pct(a.bestTempered.ppl, a.bestModelPpl))}); ` +
         `the fusion is ${fmtPct(a.gainSweptVsTempered)} from that. The apparent gain is the model being ${a.bestTempered.t > 1 ? "too confident" : "not confident enough"} ` +
         `at T = 1, fixed by a temperature; it is not a gain from fusing. Read swept gains against the best tempered single model, not against T = 1.`;
@@ -386,8 +396,9 @@ export function findings(records: RunRecord[]): string[] {
   if (sim.length >= 2) {
     const [x, y] = [...sim].sort((p, q) => p.a.gainT1 - q.a.gainT1);
     out.push(`Of the similar pairs, **${x.r.experiment.name}** gains more at T = 1 (${fmtPct(x.a.gainT1)}) than **${y.r.experiment.name}** (${fmtPct(y.a.gainT1)})` +
-      (x.r.experiment.name === "siblings" ? ": the pair with *different* architectures gains more than the same-architecture twins, " +
-        "so \"similar\" should mean similar data (and comparable quality), not similar architecture." : "."));
+      (x.r.experiment.name === "siblings" ? ": the pair with *different* architectures (same data) gains more than the same-architecture twins. " +
+        "On these models a different architecture helps rather than hurts; what makes a pair \"similar\" enough to gain is the data. " +
+        "(The two pairs also differ in quality: the gain is measured against each pair's better model.)" : "."));
   }
 
   // Heuristic 3: per text, and what the data-dependent weights do.
@@ -396,20 +407,31 @@ export function findings(records: RunRecord[]): string[] {
     const other = a.models.find((_, i) => i !== a.bestModel)!;
     const ratio = other.ppl / best.ppl;
     const t1s = STRATEGY_TYPES.filter((t) => a.atT1[t]).map((t) => `${t} ${fmtPct(a.atT1[t]!.delta)}`).join(", ");
-    const dyn = (["entropy", "gap"] as const).filter((t) => a.atT1[t]).map((t) => {
-      const w = a.atT1[t]!.weights[a.bestModel];
-      return `${t} gives ${best.name} a mean weight of ${w.toFixed(2)}`;
-    });
+    const dynTypes = (["entropy", "gap"] as const).filter((t) => a.atT1[t]);
+    const dynW = dynTypes.map((t) => a.atT1[t]!.weights[a.bestModel]);
+    const dyn = dynTypes.map((t, k) => `${t} gives ${best.name} a mean weight of ${dynW[k].toFixed(2)}`);
     let s = `${name(r)}: ${best.name} is the in-domain model (PPL ${fmtPpl(best.ppl)}; ${other.name} ${fmtPpl(other.ppl)}, ${ratio.toFixed(1)}× worse). ` +
       `At T = 1: ${t1s}.`;
-    if (dyn.length) s += ` The per-position weights lean on the in-domain model only partly (${dyn.join("; ")}).`;
+    if (dyn.length) {
+      const even = 1 / a.models.length;
+      s += dynW.every((w) => w > even)
+        ? ` The per-position weights of entropy and gap lean toward the in-domain model, but only partly (${dyn.join("; ")}).`
+        : dynW.every((w) => w <= even)
+          ? ` The per-position weights of entropy and gap do not favour the in-domain model at all (${dyn.join("; ")}: at most an even share): ` +
+            `a confident model is not a model that knows the domain.`
+          : ` The per-position weights disagree about the in-domain model (${dyn.join("; ")}).`;
+    }
     s += a.gainT1 <= -GAIN_PCT
       ? ` The best fusion still gains ${fmtPct(a.gainT1)}, against the heuristic.`
       : a.gainT1 < 0 ? ` The best fusion gains only ${fmtPct(a.gainT1)}: "gains little", as the heuristic says.`
         : ` Every strategy loses at T = 1, as the heuristic says.`;
     if (a.gainSweptVsTempered <= -GAIN_PCT) {
-      s += ` With temperatures tuned the best fusion (${a.bestSwept.id}) is ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model: ` +
-        `tuning the out-of-domain model's temperature turns the loss into a gain, against "gains little".`;
+      const ts = a.bestSwept.temperatures;
+      const tb = ts[a.bestModel], to = ts[a.models.indexOf(other)];
+      const how = `${best.name} at T = ${fmtNum(tb)} (${tb < 1 ? "sharpened" : tb > 1 ? "flattened" : "as is"}) and ${other.name} at T = ${fmtNum(to)} (${to < 1 ? "sharpened" : to > 1 ? "flattened" : "as is"})`;
+      s += ` With temperatures tuned the best fusion, ${a.bestSwept.id} (${how}), is ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model ` +
+        `(${a.bestTempered.name} at T = ${fmtNum(a.bestTempered.t)}): ${a.gainT1 > 0 ? "the loss at T = 1 becomes a gain" : "a gain"}, against "gains little or loses". ` +
+        `The out-of-domain model still helps once its temperature is tuned${a.bestSwept.atEdge ? " (and the best setting is at the grid's edge, so perhaps more)" : ""}.`;
     } else {
       s += ` With temperatures tuned the best fusion (${a.bestSwept.id}) is ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model.`;
     }
@@ -428,14 +450,20 @@ export function findings(records: RunRecord[]): string[] {
   const pv = rows.map((x) => x.a.poeVsAverage).filter((x): x is number => x !== null);
   if (pv.length) {
     out.push(`\`poe\` with its default betas (1/N each) is \`average\`: over every pair of settings with the same temperatures, in every experiment, ` +
-      `their PPLs differ by at most ${Math.max(...pv).toExponential(1)} (relative). Σ β_m log p_m and Σ y_m / N differ by a constant per position, which the ` +
+      `their PPLs differ by at most ${fmtRel(Math.max(...pv))} (relative). Σ β_m log p_m and Σ y_m / N differ by a constant per position, which the ` +
       `softmax removes. Its rows are not a fourth independent test; poe differs only with other betas (not swept here).`);
   }
   // Edges.
-  const edges = rows.filter((x) => x.a.bestSwept.atEdge);
+  const edges = rows.filter((x) => x.a.bestSwept.atEdge || x.a.bestTempered.atEdge);
   if (edges.length) {
-    out.push(`The best swept setting sits at the edge of the temperature grid in ${edges.map((x) => `**${x.r.experiment.name}** (${x.a.bestSwept.id})`).join(", ")}: ` +
-      `a wider grid could do a little better there, so those swept gains are lower bounds.`);
+    const what = (x: (typeof rows)[number]) => [
+      x.a.bestSwept.atEdge ? `the best fusion ${x.a.bestSwept.id}` : "",
+      x.a.bestTempered.atEdge ? `the best tempered model (${x.a.bestTempered.name} at T = ${fmtNum(x.a.bestTempered.t)})` : "",
+    ].filter(Boolean).join(" and ");
+    out.push(`Grid edges: in ${edges.map((x) => `**${x.r.experiment.name}** ${what(x)}`).join("; in ")} ` +
+      `${edges.length > 1 ? "sit" : "sits"} at the end of the temperature grid, so a wider grid could move ${edges.length > 1 ? "those numbers" : "that number"} a little.`);
+  } else {
+    out.push(`Every best setting lies inside the temperature grid (none at its ends), so the swept numbers are not cut short by the grid.`);
   }
   out.push(`Scale: each experiment is one held-out text of ${[...new Set(records.map((r) => r.metrics.dataset.scored_tokens))].map((x) => x.toLocaleString("en-US")).join(" or ")} ` +
     `scored tokens and one training seed per model, on ~1M-parameter toy models; differences of a fraction of a percent are not meaningful.`);

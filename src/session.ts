@@ -8,7 +8,7 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { datasetStats } from "./config.js";
-import { UserError } from "./errors.js";
+import { Interrupted, UserError } from "./errors.js";
 import type { LoadedMsg, ModelSpec, ProgressMsg, ResultMsg, Setting, Sums } from "./protocol.js";
 import { buildMetrics, type Metrics } from "./report.js";
 import { resolveStrategies, type StrategyEntry } from "./strategies.js";
@@ -54,6 +54,8 @@ export interface EvaluateOptions {
   /** The raw config, echoed into the metrics. */
   config?: unknown;
   signal?: AbortSignal;
+  /** After an abort, how long to wait for the worker to stop at a batch boundary (default 5 s). */
+  cancelGraceMs?: number;
 }
 
 export interface Evaluation {
@@ -147,13 +149,26 @@ export class Session {
     const { bytes, words } = await datasetStats(dataset.path);
     const request_id = `r${++this.requests}`;
     const started = performance.now();
-    const onAbort = () => void this.worker.cancel(request_id);
+    // Abort: ask the worker to stop at its next batch; a batch of a large model can take
+    // long, so after `cancelGraceMs` give up waiting (the caller then closes the worker).
+    let onAbort = () => {};
+    const aborted = new Promise<never>((_, reject) => {
+      onAbort = () => {
+        void this.worker.cancel(request_id);
+        setTimeout(() => reject(new Interrupted(`the worker did not stop within ${(opts.cancelGraceMs ?? 5000) / 1000}s of the interrupt`)),
+          opts.cancelGraceMs ?? 5000).unref();
+      };
+    });
+    aborted.catch(() => {});
     opts.signal?.addEventListener("abort", onAbort, { once: true });
     try {
-      const result = await this.worker.evaluate(
-        { request_id, dataset, settings, batch_size: opts.batchSize ?? 8, progress_every: opts.progressEvery ?? 1, resume: opts.resume ?? null },
-        opts.onProgress,
-      );
+      const result = await Promise.race([
+        this.worker.evaluate(
+          { request_id, dataset, settings, batch_size: opts.batchSize ?? 8, progress_every: opts.progressEvery ?? 1, resume: opts.resume ?? null },
+          opts.onProgress,
+        ),
+        aborted,
+      ]);
       const seconds = (performance.now() - started) / 1000;
       const metrics = buildMetrics({
         models: this.models, tokenizer: this.tokenizer, dataset, settings, result, loaded: this.loaded,
