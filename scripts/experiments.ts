@@ -245,9 +245,9 @@ export function fmtNum(x: number): string {
 export function fmtPpl(x: number): string {
   return x.toFixed(2);
 }
-/** A relative difference that may be exactly 0. */
-export function fmtRel(x: number): string {
-  return x === 0 ? "0 (identical to the last bit)" : x.toExponential(1);
+/** "… PPLs ${fmtSame(x)}": a largest relative difference that may be exactly 0. */
+export function fmtSame(x: number): string {
+  return x === 0 ? "are identical to the last bit" : `differ by at most ${x.toExponential(1)} (relative)`;
 }
 export function fmtPct(x: number): string {
   const s = x.toFixed(2);
@@ -267,7 +267,7 @@ export interface RunRecord {
 /** One row per experiment: the summary table. */
 export function summaryTable(records: RunRecord[]): string {
   const out = [
-    "| experiment | heuristic | text | best model alone (T=1) | best fusion at T=1 | gain at T=1 | verdict at T=1 | best swept fusion | vs best model at T=1 | best tempered model | swept fusion vs tempered model | verdict, temperatures tuned | wall time | command |",
+    "| experiment | heuristic | text | best model alone (T=1) | best fusion at T=1 | Δ at T=1 | verdict at T=1 | best swept fusion | vs best model at T=1 | best tempered model | swept fusion vs tempered model | verdict, temperatures tuned | wall time | command |",
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ];
   for (const r of records) {
@@ -363,16 +363,22 @@ export function findings(records: RunRecord[]): string[] {
     const parts: string[] = [];
     if (!v.t1.holds) parts.push(`at T = 1 the best fusion (${a.bestT1.id}, PPL ${fmtPpl(a.bestT1.ppl)}) is ${fmtPct(a.gainT1)} vs the best model`);
     if (!v.tuned.holds) parts.push(`with temperatures tuned the best fusion (${a.bestSwept.id}, PPL ${fmtPpl(a.bestSwept.ppl)}) is ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model`);
-    out.push(`${name(r)} disagrees with "${HEURISTIC_TEXT[r.experiment.heuristic]}": ${parts.join("; and ")}.`);
+    const agrees = v.t1.holds ? ` At T = 1 it agrees (${v.t1.because}).` : v.tuned.holds ? ` With temperatures tuned it agrees (${v.tuned.because}).` : "";
+    out.push(`${name(r)} disagrees with "${HEURISTIC_TEXT[r.experiment.heuristic]}": ${parts.join("; and ")}.${agrees}`);
   }
 
   // Heuristic 1: the identical pair's swept "gain" is temperature, not fusion.
   for (const { r, a } of rows.filter((x) => x.r.experiment.heuristic === "identical")) {
     const dev = a.identicalT1Deviation;
     let s = `${name(r)}: at T = 1 all four strategies give the model itself` +
-      (dev !== null ? ` (largest relative PPL difference ${fmtRel(dev)})` : "") + ", as they must: fusing a model with itself changes nothing.";
+      (dev !== null ? ` (their PPLs and the model's ${fmtSame(dev)})` : "") + ", as they must: fusing a model with itself changes nothing.";
     if (a.gainSweptRaw <= -GAIN_PCT) {
-      s += ` With temperatures swept the pair seems to gain: ${a.bestSwept.id} is ${fmtPct(a.gainSweptRaw)} vs the model at T = 1. But ${a.bestTempered.name} alone at ` +
+      const ts = a.bestSwept.temperatures;
+      const teff = 1 / (ts.reduce((x, t) => x + 1 / t, 0) / ts.length);
+      const same = a.bestSwept.type === "average" || a.bestSwept.type === "poe"
+        ? ` (${a.bestSwept.type} of one model at temperatures ${ts.map(fmtNum).join(" and ")} is that model at T = 1 / mean(1/T) = ${teff.toFixed(3)}, a temperature between the grid's points)`
+        : ` (${a.bestSwept.type} of one model at two temperatures is that model at a per-position temperature)`;
+      s += ` With temperatures swept the pair seems to gain: ${a.bestSwept.id} is ${fmtPct(a.gainSweptRaw)} vs the model at T = 1${same}. But ${a.bestTempered.name} alone at ` +
         `T = ${fmtNum(a.bestTempered.t)} already reaches ${fmtPpl(a.bestTempered.ppl)} (${fmtPct(pct(a.bestTempered.ppl, a.bestModelPpl))}); ` +
         `the fusion is ${fmtPct(a.gainSweptVsTempered)} from that. The apparent gain is the model being ${a.bestTempered.t > 1 ? "too confident" : "not confident enough"} ` +
         `at T = 1, fixed by a temperature; it is not a gain from fusing. Read swept gains against the best tempered single model, not against T = 1.`;
@@ -402,6 +408,7 @@ export function findings(records: RunRecord[]): string[] {
   }
 
   // Heuristic 3: per text, and what the data-dependent weights do.
+  let overlapNoted = false;
   for (const { r, a } of rows.filter((x) => x.r.experiment.heuristic === "distant")) {
     const best = a.models[a.bestModel];
     const other = a.models.find((_, i) => i !== a.bestModel)!;
@@ -431,7 +438,9 @@ export function findings(records: RunRecord[]): string[] {
       const how = `${best.name} at T = ${fmtNum(tb)} (${tb < 1 ? "sharpened" : tb > 1 ? "flattened" : "as is"}) and ${other.name} at T = ${fmtNum(to)} (${to < 1 ? "sharpened" : to > 1 ? "flattened" : "as is"})`;
       s += ` With temperatures tuned the best fusion, ${a.bestSwept.id} (${how}), is ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model ` +
         `(${a.bestTempered.name} at T = ${fmtNum(a.bestTempered.t)}): ${a.gainT1 > 0 ? "the loss at T = 1 becomes a gain" : "a gain"}, against "gains little or loses". ` +
-        `The out-of-domain model still helps once its temperature is tuned${a.bestSwept.atEdge ? " (and the best setting is at the grid's edge, so perhaps more)" : ""}.`;
+        `The out-of-domain model still helps once its temperature is tuned${a.bestSwept.atEdge ? " (and the best setting is at the grid's edge, so perhaps more)" : ""}` +
+        (overlapNoted ? "." : `. (A possible reason, not measured here: Python docs and Python source share keywords, identifiers and code examples, so these "distant" domains overlap.)`);
+      overlapNoted = true;
     } else {
       s += ` With temperatures tuned the best fusion (${a.bestSwept.id}) is ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model.`;
     }
@@ -446,11 +455,28 @@ export function findings(records: RunRecord[]): string[] {
       : `Ordering: a distant experiment gains at least as much at T = 1 (${fmtPct(bestDist)}) as a similar pair (${fmtPct(worstSim)}), against the heuristics' ordering.`);
   }
 
+  // Which strategy wins, across the pairs of two different models.
+  const diff = rows.filter((x) => x.r.experiment.heuristic !== "identical");
+  if (diff.length) {
+    const count = (pick: (a: Analysis) => StrategyType) => {
+      const c = new Map<string, number>();
+      for (const x of diff) {
+        const t = pick(x.a);
+        const k = t === "poe" ? "average" : t; // the same distribution (see below)
+        c.set(k, (c.get(k) ?? 0) + 1);
+      }
+      return [...c.entries()].sort((p, q) => q[1] - p[1]).map(([k, n]) => `${k === "average" ? "average/poe" : k} ${n}`).join(", ");
+    };
+    const worstT1 = (a: Analysis) => STRATEGY_TYPES.filter((t) => a.atT1[t]).map((t) => a.atT1[t]!).reduce((p, q) => (q.ppl > p.ppl ? q : p)).type;
+    out.push(`Strategies, over the ${diff.length} experiments with two different models: best at T = 1: ${count((a) => a.bestT1.type)}; ` +
+      `worst at T = 1: ${count(worstT1)}; best with temperatures swept: ${count((a) => a.bestSwept.type)} (experiments counted).`);
+  }
+
   // poe with default betas is average.
   const pv = rows.map((x) => x.a.poeVsAverage).filter((x): x is number => x !== null);
   if (pv.length) {
     out.push(`\`poe\` with its default betas (1/N each) is \`average\`: over every pair of settings with the same temperatures, in every experiment, ` +
-      `their PPLs differ by at most ${fmtRel(Math.max(...pv))} (relative). Σ β_m log p_m and Σ y_m / N differ by a constant per position, which the ` +
+      `their PPLs ${fmtSame(Math.max(...pv))}. Σ β_m log p_m and Σ y_m / N differ by a constant per position, which the ` +
       `softmax removes. Its rows are not a fourth independent test; poe differs only with other betas (not swept here).`);
   }
   // Edges.
@@ -461,7 +487,7 @@ export function findings(records: RunRecord[]): string[] {
       x.a.bestTempered.atEdge ? `the best tempered model (${x.a.bestTempered.name} at T = ${fmtNum(x.a.bestTempered.t)})` : "",
     ].filter(Boolean).join(" and ");
     out.push(`Grid edges: in ${edges.map((x) => `**${x.r.experiment.name}** ${what(x)}`).join("; in ")} ` +
-      `${edges.length > 1 ? "sit" : "sits"} at the end of the temperature grid, so a wider grid could move ${edges.length > 1 ? "those numbers" : "that number"} a little.`);
+      `${edges.length > 1 ? "sit" : "sits"} at the end of the temperature grid. A wider grid contains this one, so it could only lower those PPLs further.`);
   } else {
     out.push(`Every best setting lies inside the temperature grid (none at its ends), so the swept numbers are not cut short by the grid.`);
   }
@@ -483,6 +509,12 @@ export function machineSection(records: RunRecord[], startedAt: Date | null, loa
   return lines.join("\n");
 }
 
+/** "8 × 8" (the grids' sizes, from the metrics). */
+function gridText(records: RunRecord[]): string {
+  const sizes = [...new Set(records.map((r) => (r.metrics.sweep?.temperatures ?? []).map((g) => g.length).join(" × ")).filter(Boolean))];
+  return sizes.join(" or ") || "(no)";
+}
+
 export function buildPage(records: RunRecord[], opts: { startedAt: Date | null; loadAtStart: number[] | null; totalSeconds: number | null }): string {
   const out: string[] = [];
   out.push("# Experiments: do the research's heuristics hold on Kotara's demo models?");
@@ -500,7 +532,7 @@ export function buildPage(records: RunRecord[], opts: { startedAt: Date | null; 
     "(GPT-2, Python standard-library source). The texts are the held-out docs and code that `scripts/demo_text.py` extracts from the Python " +
     "interpreter (another Python version gives slightly different text and numbers). Every run evaluates all four strategies at T = 1, " +
     "each model alone at the grid's temperatures (`alone:M@t=T`: `poe` with betas [1, 0], which is exactly model M at temperature T), and " +
-    "all four strategies over a 5 × 5 temperature grid, from one forward pass per model per window.");
+    `all four strategies over a temperature grid (${gridText(records)} pairs of temperatures), from one forward pass per model per window.`);
   out.push("");
   out.push(`**How to read it.** Δ is the PPL relative to a reference (negative is better). A *gain* is a PPL at least ${GAIN_PCT}% below the reference. ` +
     "Each heuristic is judged twice: **at T = 1** (best of the four strategies vs the best single model), and **with temperatures tuned** " +

@@ -1,0 +1,182 @@
+// scripts/experiments.ts: the analysis, verdicts and page of `npm run experiments`, on
+// synthetic metrics objects (no model runs here).
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import {
+  EXPERIMENTS,
+  GAIN_PCT,
+  type MetricsInput,
+  type RunRecord,
+  aloneModel,
+  analyse,
+  buildPage,
+  commandFor,
+  findings,
+  fmtPct,
+  judge,
+  summaryTable,
+  verdicts,
+} from "../scripts/experiments.js";
+
+const GRID = [0.8, 1, 1.25];
+type F = MetricsInput["fusions"][number];
+
+function fusion(type: string, temperatures: number[], ppl: number, opts: { betas?: number[] | null; id?: string; weights?: number[] } = {}): F {
+  const n = temperatures.length;
+  const betas = opts.betas !== undefined ? opts.betas : type === "poe" ? temperatures.map(() => 1 / n) : null;
+  const id = opts.id ?? (temperatures.every((t) => t === 1) && (betas === null || betas.every((b) => b === 1 / n)) ? type : `${type}@t=${temperatures.join(",")}`);
+  return { id, strategy: { type, temperatures, betas }, ppl, weights_mean: opts.weights ?? temperatures.map(() => 1 / n) };
+}
+
+/** Metrics of a two-model run: T = 1 PPLs per strategy, extra sweep points, single-model baselines. */
+function metrics(refs: [string, string], modelPpl: [number, number], t1: Record<string, number>, extra: F[] = []): MetricsInput {
+  const fusions: F[] = ["average", "poe", "entropy", "gap"].map((t) => fusion(t, [1, 1], t1[t]));
+  fusions.push(...extra);
+  return {
+    kotara_version: "0.1.0",
+    dataset: { path: "/x/docs.txt", bytes: 1000, words: 200, tokens: 400, scored_tokens: 399, windows: 4, max_length: 256, stride: 128 },
+    models: refs.map((ref, i) => ({ ref, ppl: modelPpl[i] })),
+    fusions,
+    sweep: { strategies: ["average", "poe", "entropy", "gap"], temperatures: [GRID, GRID] },
+    runtime: { device: "cpu", dtype: "float32", torch: "2.x", transformers: "5.x", python: "3.11", seconds: 12.5 },
+  };
+}
+
+const exp = (name: string) => EXPERIMENTS.find((e) => e.name === name)!;
+
+// identical: every strategy at T = 1 is the model; average at (1.25, 1.25) is the model retempered.
+const identical = metrics(["/m/twin-a", "/m/twin-a"], [100, 100], { average: 100, poe: 100, entropy: 100, gap: 100 }, [
+  fusion("average", [1.25, 1.25], 97),
+  fusion("poe", [1.25, 1.25], 97),
+  fusion("average", [1, 1.25], 96.9),
+  fusion("poe", [1, 1.25], 96.9),
+  fusion("poe", [0.8, 1], 120, { betas: [1, 0], id: "alone:twin-a@t=0.8" }),
+]);
+// similar: gains at T = 1 and beyond the tempered models.
+const similar = metrics(["/m/twin-a", "/m/sibling"], [120, 100], { average: 90, poe: 90, entropy: 91, gap: 99.5 }, [
+  fusion("entropy", [1.25, 1], 88, { weights: [0.4, 0.6] }),
+  fusion("poe", [1.25, 1], 98, { betas: [1, 0], id: "alone:twin-a@t=1.25" }),
+  fusion("poe", [1, 1.25], 98.5, { betas: [0, 1], id: "alone:sibling@t=1.25" }),
+]);
+// distant: loses at T = 1, gains once tempered (against the heuristic).
+const distant = metrics(["/m/twin-a", "/m/far"], [100, 400], { average: 110, poe: 110, entropy: 103, gap: 108 }, [
+  fusion("entropy", [0.8, 1.25], 95, { weights: [0.6, 0.4] }),
+  fusion("poe", [1.25, 1], 99, { betas: [1, 0], id: "alone:twin-a@t=1.25" }),
+]);
+
+const rec = (name: string, m: MetricsInput, wall: number | null = 17.25): RunRecord => ({ experiment: exp(name), metrics: m, wallSeconds: wall });
+
+describe("analyse", () => {
+  test("single-model baselines: poe with one nonzero beta is that model alone", () => {
+    assert.equal(aloneModel(fusion("poe", [0.8, 1], 1, { betas: [1, 0] })), 0);
+    assert.equal(aloneModel(fusion("poe", [1, 0.8], 1, { betas: [0, 2] })), 1);
+    assert.equal(aloneModel(fusion("poe", [1, 1], 1)), null);
+    assert.equal(aloneModel(fusion("average", [1, 1], 1)), null);
+  });
+
+  test("the identical pair: no gain at T = 1; its swept 'gain' is measured against the retempered model", () => {
+    const a = analyse(identical);
+    assert.equal(a.gainT1, 0);
+    assert.equal(a.identicalT1Deviation, 0);
+    // (1.25, 1.25) of the same model counts as the model alone at 1.25
+    assert.deepEqual([a.bestTempered.name, a.bestTempered.t, a.bestTempered.ppl], ["twin-a", 1.25, 97]);
+    assert.equal(a.bestTempered.atEdge, true);
+    assert.equal(a.bestSwept.ppl, 96.9);
+    assert.ok(Math.abs(a.gainSweptRaw - -3.1) < 1e-9);
+    assert.ok(Math.abs(a.gainSweptVsTempered - (96.9 / 97 - 1) * 100) < 1e-9);
+    const v = verdicts("identical", a);
+    assert.equal(v.t1.holds, true);
+    assert.equal(v.tuned.holds, true);
+    assert.match(v.t1.because, /no change/);
+  });
+
+  test("strategies at T = 1, best swept per strategy, baselines kept out of the fusions", () => {
+    const a = analyse(similar);
+    assert.equal(a.bestModel, 1);
+    assert.equal(a.atT1.gap!.ppl, 99.5);
+    assert.equal(a.bestT1.type, "average");
+    assert.ok(Math.abs(a.gainT1 - -10) < 1e-9);
+    assert.equal(a.swept.entropy!.id, "entropy@t=1.25,1");
+    assert.equal(a.swept.entropy!.atEdge, true);
+    assert.equal(a.swept.average!.atEdge, false);
+    assert.equal(a.bestSwept.ppl, 88); // not the 98 of "alone:twin-a@t=1.25"
+    assert.deepEqual([a.bestTempered.name, a.bestTempered.ppl], ["twin-a", 98]);
+    assert.equal(a.poeVsAverage, 0);
+    assert.equal(a.identicalT1Deviation, null);
+    const v = verdicts("similar", a);
+    assert.equal(v.t1.holds, true);
+    assert.equal(v.tuned.holds, true);
+  });
+
+  test("poe vs average: the largest relative difference at equal temperatures", () => {
+    const m = metrics(["/m/a", "/m/b"], [100, 100], { average: 90, poe: 90.009, entropy: 91, gap: 92 });
+    assert.ok(Math.abs(analyse(m).poeVsAverage! - 1e-4) < 1e-12);
+  });
+});
+
+describe("verdicts", () => {
+  test("a gain is a PPL at least GAIN_PCT below the reference", () => {
+    assert.equal(judge("similar", -GAIN_PCT, "x").holds, true);
+    assert.equal(judge("similar", -GAIN_PCT + 0.01, "x").holds, false);
+    assert.equal(judge("identical", -GAIN_PCT + 0.01, "x").holds, true);
+    assert.equal(judge("identical", -GAIN_PCT, "x").holds, false);
+    assert.equal(judge("distant", 5, "x").holds, true);
+    assert.match(judge("distant", 5, "x").because, /a loss/);
+    assert.equal(judge("distant", -3, "x").holds, false);
+  });
+
+  test("distant pair: holds at T = 1, not with temperatures tuned", () => {
+    const v = verdicts("distant", analyse(distant));
+    assert.equal(v.t1.holds, true);
+    assert.equal(v.tuned.holds, false);
+    assert.match(v.tuned.because, /-4\.04% PPL vs twin-a at T=1\.25/);
+  });
+
+  test("percentages: signed, and no negative zero", () => {
+    assert.equal(fmtPct(-5.583), "-5.58%");
+    assert.equal(fmtPct(2.5), "+2.50%");
+    assert.equal(fmtPct(-0.0001), "0.00%");
+    assert.equal(fmtPct(0), "+0.00%");
+  });
+});
+
+describe("the page", () => {
+  const records = [rec("identical", identical), rec("twins", similar, null), rec("distant", distant)];
+
+  test("one summary row per experiment, with its command, verdicts and wall time", () => {
+    const rows = summaryTable(records).split("\n").slice(2);
+    assert.equal(rows.length, 3);
+    for (const [i, r] of records.entries()) assert.ok(rows[i].includes(`\`${commandFor(r.experiment.name)}\``), rows[i]);
+    assert.match(rows[0], /\*\*holds\*\* .*\*\*holds\*\*/);
+    assert.match(rows[0], /17\.3 s \(12\.5 s eval\)/);
+    assert.match(rows[1], /\| 12\.5 s eval \|/);
+    assert.match(rows[2], /\*\*holds\*\* .*\*\*does not hold\*\*/);
+  });
+
+  test("findings come from the numbers: disagreements first, retempering is not fusion, poe = average", () => {
+    const f = findings(records);
+    assert.match(f[0], /^\*\*distant\*\* .* disagrees with "a pair from distant domains gains little or loses": with temperatures tuned .* -4\.04%/);
+    assert.match(f[0], /At T = 1 it agrees/);
+    const id = f.find((s) => s.startsWith("**identical**"))!;
+    assert.match(id, /identical to the last bit/);
+    assert.match(id, /seems to gain: average@t=1,1\.25 is -3\.10%/);
+    assert.match(id, /T = 1 \/ mean\(1\/T\) = 1\.111/);
+    assert.match(id, /not a gain from fusing/);
+    assert.ok(f.some((s) => s.startsWith("`poe` with its default betas") && s.includes("identical to the last bit")));
+    assert.ok(f.some((s) => s.startsWith("Grid edges:")));
+  });
+
+  test("no disagreement: says so", () => {
+    const f = findings([rec("identical", identical), rec("twins", similar)]);
+    assert.match(f[0], /^No outright disagreement/);
+  });
+
+  test("the whole page builds and names every config", () => {
+    const page = buildPage(records, { startedAt: new Date(0), loadAtStart: [1, 2, 3], totalSeconds: 50 });
+    assert.match(page, /^# Experiments/);
+    assert.match(page, /## Where the measurements disagree with the heuristics/);
+    for (const r of records) assert.ok(page.includes(`configs/experiments/${r.experiment.name}.yaml`));
+    assert.match(page, /50\.0 s for all runs/);
+    assert.match(page, /over a temperature grid \(3 × 3 pairs of temperatures\)/);
+  });
+});
