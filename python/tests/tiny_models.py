@@ -144,6 +144,11 @@ def _build_all(out: Path, steps: int) -> dict[str, str]:
         d = out / name
         model.save_pretrained(d)
         tokenizer.save_pretrained(d)
+        # transformers 5 writes tokenizer_class "TokenizersBackend", which 4.x cannot
+        # load; the generic fast class loads in both (as scripts/train_demo.py does).
+        cfg = json.loads((d / "tokenizer_config.json").read_text())
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        (d / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         paths[name] = str(d)
 
     save("gpt2-a", gpt2(len(tok), bos, seed=10), tok, 11)
