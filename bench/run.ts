@@ -253,10 +253,10 @@ async function main() {
   const [modelA, modelB] = built.models as string[];
   const text1 = python("make_models.py", ["text", "--tokenizer", modelA, "--source", source, "--tokens", String(o.tokens), "--out", join(work, "text-1x.txt")]);
   const text4 = python("make_models.py", ["text", "--tokenizer", modelA, "--source", source, "--tokens", String(4 * o.tokens), "--out", join(work, "text-4x.txt")]);
-  const text8 = python("make_models.py", ["text", "--tokenizer", modelA, "--source", source, "--tokens", String(8 * o.tokens), "--out", join(work, "text-8x.txt")]);
+  const text16 = python("make_models.py", ["text", "--tokenizer", modelA, "--source", source, "--tokens", String(16 * o.tokens), "--out", join(work, "text-16x.txt")]);
   const warm = python("make_models.py", ["text", "--tokenizer", modelA, "--source", source, "--tokens", String(Math.min(o.maxLength, o.tokens)), "--out", join(work, "warm.txt")]);
   log(`text: ${haveWiki ? "WikiText-2 raw test" : "synthetic"} prefix of ${text1.tokens} tokens (${text1.unk_tokens} [UNK]); ` +
-    `4× and 8× texts ${text4.tokens} and ${text8.tokens} tokens; max_length ${o.maxLength}, stride ${o.stride}, batch ${o.batchSize}`);
+    `4× and 16× texts ${text4.tokens} and ${text16.tokens} tokens; max_length ${o.maxLength}, stride ${o.stride}, batch ${o.batchSize}`);
 
   // settings: 1 (entropy), the 4 strategies at their defaults, and the 100-setting sweep
   const one = toSettings(["entropy"], 2);
@@ -302,7 +302,7 @@ async function main() {
     const s = await openSession({ models, maxLength: o.maxLength });
     try {
       await timedEvaluate(s, "memory warm-up (not counted)", text1.path, four, memOpts);
-      for (const [label, text] of [["memory, 1x text", text1], ["memory, 4x text", text4], ["memory, 8x text", text8]] as const) {
+      for (const [label, text] of [["memory, 1x text", text1], ["memory, 4x text", text4], ["memory, 16x text", text16]] as const) {
         memory.push(await timedEvaluate(s, label, text.path, four, memOpts));
       }
     } finally {
@@ -378,19 +378,22 @@ async function main() {
   const sweepRatio = t100.wall / t1.wall;
   const fusionMsPer1k = (((t100.wall - t1.wall) / 99) / (t100.scored / 1000)) * 1000;
   const fusionComputeMsPer1k = (((t100.compute - t1.compute) / 99) / (t100.scored / 1000)) * 1000;
-  // Growth with the text: doubling a text that is already several batches long (4× → 8×)
-  // may add only the extra token ids (the 1× text runs different batch shapes, so the
-  // allocator's state differs there; it is reported, not judged).
-  const idsBytes = 8 * (text8.tokens - text4.tokens); // the extra token ids (int64) of the 8× text
+  // Growth with the text: a text 4× longer than one that already runs many batches
+  // (4× → 16×) may add only the extra token ids, within the allocator's noise: glibc's
+  // heap moves a worker's resident peak by tens of MiB from run to run (±60 MiB seen),
+  // while growth with the text (the reference cycle this bench once caught) added
+  // 335 MiB per doubling. The 1× text runs other batch shapes: reported, not judged.
+  const idsBytes = 8 * (text16.tokens - text4.tokens); // the extra token ids (int64)
   const peak1 = memory[0].peak;
   const peak4 = memory[1].peak;
   const peak8 = memory[2].peak;
-  const memSlack = Math.max(idsBytes, 0.01 * peak4);
+  const memSlack = Math.max(idsBytes, 0.05 * peak4);
   const evals = [t1, t4, t100];
   const evalOutside = evals.reduce((a, t) => a + t.outside, 0);
   const evalWall = evals.reduce((a, t) => a + t.wall, 0);
-  // the slope: extra time outside compute per extra window (fixed per-request costs cancel)
-  const perWindowMs = ((memory[1].outside - memory[0].outside) / (memory[1].windows - memory[0].windows)) * 1000;
+  // an upper bound: everything outside compute on the longest text, per window (its
+  // per-request costs included; a slope between texts is below timer noise)
+  const perWindowMs = (memory[2].outside / memory[2].windows) * 1000;
   const computeTotal = runs.reduce((a, t) => a + t.compute, 0);
   const bridge = {
     open_s: openSeconds, spawn_imports_s: openSeconds - loadSeconds, load_s: loadSeconds, close_s: closeSeconds,
@@ -413,14 +416,14 @@ async function main() {
   row("mean fusion weights, max abs difference", maxW.toExponential(2), `<= ${WEIGHT_ATOL}`, maxW <= WEIGHT_ATOL ? "PASS" : "FAIL");
   row(`peak memory (worker, per request), ${memory[0].tokens} tok text`, mib(peak1), "", "info");
   row(`peak memory (worker, per request), ${memory[1].tokens} tok (4×) text`, mib(peak4), "", "info");
-  row(`peak memory (worker, per request), ${memory[2].tokens} tok (8×) text`, `${mib(peak8)}  (${peak8 >= peak4 ? "+" : "−"}${mib(Math.abs(peak8 - peak4))} vs 4×)`,
-    `<= 4x + max(ids, 1%) = ${mib(peak4 + memSlack)}`, check(peak8 <= peak4 + memSlack));
+  row(`peak memory (worker, per request), ${memory[2].tokens} tok (16×) text`, `${mib(peak8)}  (${peak8 >= peak4 ? "+" : "−"}${mib(Math.abs(peak8 - peak4))} vs 4×)`,
+    `<= 4x + max(ids, 5% noise) = ${mib(peak4 + memSlack)}`, check(peak8 <= peak4 + memSlack));
   row("bridge: spawn + imports (open − load)", `${fmt(bridge.spawn_imports_s)} s`, "", "info");
   row("bridge: loading 2 models", `${fmt(loadSeconds)} s`, "", "info");
   row("bridge: tokenizing (all evaluations)", `${fmt(bridge.tokenize_s, 3)} s`, "", "info");
   row("bridge: messages + metrics (all evaluations)", `${fmt(bridge.messages_and_report_s, 3)} s`, "", "info");
   row("bridge: close", `${fmt(closeSeconds, 3)} s`, "", "info");
-  row("bridge: messaging per window", `${fmt(perWindowMs, 2)} ms`, "< 1 ms: slope of outside-compute time, 1x→4x windows", check(perWindowMs < 1));
+  row("bridge: messaging per window", `${fmt(perWindowMs, 2)} ms`, "< 1 ms: (wall − compute − tokenize) / windows, 16× text", check(perWindowMs < 1));
   row("bridge: outside compute per evaluate(), 1 / 4 / 100 settings",
     `${fmt(1000 * t1.outside, 1)} / ${fmt(1000 * t4.outside, 1)} / ${fmt(1000 * t100.outside, 1)} ms`, "", "info");
   row("bridge: evaluate() wall outside compute", `${fmt(100 * bridge.share_of_evaluate_wall_outside_compute, 2)} %`, "<= 1 % (bench's own bar)",
@@ -451,7 +454,7 @@ async function main() {
     machine: { ...machine, loadavg_end: loadavg().map((x) => Math.round(x * 100) / 100), torch: hello.torch, transformers: hello.transformers, python: hello.python },
     config: { max_length: o.maxLength, stride: o.stride, batch_size: o.batchSize, grid: GRID, models: built.models, parameters: params,
       model_shape: built.config, vocab: built.vocab, text: { source: haveWiki ? "wikitext-2-raw-test prefix" : "synthetic", ...text1, path: undefined },
-      text_4x: { ...text4, path: undefined }, text_8x: { ...text8, path: undefined }, naive_subset: o.naiveSubset },
+      text_4x: { ...text4, path: undefined }, text_16x: { ...text16, path: undefined }, naive_subset: o.naiveSubset },
     kotara: { runs: runs.map(summary), warmup_excluded: summary(warmRun), bridge, memory_runs: memory.map(summary),
       memory_batch_size: memOpts.batchSize },
     naive: { ...naive, wall_s: naiveWall },
@@ -461,7 +464,7 @@ async function main() {
       naive_over_kotara: { a_one_strategy: ratioA, b_four_strategies: ratioB, c_sweep_100: ratioC, c_scaled_from_subset: scaled },
       naive_seconds: { a: naiveA, b: naiveB, c: naiveC }, kotara_seconds: { a: t1.wall, b: t4.wall, c: t100.wall },
       ppl_max_rel_diff: maxRel, weights_max_abs_diff: maxW, mismatches,
-      peak_memory_bytes: { text_1x: peak1, text_4x: peak4, text_8x: peak8 },
+      peak_memory_bytes: { text_1x: peak1, text_4x: peak4, text_16x: peak8 },
     },
     gpu,
     table: rows,
