@@ -10,8 +10,9 @@ Only sums leave this module (never logits).
 from __future__ import annotations
 
 import copy
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -104,6 +105,12 @@ def _scored_positions(windows: Sequence[Window], token_ids: torch.Tensor, offset
     return torch.cat(b_idx), torch.cat(p_idx), torch.cat(targets)
 
 
+def _forward(model, ids: torch.Tensor) -> torch.Tensor:
+    # inference_mode is per thread: a pool thread needs its own
+    with torch.inference_mode():
+        return model.hidden(ids) if model.head_path == "scored" else model.full_logits(ids)
+
+
 @torch.inference_mode()
 def evaluate(models: Sequence, token_ids: torch.Tensor, windows: Sequence[Window], settings: Sequence[Setting],
              batch_size: int, bos_id: int | None, vocab: int, resume: Sums | None,
@@ -135,59 +142,43 @@ def evaluate(models: Sequence, token_ids: torch.Tensor, windows: Sequence[Window
     reported = sums.windows_done
     devices = [m.device for m in models]
     concurrent = cfg.concurrent if cfg.concurrent is not None else (
-        len(models) > 1 and all(torch.device(d).type == "cuda" for d in devices) and len(set(map(str, devices))) == len(models))
-    pool = ThreadPoolExecutor(len(models), thread_name_prefix="kotara-forward") if concurrent else None
-    try:
-        return _batches(models, token_ids, windows, settings, batch_size, bos_id, vocab, sums, on_progress,
-                        progress_every, should_stop, cfg, fuse_device, fusion_cfg, reported, offset, pool)
-    finally:
-        if pool is not None:
-            pool.shutdown()
+        len(models) > 1 and all(d.type == "cuda" for d in devices) and len(set(map(str, devices))) == len(models))
+    with ThreadPoolExecutor(len(models), thread_name_prefix="kotara-forward") if concurrent else nullcontext() as pool:
+        for batch in plan_batches(windows, batch_size):
+            if batch.stop <= sums.windows_done:
+                continue                                            # done before the checkpoint
+            batch = range(max(batch.start, sums.windows_done), batch.stop)
+            if should_stop():
+                raise Cancelled(copy.deepcopy(sums))
+            ws = [windows[i] for i in batch]
+            ids = torch.stack([token_ids[w.start:w.end] for w in ws])                 # [B, L]
+            if bos_id is not None:
+                ids = torch.cat([torch.full((len(ws), 1), bos_id, dtype=torch.long), ids], 1)  # [B, 1 + L]
+            b_idx, p_idx, targets = _scored_positions(ws, token_ids, offset)        # [P] each
 
-
-def _forward(model, ids: torch.Tensor) -> torch.Tensor:
-    # inference_mode is per thread: a pool thread needs its own
-    with torch.inference_mode():
-        return model.hidden(ids) if model.head_path == "scored" else model.full_logits(ids)
-
-
-def _batches(models, token_ids, windows, settings, batch_size, bos_id, vocab, sums, on_progress,
-             progress_every, should_stop, cfg, fuse_device, fusion_cfg, reported, offset, pool) -> Sums:
-    for batch in plan_batches(windows, batch_size):
-        if batch.stop <= sums.windows_done:
-            continue                                            # done before the checkpoint
-        batch = range(max(batch.start, sums.windows_done), batch.stop)
-        if should_stop():
-            raise Cancelled(copy.deepcopy(sums))
-        ws = [windows[i] for i in batch]
-        ids = torch.stack([token_ids[w.start:w.end] for w in ws])                 # [B, L]
-        if bos_id is not None:
-            ids = torch.cat([torch.full((len(ws), 1), bos_id, dtype=torch.long), ids], 1)  # [B, 1 + L]
-        b_idx, p_idx, targets = _scored_positions(ws, token_ids, offset)        # [P] each
-
-        # each model runs once: hidden states (or, for head_path "full", its own logits)
-        # (on separate devices, all at once: each in its own thread)
-        sources = list(pool.map(_forward, models, [ids] * len(models))) if pool else [_forward(m, ids) for m in models]
-        for c in range(0, targets.numel(), cfg.position_chunk):
-            sel = slice(c, c + cfg.position_chunk)
-            logits = []
-            for m, src in zip(models, sources):
-                rows = src[b_idx[sel].to(src.device), p_idx[sel].to(src.device)]  # [p, H] or [p, V]
-                z = m.head(rows) if m.head_path == "scored" else rows            # [p, V_m]
-                logits.append(z.to(fuse_device))
-            try:
-                part = score_positions(logits, targets[sel], vocab, settings, fusion_cfg)
-            except NumericalError as e:
-                w = batch.start + int(b_idx[c + e.position])
-                ref = models[e.model_index].ref
-                raise NumericalError(f"model {ref}: NaN or infinite logits in window {w} "
-                                     f"(tokens {windows[w].start}..{windows[w].end - 1})",
-                                     model_index=e.model_index, position=e.position, model_ref=ref,
-                                     window=w) from None
-            sums.add(part)
-        del sources
-        sums.windows_done = batch.stop
-        if sums.windows_done - reported >= progress_every:
-            reported = sums.windows_done
-            on_progress(copy.deepcopy(sums))
+            # each model runs once: hidden states (or, for head_path "full", its own logits);
+            # on separate devices all at once, each in its own thread
+            sources = list(pool.map(_forward, models, [ids] * len(models))) if pool else [_forward(m, ids) for m in models]
+            for c in range(0, targets.numel(), cfg.position_chunk):
+                sel = slice(c, c + cfg.position_chunk)
+                logits = []
+                for m, src in zip(models, sources):
+                    rows = src[b_idx[sel].to(src.device), p_idx[sel].to(src.device)]  # [p, H] or [p, V]
+                    z = m.head(rows) if m.head_path == "scored" else rows            # [p, V_m]
+                    logits.append(z.to(fuse_device))
+                try:
+                    part = score_positions(logits, targets[sel], vocab, settings, fusion_cfg)
+                except NumericalError as e:
+                    w = batch.start + int(b_idx[c + e.position])
+                    ref = models[e.model_index].ref
+                    raise NumericalError(f"model {ref}: NaN or infinite logits in window {w} "
+                                         f"(tokens {windows[w].start}..{windows[w].end - 1})",
+                                         model_index=e.model_index, position=e.position, model_ref=ref,
+                                         window=w) from None
+                sums.add(part)
+            del sources
+            sums.windows_done = batch.stop
+            if sums.windows_done - reported >= progress_every:
+                reported = sums.windows_done
+                on_progress(copy.deepcopy(sums))
     return sums

@@ -14,6 +14,7 @@ import torch
 import transformers
 
 from . import __version__, evaluate as ev, protocol
+from .fusion import check_settings
 from .models import LoadError, load_models
 from .windows import plan_windows
 
@@ -112,12 +113,10 @@ class Server:
             bos_id = self.tokenizer.bos_token_id
             if bos_id is None:
                 raise RequestError("bad_request", "dataset.bos_per_window is true but the tokenizer has no BOS token")
-        n_models = len(self.models)
-        for s in message["settings"]:
-            for name in ("temperatures", "betas"):
-                if s[name] is not None and len(s[name]) != n_models:
-                    raise RequestError("bad_request", f"setting {s['id']}: {name} has {len(s[name])} values "
-                                                      f"for {n_models} models")
+        try:
+            check_settings(message["settings"], len(self.models))  # before tokenizing: fail fast
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
         tokenize_started = time.perf_counter()
         token_ids = self.tokenize(data["path"])
         tokenize_seconds = time.perf_counter() - tokenize_started
