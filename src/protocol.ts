@@ -124,7 +124,7 @@ export const ResultMsg = z.strictObject({
   sums: Sums,
   seconds: finite, // compute loop only
   tokenize_seconds: finite, // reading and tokenizing the text
-  peak_memory_bytes: z.number().int().nonnegative(),
+  peak_memory_bytes: z.number().int().nonnegative(), // this request (tokenizing + pass): Linux VmHWM, or the CUDA allocator peak
   device: z.string(),
   dtype: z.string(),
 });

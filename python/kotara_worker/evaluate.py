@@ -176,6 +176,9 @@ def evaluate(models: Sequence, token_ids: torch.Tensor, windows: Sequence[Window
                                          model_index=e.model_index, position=e.position, model_ref=ref,
                                          window=w) from None
                 sums.add(part)
+                # free this chunk's [p, V] logits now: kept alive, the last chunk's would sit
+                # in memory through the next batch's forward and raise the peak by ~2 × 50 MiB
+                del logits, rows, z, part
             del sources
             sums.windows_done = batch.stop
             if sums.windows_done - reported >= progress_every:

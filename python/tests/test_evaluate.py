@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import spec
-from kotara_worker.evaluate import Cancelled, NumericalError, Sums, evaluate, plan_batches
+from kotara_worker.evaluate import Cancelled, EvalConfig, NumericalError, Sums, evaluate, plan_batches
 from kotara_worker.models import load_models
 from kotara_worker.windows import plan_windows
 from test_fusion import all_settings, reference, reference_base
@@ -259,11 +259,40 @@ def test_bad_inputs_are_refused():
 def test_concurrent_forwards_give_the_same_sums(loaded, tiny_tokens):
     # On separate CUDA devices the models' forwards run in threads at the same time;
     # the threaded path itself is exercised here on the CPU and must change nothing.
-    from kotara_worker.evaluate import EvalConfig
-
     _, ids = tiny_tokens
     models = [loaded[1]["gpt2-a"], loaded[1]["llama"]]
     windows = plan_windows(ids.numel(), 64, 32)
     serial = run(models, ids, windows, all_settings(2), batch_size=3, cfg=EvalConfig(concurrent=False))
     threaded = run(models, ids, windows, all_settings(2), batch_size=3, cfg=EvalConfig(concurrent=True))
     assert threaded == serial
+
+
+def test_no_logits_outlive_their_chunk_into_the_next_forward():
+    # The [p, V] float32 logits of a chunk are the pass's biggest tensors; any kept alive
+    # (by a loop variable, a list, a reference cycle) while the next batch's forward runs
+    # adds 2 × [256, V] to the peak of every batch (issue "performance": flat memory).
+    import weakref
+
+    produced: list[weakref.ref] = []
+    alive_at_forward: list[int] = []
+
+    class Tracked(FakeModel):
+        def hidden(self, input_ids):
+            alive_at_forward.append(sum(r() is not None for r in produced))
+            return super().hidden(input_ids)
+
+        def head(self, hidden):
+            z = super().head(hidden)
+            produced.append(weakref.ref(z))
+            return z
+
+    ids = fake_stream(1500, 50, 0)
+    windows = plan_windows(ids.numel(), 64, 32)
+    models = [Tracked(50, seed=s, ref=f"m{s}") for s in (1, 2)]
+    plain = run([FakeModel(50, seed=s, ref=f"m{s}") for s in (1, 2)], ids, windows, all_settings(2),
+                batch_size=3, vocab=50, cfg=EvalConfig(position_chunk=40))
+    tracked = run(models, ids, windows, all_settings(2), batch_size=3, vocab=50, cfg=EvalConfig(position_chunk=40))
+    assert tracked == plain                                   # the tracking changes nothing
+    assert len(alive_at_forward) == 2 * len(plan_batches(windows, 3)) > 10
+    assert len(produced) > 2 * len(alive_at_forward)          # several chunks per batch
+    assert alive_at_forward == [0] * len(alive_at_forward)
