@@ -306,15 +306,17 @@ async function main() {
   // and is judged on its median: a resident peak still moves by tens of MiB now and then
   // with where glibc places a request's temporaries, and a median of 3 ignores one such.
   const memOpts = { ...o, batchSize: Math.min(2, o.batchSize) };
-  const memory: { once: Timed; x2: Timed[]; x8: Timed[] } = { once: undefined as unknown as Timed, x2: [], x8: [] };
+  let memOnce!: Timed;
+  const memX2: Timed[] = [];
+  const memX8: Timed[] = [];
   {
     const s = await openSession({ models, maxLength: o.maxLength });
     try {
       await timedEvaluate(s, "memory warm-up (not counted)", text1.path, four, memOpts);
-      memory.once = await timedEvaluate(s, "memory, 1x text", text1.path, four, memOpts);
+      memOnce = await timedEvaluate(s, "memory, 1x text", text1.path, four, memOpts);
       for (let round = 1; round <= MEMORY_ROUNDS; round++) {
-        memory.x2.push(await timedEvaluate(s, `memory, 2x text (round ${round}/${MEMORY_ROUNDS})`, text2.path, four, memOpts));
-        memory.x8.push(await timedEvaluate(s, `memory, 8x text (round ${round}/${MEMORY_ROUNDS})`, text8.path, four, memOpts));
+        memX2.push(await timedEvaluate(s, `memory, 2x text (round ${round}/${MEMORY_ROUNDS})`, text2.path, four, memOpts));
+        memX8.push(await timedEvaluate(s, `memory, 8x text (round ${round}/${MEMORY_ROUNDS})`, text8.path, four, memOpts));
       }
     } finally {
       await s.close();
@@ -390,14 +392,14 @@ async function main() {
   const fusionMsPer1k = (((t100.wall - t1.wall) / 99) / (t100.scored / 1000)) * 1000;
   const fusionComputeMsPer1k = (((t100.compute - t1.compute) / 99) / (t100.scored / 1000)) * 1000;
   // Growth with the text: the 8× text may hold only its extra token ids more than the 2×
-  // one, within the allocator's noise. The band, 2 % of the peak (≈ 30 MiB here), is what
-  // repeated requests of one text spread by (medians within 5 MiB, single outliers of
-  // +90 MiB, which the median drops); the leak this bench once caught (a reference cycle
-  // keeping chunk logits alive) added 335 MiB per doubling of the text.
+  // one, within the allocator's noise. The band, 2 % of the peak (≈ 30 MiB here), is
+  // about half of what repeated requests of one text have spread by (up to 66 MiB, see
+  // docs/benchmarks.md), which the medians narrow; the leak this bench once caught (a
+  // reference cycle keeping chunk logits alive) added 335 MiB per doubling of the text.
   const idsBytes = 8 * (text8.tokens - text2.tokens); // the extra token ids (int64)
-  const peak1 = memory.once.peak;
-  const peaks2 = memory.x2.map((t) => t.peak);
-  const peaks8 = memory.x8.map((t) => t.peak);
+  const peak1 = memOnce.peak;
+  const peaks2 = memX2.map((t) => t.peak);
+  const peaks8 = memX8.map((t) => t.peak);
   const peak2 = median(peaks2);
   const peak8 = median(peaks8);
   const memSlack = Math.max(idsBytes, MEMORY_BAND * peak2);
@@ -407,7 +409,7 @@ async function main() {
   const evalWall = evals.reduce((a, t) => a + t.wall, 0);
   // an upper bound: everything outside compute on the longest text, per window (its
   // per-request costs included; a slope between texts is below timer noise)
-  const perWindowMs = median(memory.x8.map((t) => (t.outside / t.windows) * 1000));
+  const perWindowMs = median(memX8.map((t) => (t.outside / t.windows) * 1000));
   const computeTotal = runs.reduce((a, t) => a + t.compute, 0);
   const bridge = {
     open_s: openSeconds, spawn_imports_s: openSeconds - loadSeconds, load_s: loadSeconds, close_s: closeSeconds,
@@ -429,7 +431,7 @@ async function main() {
   row("PPL agreement, max relative difference", `${maxRel.toExponential(2)} (${compared} PPLs)`, `<= ${PPL_RTOL}`, mismatches.length ? "FAIL" : "PASS");
   row("mean fusion weights, max abs difference", maxW.toExponential(2), `<= ${WEIGHT_ATOL}`, maxW <= WEIGHT_ATOL ? "PASS" : "FAIL");
   const mibs = (xs: number[]) => xs.map((b) => (b / 2 ** 20).toFixed(0)).join(" / ");
-  row(`peak memory (worker, per request), ${memory.once.tokens} tok text`, mib(peak1), "", "info");
+  row(`peak memory (worker, per request), ${memOnce.tokens} tok text`, mib(peak1), "", "info");
   row(`peak memory, ${text2.tokens} tok (2×) text, median of ${MEMORY_ROUNDS}`, `${mib(peak2)}  (${mibs(peaks2)})`, "", "info");
   row(`peak memory, ${text8.tokens} tok (8×) text, median of ${MEMORY_ROUNDS}`, `${mib(peak8)}  (${mibs(peaks8)}; ${peak8 >= peak2 ? "+" : "−"}${mib(Math.abs(peak8 - peak2))} vs 2×)`,
     `<= 2× + max(ids, ${100 * MEMORY_BAND}% noise) = ${mib(peak2 + memSlack)}`, check(peak8 <= peak2 + memSlack));
@@ -472,7 +474,7 @@ async function main() {
       model_shape: built.config, vocab: built.vocab, text: { source: haveWiki ? "wikitext-2-raw-test prefix" : "synthetic", ...text1, path: undefined },
       text_2x: { ...text2, path: undefined }, text_8x: { ...text8, path: undefined }, naive_subset: o.naiveSubset },
     kotara: { runs: runs.map(summary), warmup_excluded: summary(warmRun), bridge,
-      memory_runs: { text_1x: summary(memory.once), text_2x: memory.x2.map(summary), text_8x: memory.x8.map(summary) },
+      memory_runs: { text_1x: summary(memOnce), text_2x: memX2.map(summary), text_8x: memX8.map(summary) },
       memory_batch_size: memOpts.batchSize },
     naive: { ...naive, wall_s: naiveWall },
     figures: {

@@ -14,9 +14,10 @@ from torch.utils._pytree import tree_leaves
 
 from conftest import spec
 from kotara_worker import server
-from kotara_worker.evaluate import EvalConfig, evaluate
+from kotara_worker.evaluate import EvalConfig
 from kotara_worker.models import load_models
 from kotara_worker.windows import plan_windows
+from test_evaluate import run
 from test_fusion import all_settings
 from tiny_models import FakeModel
 
@@ -55,8 +56,7 @@ def pass_peak(models, n_windows: int, vocab: int, seed: int = 0) -> tuple[int, i
     windows = plan_windows(n, 64, 32)
     assert len(windows) == n_windows
     with LiveTensorBytes() as live:
-        evaluate(models, ids, windows, all_settings(len(models)), 2, None, vocab, None, lambda s: None, 10**9,
-                 lambda: False, EvalConfig(position_chunk=40))
+        run(models, ids, windows, all_settings(len(models)), batch_size=2, vocab=vocab, cfg=EvalConfig(position_chunk=40))
     return live.peak, n
 
 
