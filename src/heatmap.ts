@@ -2,6 +2,7 @@
 // T(model A) × T(model B). As aligned text for the console report, and as a
 // self-contained SVG (one panel per strategy, shared colour scale) next to the
 // metrics file. No dependencies.
+import { fmtPpl } from "./format.js";
 import type { Sweep } from "./sweep.js";
 import { STRATEGIES, formatNumber } from "./strategies.js";
 import type { StrategyType } from "./protocol.js";
@@ -90,7 +91,6 @@ function modelLabels(input: HeatmapInput): [string, string] {
   return [input.models?.[0] ?? "model A", input.models?.[1] ?? "model B"];
 }
 
-const fmtPpl = (x: number) => (x >= 1e5 ? x.toExponential(2) : x.toFixed(2));
 
 /**
  * Aligned text tables, one per strategy: rows T of model A, columns T of model B,

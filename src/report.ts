@@ -12,6 +12,7 @@ import path from "node:path";
 import type { RunPlan } from "./config.js";
 import { heatmapSvg, heatmapText, heatmapPanels, isTwoModelGrid } from "./heatmap.js";
 import type { HelloMsg, LoadedMsg, ModelSpec, ResultMsg, Setting } from "./protocol.js";
+import { displayRef, fmtBpb, fmtInt as int, fmtPct, fmtPpl, table } from "./format.js";
 import { formatNumber } from "./strategies.js";
 import { type Sweep, checkSweep } from "./sweep.js";
 
@@ -229,26 +230,6 @@ export interface ReportOptions {
   top?: number;
   /** Named where the report says that more fusions are in the metrics file. */
   metricsPath?: string | null;
-}
-
-/** A model ref for humans: a local path relative to the working directory. */
-export function displayRef(ref: string): string {
-  if (!path.isAbsolute(ref)) return ref;
-  const rel = path.relative(process.cwd(), ref);
-  return rel && !rel.startsWith(`..${path.sep}..`) ? rel : ref;
-}
-
-const int = (x: number) => Math.round(x).toLocaleString("en-US");
-const fmtPpl = (x: number) => (Number.isFinite(x) ? (x >= 1e6 ? x.toExponential(3) : x.toFixed(2)) : String(x));
-const fmtBpb = (x: number) => (Number.isFinite(x) ? x.toFixed(4) : String(x));
-const fmtPct = (x: number) => (Number.isFinite(x) ? `${x > 0 ? "+" : ""}${x.toFixed(2)}%` : String(x));
-
-type Align = "l" | "r";
-function table(head: string[], rows: string[][], align: Align[], indent = "  "): string[] {
-  const widths = head.map((h, c) => Math.max(h.length, ...rows.map((r) => r[c].length)));
-  const line = (cells: string[]) =>
-    indent + cells.map((s, c) => (align[c] === "l" ? s.padEnd(widths[c]) : s.padStart(widths[c]))).join("  ").trimEnd();
-  return [line(head), ...rows.map(line)];
 }
 
 /** The text printed on stdout after a run. */
