@@ -3,12 +3,13 @@
 // used when the config, the models and the text are the ones it was made from, which
 // is checked by hashes.
 import { createHash } from "node:crypto";
-import { createReadStream, existsSync, readdirSync, statSync } from "node:fs";
-import { open, readFile, rm } from "node:fs/promises";
-import { join } from "node:path";
+import { existsSync, readdirSync, statSync } from "node:fs";
+import { mkdir, open, readFile, rm } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import writeFileAtomic from "write-file-atomic";
+import type { DatasetStats } from "./dataset.js";
 import { UserError } from "./errors.js";
-import { Sums, type ModelSpec, type Setting } from "./protocol.js";
-import { writeJsonAtomic } from "./report.js";
+import { Sums, type DatasetSpec, type ModelSpec, type Setting } from "./protocol.js";
 
 export interface Fingerprint {
   /** What decides the numbers: models, tokenizer, windows, settings, batch size. */
@@ -28,20 +29,16 @@ export interface Checkpoint {
 }
 
 export interface EvaluationKey {
-  models: ModelSpec[];
+  models: readonly ModelSpec[];
   tokenizer: string | null;
-  dataset: { path: string; max_length: number; stride: number; bos_per_window: boolean };
-  settings: Setting[];
+  dataset: DatasetSpec;
+  /** The text's hash comes from the one read of it (dataset.ts scanDataset). */
+  text: Pick<DatasetStats, "sha256">;
+  settings: readonly Setting[];
   batch_size: number;
 }
 
 const sha256 = (data: string | Buffer) => createHash("sha256").update(data).digest("hex");
-
-async function hashFile(path: string): Promise<string> {
-  const h = createHash("sha256");
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  return h.digest("hex");
-}
 
 /** Size plus the first and last MiB: cheap for 15 GB of weights, and any re-save changes it. */
 async function sampleFile(path: string): Promise<string> {
@@ -74,12 +71,13 @@ export async function fingerprint(key: EvaluationKey): Promise<Fingerprint> {
     models: key.models.map((m) => ({ ...m })), tokenizer: key.tokenizer, dataset: { ...key.dataset, path: undefined },
     settings: key.settings, batch_size: key.batch_size,
   }));
-  return { config, text: await hashFile(key.dataset.path), models: await Promise.all(key.models.map(modelFingerprint)) };
+  return { config, text: key.text.sha256, models: await Promise.all(key.models.map(modelFingerprint)) };
 }
 
 export async function saveCheckpoint(path: string, fp: Fingerprint, windowsTotal: number, sums: Sums): Promise<void> {
   const c: Checkpoint = { kotara_checkpoint: 1, fingerprint: fp, windows_total: windowsTotal, sums, written_at: new Date().toISOString() };
-  await writeJsonAtomic(path, c);
+  await mkdir(dirname(path), { recursive: true });
+  await writeFileAtomic(path, JSON.stringify(c, null, 2) + "\n");
 }
 
 /** The checkpoint's sums, or a UserError (exit 2) saying why it cannot be used. */
@@ -106,4 +104,64 @@ export async function loadCheckpoint(path: string, fp: Fingerprint): Promise<Che
 
 export async function removeCheckpoint(path: string): Promise<void> {
   await rm(path, { force: true });
+}
+
+/**
+ * The checkpoints of one run: saves the running sums every `every` windows (0: never
+ * on schedule) and once more when the run fails or is interrupted, one write at a time.
+ */
+export class CheckpointKeeper {
+  private last: { sums: Sums; total: number } | null = null;
+  private lastSaved: number;
+  private saving: Promise<void> = Promise.resolve();
+
+  constructor(readonly path: string, private fp: Fingerprint, private every: number, private resumedFrom: number | null) {
+    this.lastSaved = resumedFrom ?? 0;
+  }
+
+  static async open(path: string, key: EvaluationKey, every: number, resume: boolean): Promise<{ keeper: CheckpointKeeper; resume: Checkpoint | null }> {
+    const fp = await fingerprint(key);
+    const c = resume ? await loadCheckpoint(path, fp) : null;
+    return { keeper: new CheckpointKeeper(path, fp, every, c?.sums.windows_done ?? null), resume: c };
+  }
+
+  /** Every progress message: remember the sums; save when `every` windows have passed. */
+  progress(sums: Sums, total: number): void {
+    this.last = { sums, total };
+    if (this.every > 0 && sums.windows_done - this.lastSaved >= this.every && sums.windows_done < total) {
+      this.lastSaved = sums.windows_done;
+      this.save(sums, total);
+    }
+  }
+
+  private save(sums: Sums, total: number): void {
+    this.saving = this.saving.then(() => saveCheckpoint(this.path, this.fp, total, sums)).catch((e) => {
+      process.stderr.write(`kotara: could not write the checkpoint ${this.path}: ${(e as Error).message}\n`);
+    });
+  }
+
+  /** Waits for the writes in flight. */
+  flush(): Promise<void> {
+    return this.saving;
+  }
+
+  /**
+   * After a failure or an interrupt: saves what was finished since the last save, and
+   * says so. Returns the line to print, or null when there was nothing new.
+   */
+  async saveOnStop(interrupted: boolean): Promise<string | null> {
+    const p = this.last;
+    const newer = interrupted ? (this.resumedFrom ?? -1) : this.lastSaved;
+    if (!p || p.sums.windows_done <= newer) return null;
+    this.save(p.sums, p.total);
+    await this.saving;
+    const done = `${p.sums.windows_done}/${p.total} windows`;
+    return interrupted
+      ? `saved ${done} to ${this.path}; continue with: kotara run <config> --resume`
+      : `the run failed after ${done}; they are saved in ${this.path} (continue with --resume once the cause is fixed)`;
+  }
+
+  async remove(): Promise<void> {
+    await removeCheckpoint(this.path);
+  }
 }

@@ -6,8 +6,10 @@
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { evalCommand } from "./commands/eval.js";
 import { runCommand } from "./commands/run.js";
+import { DEFAULTS } from "./defaults.js";
 import { UserError } from "./errors.js";
 import { VERSION } from "./session.js";
+import { KNOWN_STRATEGIES } from "./strategies.js";
 
 function number(name: string) {
   return (value: string) => {
@@ -50,17 +52,17 @@ export function buildProgram(): Command {
     .requiredOption("--model_b <ref>", "second model")
     .option("--tokenizer <ref>", "tokenizer (default: model_a's)")
     .requiredOption("--dataset_path <file>", "UTF-8 text file")
-    .option("--max_length <n>", "tokens per window", integer("--max_length"), 1024)
-    .option("--stride <n>", "tokens between window starts", integer("--stride"), 1024)
-    .option("--strategy <name>", "entropy | average | poe | gap", "entropy")
+    .option("--max_length <n>", "tokens per window", integer("--max_length"), DEFAULTS.max_length)
+    .option("--stride <n>", "tokens between window starts", integer("--stride"), DEFAULTS.max_length)
+    .option("--strategy <name>", KNOWN_STRATEGIES.join(" | "), DEFAULTS.eval_strategy)
     .option("--temp_a <t>", "temperature of model_a", number("--temp_a"), 1)
     .option("--temp_b <t>", "temperature of model_b", number("--temp_b"), 1)
     .option("--poe_beta_a <b>", "PoE weight of model_a", number("--poe_beta_a"), 0.5)
     .option("--poe_beta_b <b>", "PoE weight of model_b", number("--poe_beta_b"), 0.5)
-    .option("--device <device>", "auto | cpu | cuda | cuda:N", "auto")
-    .option("--dtype <dtype>", "auto | float32 | float16 | bfloat16", "auto")
-    .option("--trust_remote_code", "allow models that need their own code", false)
-    .option("--batch_size <n>", "windows per forward", integer("--batch_size"), 8)
+    .option("--device <device>", "auto | cpu | cuda | cuda:N", DEFAULTS.device)
+    .option("--dtype <dtype>", "auto | float32 | float16 | bfloat16", DEFAULTS.dtype)
+    .option("--trust_remote_code", "allow models that need their own code", DEFAULTS.trust_remote_code)
+    .option("--batch_size <n>", "windows per forward", integer("--batch_size"), DEFAULTS.batch_size)
     .option("--save_metrics <file>", "write the metrics JSON here")
     .option("--quiet", "no progress on stderr")
     .option("--verbose", "forward the worker's stderr")

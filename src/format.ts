@@ -35,6 +35,11 @@ export function displayRef(ref: string): string {
   return rel && !rel.startsWith(`..${path.sep}..`) ? rel : ref;
 }
 
+/** A model's name in a heatmap: the directory name of a local model, else the Hub id. */
+export function shortName(ref: string): string {
+  return path.isAbsolute(ref) ? path.basename(ref) : ref;
+}
+
 export type Align = "l" | "r";
 
 /**

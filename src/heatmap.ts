@@ -4,13 +4,12 @@
 // metrics file. No dependencies.
 import { fmtPpl } from "./format.js";
 import type { Sweep } from "./sweep.js";
-import { STRATEGIES, formatNumber } from "./strategies.js";
-import type { StrategyType } from "./protocol.js";
+import { type ListParam, type StrategyType, defaultParam, formatNumber, paramsOf } from "./strategies.js";
 
 /** The parts of a fusion result a heatmap reads (report.ts's FusionMetrics fits). */
 export interface HeatmapFusion {
   id: string;
-  strategy: { type: string; temperatures: number[]; betas?: number[] | null };
+  strategy: { type: string; temperatures: number[] } & { [P in ListParam]?: number[] | null };
   ppl: number;
 }
 
@@ -45,20 +44,30 @@ export function isTwoModelGrid(sweep: Sweep | null | undefined): sweep is Sweep 
   return !!sweep && sweep.temperatures.length === 2;
 }
 
-function betasMatch(type: string, betas: readonly number[] | null | undefined, sweep: Sweep): boolean {
-  if (type !== "poe") return true;
-  if (!betas) return false;
-  if (!sweep.betas) {
-    const d = STRATEGIES.poe.defaultBetas(2);
-    return betas.length === 2 && betas[0] === d[0] && betas[1] === d[1];
-  }
-  return betas.length === sweep.betas.length && betas.every((b, i) => sweep.betas![i].includes(b));
+/**
+ * Does a fusion belong to the sweep's grid in the lists its type takes besides
+ * temperatures (betas, …)? Each must be the type's default where the sweep has no
+ * grid for it, or one value of each model's grid where it does.
+ */
+function listsMatch(f: HeatmapFusion, sweep: Sweep): boolean {
+  const type = f.strategy.type as StrategyType;
+  return paramsOf(type).every((p) => {
+    const xs = f.strategy[p];
+    if (!xs) return false;
+    const g = sweep[p];
+    if (!g) {
+      const d = defaultParam(type, p, 2)!;
+      return xs.length === d.length && xs.every((x, i) => x === d[i]);
+    }
+    return xs.length === g.length && xs.every((x, i) => g[i].includes(x));
+  });
 }
 
 /**
  * One panel per strategy of the sweep. A cell is the fusion of that type at
  * (T_a, T_b), found by its parameters, not its id (an explicit strategy with the same
- * parameters stands in for the sweep's); for poe swept over betas, the best over them.
+ * parameters stands in for the sweep's); for a strategy swept over betas too, the best
+ * over them.
  */
 export function heatmapPanels(input: HeatmapInput): HeatmapPanel[] {
   const { sweep } = input;
@@ -69,7 +78,7 @@ export function heatmapPanels(input: HeatmapInput): HeatmapPanel[] {
     const cells: (HeatmapCell | null)[][] = rows.map(() => cols.map(() => null));
     for (const f of input.fusions) {
       if (f.strategy.type !== type || f.strategy.temperatures.length !== 2 || !Number.isFinite(f.ppl)) continue;
-      if (!betasMatch(type, f.strategy.betas, sweep)) continue;
+      if (!listsMatch(f, sweep)) continue;
       const r = rows.indexOf(f.strategy.temperatures[0]);
       const c = cols.indexOf(f.strategy.temperatures[1]);
       if (r < 0 || c < 0) continue;
@@ -82,7 +91,8 @@ export function heatmapPanels(input: HeatmapInput): HeatmapPanel[] {
         if (cell && (!best || cell.ppl < cells[best[0]][best[1]]!.ppl)) best = [r, c];
       }),
     );
-    const title = type === "poe" && sweep.betas ? "poe (best over betas)" : type;
+    const over = paramsOf(type).filter((p) => sweep[p]);
+    const title = over.length ? `${type} (best over ${over.join(" and ")})` : type;
     return { type, title, rows: [...rows], cols: [...cols], cells, best };
   });
 }

@@ -1,10 +1,13 @@
 // The library behind the CLI: `import { openSession, temperatureGrid } from "kotara"`.
 export { openSession, Session, resolvePython, VERSION } from "./session.js";
 export type { SessionOptions, EvaluateOptions, Evaluation, DatasetInput, ModelInput } from "./session.js";
-export { loadConfig, parseConfig, type RunPlan } from "./config.js";
-export { resolveStrategies, settingId, KNOWN_STRATEGIES, type StrategyEntry } from "./strategies.js";
-export { expandSweep, dedupeSettings, temperatureGrid } from "./sweep.js";
-export { formatReport, buildMetrics, writeRunOutputs, type Metrics } from "./report.js";
+export { loadConfig } from "./config.js";
+export { parseConfig, type RunPlan } from "./plan.js";
+export { resolveStrategies, dedupeSettings, settingId, KNOWN_STRATEGIES, STRATEGIES, type StrategyEntry } from "./strategies.js";
+export { expandSweep, temperatureGrid } from "./sweep.js";
+export { buildMetrics, type Metrics, type EvaluationRequest } from "./metrics.js";
+export { formatReport } from "./report.js";
+export { writeRunOutputs } from "./outputs.js";
 export { PROTOCOL_VERSION, type Setting, type Sums, type ModelSpec } from "./protocol.js";
 export { UserError, ConfigError, Interrupted } from "./errors.js";
 export { WorkerDied, WorkerRequestError } from "./worker.js";

@@ -6,7 +6,6 @@ import type { ProgressMsg } from "./protocol.js";
 export class Progress {
   private bar: cliProgress.SingleBar | null = null;
   private lastTenth = -1;
-  private started = 0;
 
   constructor(private enabled: boolean, private tty = Boolean(process.stderr.isTTY)) {}
 
@@ -19,12 +18,11 @@ export class Progress {
   update(p: ProgressMsg, resumedFrom = 0) {
     if (!this.enabled) return;
     const done = p.sums.windows_done;
-    const tokensPerSecond = p.seconds > 0 ? Math.round((p.sums.scored_tokens - 0) / p.seconds) : 0;
+    const tokensPerSecond = p.seconds > 0 ? Math.round(p.sums.scored_tokens / p.seconds) : 0;
     const rate = p.seconds > 0 ? (done - resumedFrom) / p.seconds : 0;
     const eta = rate > 0 ? (p.windows_total - done) / rate : Infinity;
     if (this.tty) {
       if (!this.bar) {
-        this.started = Date.now();
         this.bar = new cliProgress.SingleBar({
           format: "{bar} {value}/{total} windows | {tps} tok/s | ETA {eta_text}",
           stream: process.stderr, hideCursor: true, clearOnComplete: true, etaBuffer: 20,

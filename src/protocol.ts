@@ -9,6 +9,7 @@
 // and the worker validates what it receives against it; protocol/golden/*.msgpack are
 // encoded messages that both test suites decode.
 import { z } from "zod";
+import { KNOWN_STRATEGIES, LIST_PARAM_NAMES, type ListParam } from "./strategies.js";
 
 export const PROTOCOL_VERSION = 1;
 
@@ -16,15 +17,23 @@ export const PROTOCOL_VERSION = 1;
 const finite = z.number();
 const positive = z.number().positive();
 
-export const StrategyType = z.enum(["average", "poe", "entropy", "gap"]);
+// The strategy names and their per-model lists come from the registry in strategies.ts
+// (where strategies are declared); the wire carries every setting fully resolved.
+export const StrategyType = z.enum(KNOWN_STRATEGIES);
 export type StrategyType = z.infer<typeof StrategyType>;
+
+const perModel = z.array(finite).min(2);
+/** Every declared list is a field: the values, one per model, or null for a type that takes none. */
+const listFields = Object.fromEntries(LIST_PARAM_NAMES.map((p) => [p, perModel.nullable()])) as {
+  [P in ListParam]: z.ZodNullable<typeof perModel>;
+};
 
 /** One fully resolved fusion setting: every parameter explicit, one per model. */
 export const Setting = z.strictObject({
   id: z.string().min(1),
   type: StrategyType,
   temperatures: z.array(positive).min(2),
-  betas: z.array(finite).min(2).nullable(),
+  ...listFields,
 });
 export type Setting = z.infer<typeof Setting>;
 
@@ -49,6 +58,15 @@ export type Sums = z.infer<typeof Sums>;
 
 const base = { seq: z.number().int().nonnegative() };
 
+/** The text and its windows (SPEC §2). */
+export const DatasetSpec = z.strictObject({
+  path: z.string().min(1),
+  max_length: z.number().int().positive(),
+  stride: z.number().int().positive(),
+  bos_per_window: z.boolean(),
+});
+export type DatasetSpec = z.infer<typeof DatasetSpec>;
+
 // ---- controller → worker ------------------------------------------------------
 export const LoadMsg = z.strictObject({
   ...base,
@@ -62,12 +80,7 @@ export const EvaluateMsg = z.strictObject({
   ...base,
   type: z.literal("evaluate"),
   request_id: z.string().min(1),
-  dataset: z.strictObject({
-    path: z.string().min(1),
-    max_length: z.number().int().positive(),
-    stride: z.number().int().positive(),
-    bos_per_window: z.boolean(),
-  }),
+  dataset: DatasetSpec,
   settings: z.array(Setting),
   batch_size: z.number().int().positive(),
   progress_every: z.number().int().positive(), // windows between progress messages (which carry sums)

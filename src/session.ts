@@ -7,12 +7,13 @@
 //   await session.close();
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { datasetStats } from "./config.js";
+import { datasetStats } from "./dataset.js";
+import { DEFAULTS } from "./defaults.js";
 import { Interrupted, UserError } from "./errors.js";
+import { buildMetrics, type EvaluationRequest, type Metrics } from "./metrics.js";
 import type { LoadedMsg, ModelSpec, ProgressMsg, ResultMsg, Setting, Sums } from "./protocol.js";
-import { buildMetrics, type Metrics } from "./report.js";
 import { resolveStrategies, type StrategyEntry } from "./strategies.js";
-import { dedupeSettings } from "./sweep.js";
+import type { Sweep } from "./sweep.js";
 import { PACKAGE_ROOT, Worker, type WorkerOptions } from "./worker.js";
 
 export const VERSION = "0.1.0";
@@ -29,11 +30,13 @@ export interface SessionOptions {
   bosPerWindow?: boolean;
   onStatus?: (message: string) => void;
   onStderr?: (line: string) => void;
+  onDropped?: (reason: string) => void;
   startTimeoutMs?: number;
   heartbeatTimeoutMs?: number;
   env?: Record<string, string>;
 }
 
+/** The text and its windows; the defaults are those of a config (defaults.ts). */
 export interface DatasetInput {
   path: string;
   max_length?: number;
@@ -41,27 +44,33 @@ export interface DatasetInput {
   bos_per_window?: boolean;
 }
 
-export interface EvaluateOptions {
-  dataset: DatasetInput;
-  /** Strategy entries as in YAML (`"entropy"`, `{ type: "poe", betas: [...] }`) or resolved Settings. */
-  strategies: (StrategyEntry | Setting)[];
-  batchSize?: number;
+/** How a request is watched and steered while it runs. */
+export interface RunHooks {
   /** Windows between progress callbacks (each carries the running sums). */
   progressEvery?: number;
   onProgress?: (progress: ProgressMsg) => void;
   /** Continue from these sums (a checkpoint of the same evaluation). */
   resume?: Sums | null;
+  signal?: AbortSignal;
+  /** After an abort, how long to wait for the worker to stop at a batch boundary. */
+  cancelGraceMs?: number;
+}
+
+export interface EvaluateOptions extends RunHooks {
+  dataset: DatasetInput;
+  /** Strategy entries as in YAML (`"entropy"`, `{ type: "poe", betas: [...] }`) or resolved Settings (a temperatureGrid). */
+  strategies: (StrategyEntry | Setting)[];
+  /** The grid the settings came from, for the heatmap (optional). */
+  sweep?: Sweep | null;
+  batchSize?: number;
   /** The raw config, echoed into the metrics. */
   config?: unknown;
-  signal?: AbortSignal;
-  /** After an abort, how long to wait for the worker to stop at a batch boundary (default 5 s). */
-  cancelGraceMs?: number;
 }
 
 export interface Evaluation {
   metrics: Metrics;
   result: ResultMsg;
-  settings: Setting[];
+  settings: readonly Setting[];
 }
 
 export function resolvePython(fromConfig?: string | null): string {
@@ -77,22 +86,10 @@ export function toModelSpec(m: ModelInput): ModelSpec {
   return {
     ref: o.ref,
     revision: o.revision ?? null,
-    trust_remote_code: o.trust_remote_code ?? false,
-    dtype: o.dtype ?? "auto",
-    device: o.device ?? "auto",
+    trust_remote_code: o.trust_remote_code ?? DEFAULTS.trust_remote_code,
+    dtype: o.dtype ?? DEFAULTS.dtype,
+    device: o.device ?? DEFAULTS.device,
   };
-}
-
-function isSetting(x: unknown): x is Setting {
-  return typeof x === "object" && x !== null && "id" in x && "temperatures" in x && "betas" in x && Array.isArray((x as Setting).temperatures);
-}
-
-/** Strategy entries → resolved, de-duplicated settings; errors name `strategies[i]` of the list given. */
-export function toSettings(entries: (StrategyEntry | Setting)[], nModels: number): Setting[] {
-  const asEntries = entries.map((e) =>
-    isSetting(e) ? { id: e.id, type: e.type, temperatures: e.temperatures, ...(e.betas ? { betas: e.betas } : {}) } : e,
-  );
-  return dedupeSettings(resolveStrategies(asEntries, nModels));
 }
 
 export class Session {
@@ -114,7 +111,7 @@ export class Session {
     const python = resolvePython(opts.python);
     const models = opts.models.map(toModelSpec);
     const workerOpts: WorkerOptions = {
-      python, env: opts.env, onStatus: opts.onStatus, onStderr: opts.onStderr,
+      python, env: opts.env, onStatus: opts.onStatus, onStderr: opts.onStderr, onDropped: opts.onDropped,
       startTimeoutMs: opts.startTimeoutMs, heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
     };
     let worker: Worker;
@@ -134,50 +131,71 @@ export class Session {
     }
   }
 
-  /** One pass over a text: every model once per window, every setting fused from the same logits. */
+  /**
+   * One pass over a text: every model once per window, every setting fused from the
+   * same logits. The library's entry: resolves the strategies and reads the text once,
+   * then runs the request.
+   */
   async evaluate(opts: EvaluateOptions): Promise<Evaluation> {
-    const n = this.models.length;
-    const settings = toSettings(opts.strategies, n);
+    const settings = resolveStrategies(opts.strategies, this.models.length);
     if (settings.length === 0) throw new UserError("evaluate needs at least one strategy", 2);
-    const max_length = opts.dataset.max_length ?? 1024;
+    const max_length = opts.dataset.max_length ?? DEFAULTS.max_length;
     const dataset = {
       path: opts.dataset.path,
       max_length,
       stride: opts.dataset.stride ?? max_length,
-      bos_per_window: opts.dataset.bos_per_window ?? false,
+      bos_per_window: opts.dataset.bos_per_window ?? DEFAULTS.bos_per_window,
     };
-    const { bytes, words } = await datasetStats(dataset.path);
+    const request: EvaluationRequest = {
+      dataset, text: datasetStats(dataset.path), settings, sweep: opts.sweep ?? null,
+      batchSize: opts.batchSize ?? DEFAULTS.batch_size, config: opts.config ?? null,
+    };
+    return this.run(request, opts);
+  }
+
+  /** Runs a request that is already resolved (a RunPlan's), as it is. */
+  async run(request: EvaluationRequest, hooks: RunHooks = {}): Promise<Evaluation> {
     const request_id = `r${++this.requests}`;
     const started = performance.now();
-    // Abort: ask the worker to stop at its next batch; a batch of a large model can take
-    // long, so after `cancelGraceMs` give up waiting (the caller then closes the worker).
-    let onAbort = () => {};
-    const aborted = new Promise<never>((_, reject) => {
-      onAbort = () => {
-        void this.worker.cancel(request_id);
-        setTimeout(() => reject(new Interrupted(`the worker did not stop within ${(opts.cancelGraceMs ?? 5000) / 1000}s of the interrupt`)),
-          opts.cancelGraceMs ?? 5000).unref();
-      };
-    });
-    aborted.catch(() => {});
-    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    const { aborted, detach } = this.cancelOnAbort(request_id, hooks);
     try {
       const result = await Promise.race([
         this.worker.evaluate(
-          { request_id, dataset, settings, batch_size: opts.batchSize ?? 8, progress_every: opts.progressEvery ?? 1, resume: opts.resume ?? null },
-          opts.onProgress,
+          {
+            request_id, dataset: request.dataset, settings: [...request.settings], batch_size: request.batchSize,
+            progress_every: hooks.progressEvery ?? DEFAULTS.progress_every, resume: hooks.resume ?? null,
+          },
+          hooks.onProgress,
         ),
         aborted,
       ]);
       const seconds = (performance.now() - started) / 1000;
       const metrics = buildMetrics({
-        models: this.models, tokenizer: this.tokenizer, dataset, settings, result, loaded: this.loaded,
-        hello: this.worker.hello, bytes, words, seconds, version: VERSION, config: opts.config ?? null,
+        models: this.models, request, result, loaded: this.loaded, hello: this.worker.hello, seconds, version: VERSION,
       });
-      return { metrics, result, settings };
+      return { metrics, result, settings: request.settings };
     } finally {
-      opts.signal?.removeEventListener("abort", onAbort);
+      detach();
     }
+  }
+
+  /**
+   * On abort, ask the worker to stop at its next batch; a batch of a large model can
+   * take long, so after the grace period give up waiting (the caller then closes the
+   * worker): `aborted` rejects then.
+   */
+  private cancelOnAbort(requestId: string, hooks: RunHooks): { aborted: Promise<never>; detach: () => void } {
+    const grace = hooks.cancelGraceMs ?? DEFAULTS.cancel_grace_ms;
+    let onAbort = () => {};
+    const aborted = new Promise<never>((_, reject) => {
+      onAbort = () => {
+        void this.worker.cancel(requestId);
+        setTimeout(() => reject(new Interrupted(`the worker did not stop within ${grace / 1000}s of the interrupt`)), grace).unref();
+      };
+    });
+    aborted.catch(() => {});
+    hooks.signal?.addEventListener("abort", onAbort, { once: true });
+    return { aborted, detach: () => hooks.signal?.removeEventListener("abort", onAbort) };
   }
 
   async close(): Promise<void> {

@@ -5,7 +5,7 @@
 //     temperatures:                 # one list per model
 //       - [0.7, 0.85, 1.0, 1.15, 1.3]
 //       - [0.7, 0.85, 1.0, 1.15, 1.3]
-//     betas:                        # optional, poe only: one list per model
+//     betas:                        # optional, for poe (the strategies that take betas)
 //       - [0.3, 0.5, 0.7]
 //       - [0.3, 0.5, 0.7]
 //
@@ -16,45 +16,51 @@
 // Beta combinations that are all zero are skipped (they fuse into a uniform guess).
 import { z } from "zod";
 import { ConfigError } from "./errors.js";
-import type { Setting, StrategyType } from "./protocol.js";
+import type { Setting } from "./protocol.js";
 import {
-  Beta,
-  type Checked,
-  STRATEGIES,
+  KNOWN_STRATEGIES,
+  LIST_PARAMS,
+  LIST_PARAM_NAMES,
+  type ListParam,
+  type StrategyType,
   Temperature,
-  errorMap,
+  dedupeSettings,
+  defaultParam,
   isKnownStrategy,
-  issueLines,
+  makeSetting,
+  paramsOf,
   settingId,
-  settingKey,
-  strictObject,
+  takersOf,
   unknownStrategyMessage,
 } from "./strategies.js";
+import { type Checked, errorMap, issueLines, strictObject } from "./validation.js";
 
 /** The most settings one sweep may expand to (each is a fusion per scored token). */
 export const MAX_SWEEP_SETTINGS = 10_000;
 
+const grid = (noun: string) =>
+  z.array(z.array(noun === "temperature" ? Temperature : LIST_PARAMS[noun as ListParam].item)
+    .min(1, { error: `must not be empty (list the ${noun}s to try for this model)` }))
+    .min(1, { error: `must have one list of ${noun}s per model` });
+
 export const SweepSchema = strictObject({
   strategies: z.array(z.string()).min(1, { error: "must name at least one strategy" }),
-  temperatures: z
-    .array(z.array(Temperature).min(1, { error: "must not be empty (list the temperatures to try for this model)" }))
-    .min(1, { error: "must have one list of temperatures per model" }),
-  betas: z
-    .array(z.array(Beta).min(1, { error: "must not be empty (list the betas to try for this model)" }))
-    .min(1, { error: "must have one list of betas per model" })
-    .nullish(),
+  temperatures: grid("temperature"),
+  // a grid per declared list (betas: …), spanned by the strategies that take it
+  ...Object.fromEntries(LIST_PARAM_NAMES.map((p) => [p, grid(p).nullish()])),
 });
 /** The sweep block as written in YAML (or built in a script). */
-export type SweepInput = z.input<typeof SweepSchema>;
+export type SweepInput = { strategies: string[]; temperatures: number[][] } & { [P in ListParam]?: number[][] | null };
 
 /** A validated sweep, as it appears in the RunPlan and in the metrics file. */
-export interface Sweep {
+export type Sweep = {
   strategies: StrategyType[];
   /** One list per model. */
   temperatures: number[][];
-  /** One list per model (poe only), or null: poe uses its default betas. */
-  betas: number[][] | null;
-}
+} & {
+  /** One list per model, spanned by the strategies that take it; null: they use their defaults. */
+  [P in ListParam]: number[][] | null;
+};
 
 /**
  * Validates a sweep block against the number of models (null when the models list is
@@ -70,22 +76,21 @@ export function checkSweep(raw: unknown, nModels: number | null, path = "sweep")
     if (Array.isArray(names)) lines.push(...nameLines(names, path));
     return { value: null, lines };
   }
-  const { strategies, temperatures, betas } = parsed.data;
-  const lines = nameLines(strategies, path);
-  if (nModels !== null) {
-    if (temperatures.length !== nModels) {
-      lines.push(`${path}.temperatures: expected ${nModels} lists (one per model), got ${temperatures.length}`);
-    }
-    if (betas && betas.length !== nModels) {
-      lines.push(`${path}.betas: expected ${nModels} lists (one per model), got ${betas.length}`);
-    }
+  const data = parsed.data as SweepInput;
+  const lines = nameLines(data.strategies, path);
+  const grids = { temperatures: data.temperatures, ...Object.fromEntries(LIST_PARAM_NAMES.map((p) => [p, data[p] ?? null])) };
+  for (const [key, g] of Object.entries(grids)) {
+    if (nModels !== null && g && g.length !== nModels) lines.push(`${path}.${key}: expected ${nModels} lists (one per model), got ${g.length}`);
   }
-  if (betas && !strategies.includes("poe")) {
-    lines.push(`${path}.betas: only poe takes betas, and ${path}.strategies does not list poe`);
+  for (const p of LIST_PARAM_NAMES) {
+    const takers = takersOf(p);
+    if (data[p] && !data.strategies.some((s) => (takers as string[]).includes(s))) {
+      lines.push(`${path}.${p}: only ${takers.join(", ")} take${takers.length === 1 ? "s" : ""} ${p}, and ${path}.strategies does not list ${takers.length === 1 ? takers[0] : "any of them"}`);
+    }
   }
   if (lines.length > 0) return { value: null, lines };
 
-  const sweep: Sweep = { strategies: strategies as StrategyType[], temperatures, betas: betas ?? null };
+  const sweep = { strategies: data.strategies as StrategyType[], ...grids } as Sweep;
   const size = sweepSize(sweep);
   if (size > MAX_SWEEP_SETTINGS) {
     return {
@@ -106,9 +111,9 @@ function nameLines(names: readonly unknown[], path: string): string[] {
 
 /** How many settings a valid sweep expands to (before dedupe), without expanding it. */
 export function sweepSize(sweep: Sweep): number {
-  const tCombos = sweep.temperatures.reduce((acc, list) => acc * list.length, 1);
-  const bCombos = sweep.betas ? sweep.betas.reduce((acc, list) => acc * list.length, 1) : 1;
-  return sweep.strategies.reduce((acc, s) => acc + tCombos * (s === "poe" ? bCombos : 1), 0);
+  const combos = (g: number[][] | null) => (g ? g.reduce((acc, list) => acc * list.length, 1) : 1);
+  const tCombos = combos(sweep.temperatures);
+  return sweep.strategies.reduce((acc, s) => acc + tCombos * paramsOf(s).reduce((k, p) => k * combos(sweep[p]), 1), 0);
 }
 
 /** Every combination of one value from each list, the first list varying slowest. */
@@ -118,18 +123,26 @@ export function cartesian(lists: readonly (readonly number[])[]): number[][] {
   return out;
 }
 
-/** Expands a validated sweep: strategies (in order) × temperature combinations × betas. */
+/**
+ * Expands a validated sweep: strategies (in order) × temperature combinations × the
+ * combinations of every list the strategy takes (its default where the sweep has no
+ * grid for it; combinations the list's kind rejects, like all-zero betas, skipped).
+ */
 export function expandValidSweep(sweep: Sweep): Setting[] {
   const n = sweep.temperatures.length;
-  const tCombos = cartesian(sweep.temperatures);
-  const bCombos = sweep.betas ? cartesian(sweep.betas).filter((b) => b.some((x) => x > 0)) : null;
+  const swept = LIST_PARAM_NAMES.filter((p) => sweep[p] !== null);
   const out: Setting[] = [];
   for (const type of sweep.strategies) {
-    const betaChoices: (number[] | null)[] = type === "poe" ? (bCombos ?? [STRATEGIES.poe.defaultBetas(n)]) : [null];
-    for (const temperatures of tCombos) {
-      for (const betas of betaChoices) {
-        const s = { type, temperatures: [...temperatures], betas: betas && [...betas] };
-        out.push({ id: settingId(s, { temperatures: true, betas: bCombos !== null }), ...s });
+    // every combination of one choice per list the type takes: [{ betas: [...] }, …]
+    let lists: Partial<Record<ListParam, number[]>>[] = [{}];
+    for (const p of paramsOf(type)) {
+      const choices = sweep[p] ? cartesian(sweep[p]!).filter((xs) => LIST_PARAMS[p].problem(xs) === null) : [defaultParam(type, p, n)!];
+      lists = lists.flatMap((l) => choices.map((xs) => ({ ...l, [p]: xs })));
+    }
+    for (const temperatures of cartesian(sweep.temperatures)) {
+      for (const l of lists) {
+        const s = makeSetting(type, temperatures, l, "-");
+        out.push({ ...s, id: settingId(s, { temperatures: true, params: swept }) });
       }
     }
   }
@@ -146,38 +159,17 @@ export function expandSweep(sweep: unknown, nModels: number): Setting[] {
   return expandValidSweep(r.value);
 }
 
-/**
- * Drops settings that repeat an earlier one (same type, temperatures and betas,
- * whatever the ids): each is evaluated once, under the first one's id.
- * `onDuplicate` hears about every dropped setting.
- */
-export function dedupeSettings(
-  settings: readonly Setting[],
-  onDuplicate?: (dropped: Setting, kept: Setting) => void,
-): Setting[] {
-  const first = new Map<string, Setting>();
-  const out: Setting[] = [];
-  for (const s of settings) {
-    const key = settingKey(s);
-    const kept = first.get(key);
-    if (kept) {
-      onDuplicate?.(s, kept);
-      continue;
-    }
-    first.set(key, s);
-    out.push(s);
-  }
-  return out;
-}
+/** One list per model, or one list that every model sweeps. */
+type GridValues = readonly number[] | readonly (readonly number[])[];
 
-export interface TemperatureGridSpec {
+export type TemperatureGridSpec = {
   /** Default: every known strategy. */
   strategies?: readonly StrategyType[];
-  /** One list per model, or one list that every model sweeps. */
-  temperatures: readonly number[] | readonly (readonly number[])[];
-  /** poe only: one list per model, or one list that every model sweeps. */
-  betas?: readonly number[] | readonly (readonly number[])[];
-}
+  temperatures: GridValues;
+} & {
+  /** A grid for the strategies that take this list (betas: poe). */
+  [P in ListParam]?: GridValues;
+};
 
 /**
  * Builds a sweep from TypeScript (scripts, benchmarks): the same expansion and the
@@ -188,14 +180,14 @@ export interface TemperatureGridSpec {
  * @throws ConfigError for a bad grid.
  */
 export function temperatureGrid(spec: TemperatureGridSpec, nModels: number): Setting[] {
-  const perModel = (v: readonly number[] | readonly (readonly number[])[]): number[][] =>
+  const perModel = (v: GridValues): number[][] =>
     v.length > 0 && v.every((x) => typeof x === "number")
       ? Array.from({ length: nModels }, () => [...(v as readonly number[])])
       : (v as readonly (readonly number[])[]).map((l) => [...l]);
   const sweep: SweepInput = {
-    strategies: [...(spec.strategies ?? (Object.keys(STRATEGIES) as StrategyType[]))],
+    strategies: [...(spec.strategies ?? KNOWN_STRATEGIES)],
     temperatures: perModel(spec.temperatures),
-    ...(spec.betas ? { betas: perModel(spec.betas) } : {}),
+    ...Object.fromEntries(LIST_PARAM_NAMES.filter((p) => spec[p]).map((p) => [p, perModel(spec[p]!)])),
   };
   return dedupeSettings(expandSweep(sweep, nModels));
 }

@@ -33,8 +33,8 @@ export class WorkerRequestError extends UserError {
 
 /** The worker process is gone, or stopped answering. */
 export class WorkerDied extends UserError {
-  constructor(message: string, readonly stderrTail: string[]) {
-    super(stderrTail.length ? `${message}\n--- last lines of the worker's stderr ---\n${stderrTail.join("\n")}` : message, 1);
+  constructor(message: string, readonly outputTail: string[]) {
+    super(outputTail.length ? `${message}\n--- last lines of the worker's output ---\n${outputTail.join("\n")}` : message, 1);
     this.name = "WorkerDied";
   }
 }
@@ -49,7 +49,10 @@ export interface WorkerOptions {
   /** Seconds between the worker's heartbeats. */
   heartbeatS?: number;
   onStatus?: (message: string) => void;
+  /** Every line the worker prints (stderr; stdout lines come prefixed "[stdout] "). */
   onStderr?: (line: string) => void;
+  /** A message from the worker that was dropped (bad signature, replay, off-schema), and why. */
+  onDropped?: (reason: string) => void;
 }
 
 type Pending = {
@@ -61,7 +64,7 @@ type Pending = {
 
 type Outgoing = ToWorker extends infer T ? (T extends { seq: number } ? Omit<T, "seq"> : never) : never;
 
-const STDERR_TAIL = 40;
+const OUTPUT_TAIL = 40;
 
 export class Worker {
   readonly key = randomBytes(32);
@@ -75,15 +78,14 @@ export class Worker {
   private sendChain: Promise<unknown> = Promise.resolve();
   private pending: Pending | null = null;
   private helloWaiter: Pending | null = null;
-  private stderrTail: string[] = [];
+  /** The worker's last lines of output, for the message when it dies. */
+  private outputTail: string[] = [];
   private lastSeen = Date.now();
   private watchdog: NodeJS.Timeout | null = null;
   private exited: { code: number | undefined; signal: string | undefined } | null = null;
   private closing = false;
   private failure: Error | null = null;
   private exitHook = () => this.killNow();
-  /** Messages dropped for a bad signature, a replay or a bad shape (kept for tests and --verbose). */
-  readonly dropped: string[] = [];
 
   private constructor(private opts: WorkerOptions) {}
 
@@ -128,15 +130,17 @@ export class Worker {
     // worker sees EOF (and exits) if this process dies.
     this.proc.stdin.write(this.key.toString("hex") + "\n");
     this.proc.stdin.on("error", () => {}); // EPIPE when the worker died; reported via its exit
-    for (const stream of [this.proc.stdout, this.proc.stderr]) {
+    // The worker writes its log to stderr; stdout should stay empty, but a library may
+    // print there: those lines are kept too, marked.
+    for (const [stream, prefix] of [[this.proc.stdout, "[stdout] "], [this.proc.stderr, ""]] as const) {
       let partial = "";
       stream.setEncoding("utf8");
       stream.on("data", (chunk: string) => {
         const lines = (partial + chunk).split("\n");
         partial = lines.pop() ?? "";
-        for (const line of lines) this.stderrLine(line);
+        for (const line of lines) this.outputLine(prefix + line);
       });
-      stream.on("end", () => partial && this.stderrLine(partial));
+      stream.on("end", () => partial && this.outputLine(prefix + partial));
     }
     void this.proc.then(
       (r) => {
@@ -153,7 +157,7 @@ export class Worker {
     const hello = await new Promise<FromWorkerMsg>((resolve, reject) => {
       this.helloWaiter = { what: "waiting for the worker to start (Python is importing torch and transformers)", resolve, reject };
       const timer = setTimeout(() => {
-        reject(new WorkerDied(`the worker did not say hello within ${startTimeoutMs / 1000}s of starting ${this.opts.python} (was it importing torch and transformers?)`, this.stderrTail));
+        reject(new WorkerDied(`the worker did not say hello within ${startTimeoutMs / 1000}s of starting ${this.opts.python} (was it importing torch and transformers?)`, this.outputTail));
         this.killNow();
       }, startTimeoutMs);
       timer.unref();
@@ -175,16 +179,16 @@ export class Worker {
     this.watchdog = setInterval(() => {
       const silent = Date.now() - this.lastSeen;
       if (silent > heartbeatTimeoutMs && !this.exited) {
-        this.fail(new WorkerDied(`the worker stopped answering: no heartbeat for ${(silent / 1000).toFixed(1)}s while ${this.pending?.what ?? "idle"}; stopping it`, this.stderrTail));
+        this.fail(new WorkerDied(`the worker stopped answering: no heartbeat for ${(silent / 1000).toFixed(1)}s while ${this.pending?.what ?? "idle"}; stopping it`, this.outputTail));
         this.killNow();
       }
     }, Math.min(500, heartbeatTimeoutMs / 4));
     this.watchdog.unref();
   }
 
-  private stderrLine(line: string) {
-    this.stderrTail.push(line);
-    if (this.stderrTail.length > STDERR_TAIL) this.stderrTail.shift();
+  private outputLine(line: string) {
+    this.outputTail.push(line);
+    if (this.outputTail.length > OUTPUT_TAIL) this.outputTail.shift();
     this.opts.onStderr?.(line);
   }
 
@@ -193,7 +197,7 @@ export class Worker {
     process.removeListener("exit", this.exitHook);
     if (!this.closing) {
       const what = this.pending?.what ?? this.helloWaiter?.what ?? "idle";
-      this.fail(new WorkerDied(`the worker died: it ${how} while ${what}`, this.stderrTail));
+      this.fail(new WorkerDied(`the worker died: it ${how} while ${what}`, this.outputTail));
     }
   }
 
@@ -218,8 +222,7 @@ export class Worker {
   }
 
   private drop(reason: string) {
-    this.dropped.push(reason);
-    if (this.dropped.length > 100) this.dropped.shift();
+    this.opts.onDropped?.(reason);
   }
 
   private onFrames(frames: Buffer[]) {

@@ -5,7 +5,10 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
 import path from "node:path";
 import { after, describe, test } from "node:test";
-import { checkDataset, countWords, datasetStats, firstInvalidUtf8, loadConfig, parseConfig, parseYaml } from "../src/config.js";
+import { createHash } from "node:crypto";
+import { loadConfig, parseYaml } from "../src/config.js";
+import { countWords, datasetStats, firstInvalidUtf8, scanDataset } from "../src/dataset.js";
+import { parseConfig } from "../src/plan.js";
 import { ConfigError } from "../src/errors.js";
 import { Setting } from "../src/protocol.js";
 
@@ -38,10 +41,10 @@ function configFile(yaml: string, dir = workdir()): string {
 }
 
 /** Loads the config; it must fail with a ConfigError; returns its lines. */
-async function problems(yaml: string, dir?: string, env: NodeJS.ProcessEnv = {}): Promise<string[]> {
+async function problems(yaml: string, dir?: string): Promise<string[]> {
   const file = configFile(yaml, dir);
   try {
-    await loadConfig(file, { env });
+    await loadConfig(file);
   } catch (e) {
     assert.ok(e instanceof ConfigError, `expected a ConfigError, got ${e}`);
     assert.equal(e.exitCode, 2);
@@ -59,7 +62,7 @@ function hasLine(lines: string[], line: string | RegExp): void {
 
 describe("a valid config", () => {
   test("fills the defaults", async () => {
-    const plan = await loadConfig(configFile(BASE), { env: {} });
+    const plan = await loadConfig(configFile(BASE));
     assert.deepEqual(plan.models[0], { ref: "gpt2", revision: null, trust_remote_code: false, dtype: "auto", device: "auto" });
     assert.equal(plan.models[1].ref, "distilgpt2");
     assert.equal(plan.tokenizer, null);
@@ -76,7 +79,7 @@ describe("a valid config", () => {
   });
 
   test("stride defaults to a given max_length", async () => {
-    const plan = await loadConfig(configFile(BASE.replace("path: text.txt", "path: text.txt\n  max_length: 256")), { env: {} });
+    const plan = await loadConfig(configFile(BASE.replace("path: text.txt", "path: text.txt\n  max_length: 256")));
     assert.equal(plan.dataset.stride, 256);
   });
 
@@ -100,7 +103,6 @@ output: { metrics: results/out.json }
 `,
         dir,
       ),
-      { env: {} },
     );
     assert.deepEqual(plan.models[0], { ref: "gpt2", revision: "main", trust_remote_code: true, dtype: "bfloat16", device: "cuda:1" });
     assert.equal(plan.tokenizer, path.join(dir, "tok"));
@@ -121,7 +123,6 @@ describe("relative paths", () => {
     writeFileSync(path.join(dir, "data", "t.txt"), "some words here\n");
     const plan = await loadConfig(
       configFile(BASE.replace("path: text.txt", "path: data/t.txt") + "output:\n  metrics: ../out/m.json\n", dir),
-      { env: {} },
     );
     assert.equal(plan.dataset.path, path.join(dir, "data", "t.txt"));
     assert.equal(plan.output.metrics, path.join(path.dirname(dir), "out", "m.json"));
@@ -130,7 +131,7 @@ describe("relative paths", () => {
   test("a model ref starting with . is a local directory next to the config", async () => {
     const dir = workdir();
     mkdirSync(path.join(dir, "models", "a"), { recursive: true });
-    const plan = await loadConfig(configFile(BASE.replace("ref: gpt2", "ref: ./models/a"), dir), { env: {} });
+    const plan = await loadConfig(configFile(BASE.replace("ref: gpt2", "ref: ./models/a"), dir));
     assert.equal(plan.models[0].ref, path.join(dir, "models", "a"));
     assert.equal(plan.models[1].ref, "distilgpt2", "a Hub id is kept as is");
   });
@@ -140,7 +141,6 @@ describe("relative paths", () => {
     mkdirSync(path.join(dir, "mymodel"));
     const plan = await loadConfig(
       configFile(BASE.replace("ref: gpt2", "ref: mymodel").replace("ref: distilgpt2", "ref: openai-community/gpt2"), dir),
-      { env: {} },
     );
     assert.equal(plan.models[0].ref, path.join(dir, "mymodel"));
     assert.equal(plan.models[1].ref, "openai-community/gpt2");
@@ -150,21 +150,20 @@ describe("relative paths", () => {
     const plan = parseConfig(
       { models: [{ ref: "~/some/model" }, { ref: "gpt2" }], dataset: { path: "~/t.txt" }, strategies: ["entropy"] },
       "/anywhere",
-      { checkFiles: false, env: {} },
+      { checkFiles: false },
     );
     assert.equal(plan.models[0].ref, path.join(homedir(), "some", "model"));
     assert.equal(plan.dataset.path, path.join(homedir(), "t.txt"));
   });
 
-  test("runtime.python: a path resolves against the config; a bare name stays a command; KOTARA_PYTHON wins", async () => {
+  test("runtime.python: a path resolves against the config; a bare name stays a command", async () => {
     const dir = workdir();
     mkdirSync(path.join(dir, "venv", "bin"), { recursive: true });
     writeFileSync(path.join(dir, "venv", "bin", "python"), "");
     const file = configFile(BASE + "runtime:\n  python: venv/bin/python\n", dir);
-    assert.equal((await loadConfig(file, { env: {} })).runtime.python, path.join(dir, "venv", "bin", "python"));
-    assert.equal((await loadConfig(file, { env: { KOTARA_PYTHON: "/opt/py/bin/python" } })).runtime.python, "/opt/py/bin/python");
+    assert.equal((await loadConfig(file)).runtime.python, path.join(dir, "venv", "bin", "python"));
     const bare = configFile(BASE + "runtime:\n  python: python3\n");
-    assert.equal((await loadConfig(bare, { env: {} })).runtime.python, "python3");
+    assert.equal((await loadConfig(bare)).runtime.python, "python3");
   });
 });
 
@@ -407,7 +406,8 @@ describe("dataset statistics", () => {
       if (!space && !inWord) words++;
       inWord = !space;
     }
-    assert.deepEqual(datasetStats(path.join(dir, "s.txt")), { bytes, words });
+    const sha256 = createHash("sha256").update(text).digest("hex");
+    assert.deepEqual(datasetStats(path.join(dir, "s.txt")), { bytes, words, sha256 });
     assert.equal(countWords(text), words);
     assert.equal(words, 9);
   });
@@ -439,9 +439,9 @@ describe("dataset statistics", () => {
     }
   });
 
-  test("checkDataset returns the stats of a good file", () => {
+  test("scanDataset returns the stats of a good file", () => {
     const dir = workdir();
-    const r = checkDataset(path.join(dir, "text.txt"));
+    const r = scanDataset(path.join(dir, "text.txt"));
     assert.deepEqual(r.lines, []);
     assert.equal(r.value?.words, 9);
   });
@@ -451,7 +451,7 @@ describe("the shipped configs", () => {
   const configsDir = path.resolve(import.meta.dirname, "..", "configs");
   const load = (name: string) => {
     const file = path.join(configsDir, name);
-    return parseConfig(parseYaml(readFileSync(file, "utf8"), file), configsDir, { checkFiles: false, env: {}, configPath: file });
+    return parseConfig(parseYaml(readFileSync(file, "utf8"), file), configsDir, { checkFiles: false, configPath: file });
   };
   for (const name of ["average.yaml", "poe.yaml", "entropy.yaml", "gap.yaml", "sweep-temperatures.yaml"]) {
     test(`${name} is valid and uses the demo models`, () => {

@@ -6,18 +6,13 @@ import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSyn
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, describe, test } from "node:test";
-import { type RunPlan, parseConfig } from "../src/config.js";
+import { datasetStats } from "../src/dataset.js";
 import { heatmapPanels, heatmapSvg, heatmapText } from "../src/heatmap.js";
 import type { HelloMsg, LoadedMsg, ResultMsg } from "../src/protocol.js";
-import {
-  CSV_COLUMNS,
-  type Metrics,
-  buildMetrics,
-  formatReport,
-  toCsv,
-  writeJsonAtomic,
-  writeRunOutputs,
-} from "../src/report.js";
+import { type Metrics, buildMetrics } from "../src/metrics.js";
+import { CSV_COLUMNS, toCsv, writeJsonAtomic, writeRunOutputs } from "../src/outputs.js";
+import { type RunPlan, parseConfig, planRequest } from "../src/plan.js";
+import { formatReport } from "../src/report.js";
 
 const root = mkdtempSync(path.join(tmpdir(), "kotara-report-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -98,7 +93,7 @@ function loadedFor(plan: RunPlan): LoadedMsg {
 }
 
 function planOf(config: Record<string, unknown>): RunPlan {
-  return parseConfig({ dataset: { path: textFile, max_length: 64, stride: 32 }, ...config }, root, { env: {}, checkFiles: true });
+  return parseConfig({ dataset: { path: textFile, max_length: 64, stride: 32 }, ...config }, root, { checkFiles: true });
 }
 
 const TWO = [{ ref: "org/model-a" }, { ref: "org/model-b" }];
@@ -111,7 +106,7 @@ const SWEEP_PLAN = () =>
 
 function metricsOf(plan: RunPlan, seed = 7, better: Record<string, number> = {}) {
   const { truth, result } = simulate(plan, seed, better);
-  const metrics = buildMetrics({ plan, result, loaded: loadedFor(plan), hello, bytes: BYTES, words: WORDS, seconds: 4, version: "9.9.9" });
+  const metrics = buildMetrics({ models: plan.models, request: planRequest(plan), result, loaded: loadedFor(plan), hello, seconds: 4, version: "9.9.9" });
   return { truth, result, metrics };
 }
 
@@ -135,9 +130,9 @@ function expected(ps: number[]) {
 }
 
 describe("buildMetrics", () => {
-  test("the words and bytes of the test text are what the config counts", async () => {
-    const { datasetStats } = await import("../src/config.js");
-    assert.deepEqual(datasetStats(textFile), { bytes: BYTES, words: WORDS });
+  test("the words and bytes of the test text are what the config counts", () => {
+    const { bytes, words } = datasetStats(textFile);
+    assert.deepEqual({ bytes, words }, { bytes: BYTES, words: WORDS });
   });
 
   test("per model and per fusion: ppl, nll, bits per byte, word perplexity, mean weights", () => {
@@ -218,14 +213,12 @@ describe("buildMetrics", () => {
     assert.equal("baseline_ppl_a" in metrics, false);
   });
 
-  test("a library session's request (no plan) finds the sweep in the config", () => {
+  test("a request built by hand (a library session's) gives the plan's numbers; its sweep is what it says", () => {
     const plan = SWEEP_PLAN();
     const { result } = simulate(plan);
-    const metrics = buildMetrics({
-      models: plan.models, dataset: plan.dataset, settings: plan.settings, tokenizer: null, config: plan.raw,
-      result, loaded: loadedFor(plan), hello, bytes: BYTES, words: WORDS, seconds: 3, version: "x",
-    });
-    assert.deepEqual(metrics.sweep, plan.sweep);
+    const request = { dataset: plan.dataset, text: datasetStats(textFile), settings: plan.settings, sweep: null, batchSize: 8, config: null };
+    const metrics = buildMetrics({ models: plan.models, request, result, loaded: loadedFor(plan), hello, seconds: 3, version: "x" });
+    assert.equal(metrics.sweep, null, "no sweep is guessed from a config");
     assert.deepEqual(metrics.fusions, metricsOf(plan).metrics.fusions);
   });
 
@@ -234,7 +227,7 @@ describe("buildMetrics", () => {
     const { result } = simulate(plan);
     result.sums.fusion_nll.pop();
     assert.throws(
-      () => buildMetrics({ plan, result, loaded: loadedFor(plan), hello, bytes: BYTES, words: WORDS, seconds: 1, version: "x" }),
+      () => buildMetrics({ models: plan.models, request: planRequest(plan), result, loaded: loadedFor(plan), hello, seconds: 1, version: "x" }),
       /fusion sums for 19 settings/,
     );
   });

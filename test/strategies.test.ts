@@ -2,11 +2,16 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { ConfigError } from "../src/errors.js";
+import { CSV_COLUMNS } from "../src/outputs.js";
 import { Setting, StrategyType } from "../src/protocol.js";
 import {
   KNOWN_STRATEGIES,
+  LIST_PARAM_NAMES,
   STRATEGIES,
   checkStrategies,
+  defaultParam,
+  paramsOf,
+  takersOf,
   formatNumber,
   resolveStrategies,
   settingId,
@@ -28,16 +33,24 @@ describe("the registry", () => {
   test("declares exactly the wire protocol's strategy types, in a stable order", () => {
     assert.deepEqual([...KNOWN_STRATEGIES], ["average", "poe", "entropy", "gap"]);
     assert.deepEqual([...KNOWN_STRATEGIES].sort(), [...StrategyType.options].sort());
-    for (const name of KNOWN_STRATEGIES) {
-      assert.equal(STRATEGIES[name].type, name);
-      assert.ok(STRATEGIES[name].summary.length > 0);
+    for (const name of KNOWN_STRATEGIES) assert.ok(STRATEGIES[name].summary.length > 0);
+  });
+
+  test("only poe takes betas, by default 1/N each", () => {
+    assert.deepEqual(takersOf("betas"), ["poe"]);
+    for (const n of [2, 3, 5]) {
+      assert.deepEqual(defaultParam("poe", "betas", n), Array.from({ length: n }, () => 1 / n));
+      for (const t of ["average", "entropy", "gap"] as const) {
+        assert.deepEqual(paramsOf(t), []);
+        assert.equal(defaultParam(t, "betas", n), null);
+      }
     }
   });
 
-  test("only poe has default betas: 1/N each", () => {
-    for (const n of [2, 3, 5]) {
-      assert.deepEqual(STRATEGIES.poe.defaultBetas(n), Array.from({ length: n }, () => 1 / n));
-      for (const t of ["average", "entropy", "gap"] as const) assert.equal(STRATEGIES[t].defaultBetas(n), null);
+  test("every declared list is a field of the wire Setting, and a CSV column", () => {
+    for (const p of LIST_PARAM_NAMES) {
+      assert.ok(p in Setting.shape, p);
+      assert.ok((CSV_COLUMNS as readonly string[]).includes(p), p);
     }
   });
 });
@@ -103,8 +116,8 @@ describe("ids", () => {
     const s = { type: "poe" as const, temperatures: [1, 1], betas: [0.5, 0.5] };
     assert.equal(settingId(s), "poe");
     assert.equal(settingId(s, { temperatures: true }), "poe@t=1,1");
-    assert.equal(settingId(s, { temperatures: true, betas: true }), "poe@t=1,1;b=0.5,0.5");
-    assert.equal(settingId({ type: "entropy", temperatures: [1, 1], betas: null }, { betas: true }), "entropy");
+    assert.equal(settingId(s, { temperatures: true, params: ["betas"] }), "poe@t=1,1;b=0.5,0.5");
+    assert.equal(settingId({ type: "entropy", temperatures: [1, 1], betas: null }, { params: ["betas"] }), "entropy");
   });
 
   test("distinct settings get distinct default ids, and keys ignore ids", () => {

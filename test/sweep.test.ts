@@ -4,11 +4,11 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, describe, test } from "node:test";
-import { parseConfig } from "../src/config.js";
+import { parseConfig } from "../src/plan.js";
 import { ConfigError } from "../src/errors.js";
 import { Setting } from "../src/protocol.js";
-import { KNOWN_STRATEGIES, settingKey } from "../src/strategies.js";
-import { MAX_SWEEP_SETTINGS, checkSweep, dedupeSettings, expandSweep, sweepSize, temperatureGrid } from "../src/sweep.js";
+import { KNOWN_STRATEGIES, dedupeSettings, settingKey } from "../src/strategies.js";
+import { MAX_SWEEP_SETTINGS, checkSweep, expandSweep, sweepSize, temperatureGrid } from "../src/sweep.js";
 
 const GRID = [0.7, 0.85, 1.0, 1.15, 1.3];
 
@@ -106,7 +106,6 @@ describe("dedupe", () => {
         sweep: { strategies: [...KNOWN_STRATEGIES], temperatures: [GRID, GRID] },
       },
       dir,
-      { env: {} },
     );
     assert.equal(plan.settings.length, 100, "2 explicit + 100 swept − 2 repeats");
     assert.deepEqual(plan.settings.slice(0, 2).map((s) => s.id), ["entropy", "cool"]);
@@ -131,7 +130,6 @@ describe("bad grids are rejected with the field path", () => {
             sweep: { strategies: ["entropy"], temperatures: [[1], [1]] },
           },
           dir,
-          { env: {} },
         ),
       (e: unknown) =>
         e instanceof ConfigError &&

@@ -1,6 +1,7 @@
 // `kotara eval`: the original research script's flags, mapped onto a config.
 import { resolve } from "node:path";
-import { parseConfig } from "../config.js";
+import { parseConfig } from "../plan.js";
+import { isKnownStrategy, paramsOf } from "../strategies.js";
 import { execute } from "./run.js";
 
 export interface EvalFlags {
@@ -15,7 +16,8 @@ export interface EvalFlags {
 export function flagsToConfig(f: EvalFlags): Record<string, unknown> {
   const model = (ref: string) => ({ ref, device: f.device, dtype: f.dtype, trust_remote_code: f.trust_remote_code });
   const strategy: Record<string, unknown> = { type: f.strategy, temperatures: [f.temp_a, f.temp_b] };
-  if (f.strategy === "poe") strategy.betas = [f.poe_beta_a, f.poe_beta_b];
+  // the script's --poe_beta_* flags are the betas of whichever strategy takes betas
+  if (isKnownStrategy(f.strategy) && paramsOf(f.strategy).includes("betas")) strategy.betas = [f.poe_beta_a, f.poe_beta_b];
   return {
     models: [model(f.model_a), model(f.model_b)],
     ...(f.tokenizer ? { tokenizer: f.tokenizer } : {}),
@@ -27,6 +29,6 @@ export function flagsToConfig(f: EvalFlags): Record<string, unknown> {
 }
 
 export async function evalCommand(f: EvalFlags): Promise<void> {
-  const plan = await parseConfig(flagsToConfig(f), process.cwd());
+  const plan = parseConfig(flagsToConfig(f), process.cwd());
   await execute(plan, { quiet: f.quiet, verbose: f.verbose, metricsPath: f.save_metrics ? resolve(f.save_metrics) : null });
 }

@@ -1,0 +1,66 @@
+// The YAML config, as zod schemas (SPEC §4): one per section, each default from
+// defaults.ts. `strategies:` and `sweep:` are checked by strategies.ts and sweep.ts,
+// which derive their schemas from the strategy registry. plan.ts turns a document
+// that passes into a RunPlan.
+import { z } from "zod";
+import { DEFAULTS } from "./defaults.js";
+import { show, strictObject } from "./validation.js";
+
+const positiveInt = z
+  .number()
+  .int()
+  .positive({ error: (iss) => `must be a positive integer, got ${show(iss.input)}` });
+const nonNegativeInt = z
+  .number()
+  .int()
+  .min(0, { error: (iss) => `must be 0 or a positive integer, got ${show(iss.input)}` });
+const nonEmpty = z.string().min(1, { error: "must not be empty" });
+
+export const ModelConfig = strictObject({
+  ref: nonEmpty,
+  revision: nonEmpty.nullish(),
+  trust_remote_code: z.boolean().default(DEFAULTS.trust_remote_code),
+  dtype: z.enum(["auto", "float32", "float16", "bfloat16"]).default(DEFAULTS.dtype),
+  device: z
+    .string()
+    .regex(/^(auto|cpu|cuda|cuda:\d+|mps)$/, {
+      error: (iss) => `must be auto, cpu, cuda, cuda:N or mps, got ${show(iss.input)}`,
+    })
+    .default(DEFAULTS.device),
+});
+
+export const DatasetConfig = strictObject({
+  path: nonEmpty,
+  max_length: positiveInt.default(DEFAULTS.max_length),
+  /** Default: max_length (non-overlapping windows). */
+  stride: positiveInt.nullish(),
+  bos_per_window: z.boolean().default(DEFAULTS.bos_per_window),
+});
+
+export const RuntimeConfig = strictObject({
+  batch_size: positiveInt.default(DEFAULTS.batch_size),
+  python: nonEmpty.nullish(),
+  /** Write a resumable checkpoint every this many windows; 0: never. */
+  checkpoint_every: nonNegativeInt.default(DEFAULTS.checkpoint_every),
+});
+
+export const OutputConfig = strictObject({
+  metrics: nonEmpty.nullish(),
+});
+
+/** The YAML document. */
+export const ConfigSchema = strictObject({
+  models: z.array(ModelConfig).min(2, {
+    error: (iss) => `at least 2 models are needed for a fusion, got ${Array.isArray(iss.input) ? iss.input.length : 0}`,
+  }),
+  tokenizer: nonEmpty.nullish(),
+  dataset: DatasetConfig,
+  strategies: z.unknown().optional(),
+  sweep: z.unknown().optional(),
+  runtime: RuntimeConfig.nullish(),
+  output: OutputConfig.nullish(),
+});
+export type ConfigInput = z.input<typeof ConfigSchema>;
+
+/** The order of the top-level keys, for listing problems as they appear in a file. */
+export const KEY_ORDER = ["(root)", ...Object.keys(ConfigSchema.shape)];

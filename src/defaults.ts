@@ -1,0 +1,20 @@
+// Every default of a run, in one place: the config schema, the library API and the
+// `eval` command's flags all read them from here.
+export const DEFAULTS = {
+  /** Tokens per window (dataset.max_length); the stride defaults to it. */
+  max_length: 1024,
+  /** Windows per forward (runtime.batch_size). */
+  batch_size: 8,
+  /** Windows between checkpoints (runtime.checkpoint_every); 0: only on failure or Ctrl-C. */
+  checkpoint_every: 0,
+  bos_per_window: false,
+  dtype: "auto",
+  device: "auto",
+  trust_remote_code: false,
+  /** The strategy of `kotara eval` (the original research script's default). */
+  eval_strategy: "entropy",
+  /** Windows between the worker's progress messages. */
+  progress_every: 1,
+  /** After Ctrl-C, how long to wait for the worker to stop at a batch boundary. */
+  cancel_grace_ms: 5000,
+} as const;

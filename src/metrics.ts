@@ -1,0 +1,219 @@
+// Metrics (SPEC §6) from the worker's running sums: every number of a run, in the
+// shape of the metrics file.
+//
+// From sums to numbers, for a model or a fusion with Σ NLL = S (nats) over n scored
+// tokens of a text of B UTF-8 bytes and W words:
+//   nll = S / n · ppl = exp(S / n) · bits_per_byte = S / (ln 2 · B) · word_perplexity = exp(S / W)
+//   weights_mean[m] = Σ α_m / n
+import type { DatasetStats } from "./dataset.js";
+import type { DatasetSpec, HelloMsg, LoadedMsg, ModelSpec, ResultMsg, Setting, Sums } from "./protocol.js";
+import type { Sweep } from "./sweep.js";
+
+export interface ModelMetrics {
+  ref: string;
+  ppl: number;
+  nll: number;
+  bits_per_byte: number;
+  word_perplexity: number;
+}
+
+export interface FusionMetrics {
+  id: string;
+  /** The setting's parameters: type, temperatures and every declared list (null where the type takes none). */
+  strategy: Omit<Setting, "id">;
+  ppl: number;
+  nll: number;
+  bits_per_byte: number;
+  word_perplexity: number;
+  /** Mean α_m over scored positions, per model (static weights for average/poe). */
+  weights_mean: number[];
+}
+
+export interface RankedFusion {
+  rank: number;
+  id: string;
+  ppl: number;
+  /** (ppl / best single model's ppl − 1) × 100: negative when the fusion is better. */
+  delta_vs_best_model_pct: number;
+}
+
+export interface Metrics {
+  kotara_version: string;
+  dataset: {
+    path: string;
+    bytes: number;
+    words: number;
+    tokens: number;
+    scored_tokens: number;
+    windows: number;
+    max_length: number;
+    stride: number;
+    bos_per_window: boolean;
+  };
+  models: ModelMetrics[];
+  /** In request order (the config's strategies, then its sweep). */
+  fusions: FusionMetrics[];
+  /** The lowest-PPL fusion. */
+  best: { id: string; ppl: number } | null;
+  /** The lowest-PPL single model. */
+  best_model: { ref: string; ppl: number };
+  /** Fusions by PPL, best first. */
+  ranked: RankedFusion[];
+  sweep: Sweep | null;
+  runtime: {
+    device: string;
+    dtype: string;
+    torch: string;
+    transformers: string;
+    python: string;
+    worker_version: string;
+    /** Wall-clock seconds of the evaluation request. */
+    seconds: number;
+    /** Seconds of the worker's compute loop. */
+    compute_seconds: number;
+    load_seconds: number;
+    /** Tokens of the text per second of compute. */
+    tokens_per_second: number;
+    peak_memory_bytes: number;
+  };
+  // The original research script's keys (two models; from the first fusion).
+  baseline_ppl_a?: number;
+  baseline_ppl_b?: number;
+  fused_ppl?: number;
+  strategy?: string;
+  temps?: { a: number; b: number };
+  poe_betas?: { a: number; b: number };
+  weights?: { w_a_mean: number; w_b_mean: number };
+  /** The config the run came from, as parsed. */
+  config: unknown;
+}
+
+/** One evaluation, fully resolved: what the session sends and what the metrics describe. */
+export interface EvaluationRequest {
+  dataset: DatasetSpec;
+  /** Bytes, words and hash of dataset.path (dataset.ts scanDataset). */
+  text: DatasetStats;
+  /** Distinct settings, in request order. */
+  settings: readonly Setting[];
+  /** The grid the settings came from, for the heatmap; null when there is none. */
+  sweep: Sweep | null;
+  batchSize: number;
+  /** The config the run came from, as parsed, echoed into the metrics. */
+  config: unknown;
+}
+
+export interface BuildMetricsInput {
+  models: readonly Pick<ModelSpec, "ref">[];
+  request: EvaluationRequest;
+  result: ResultMsg;
+  loaded: LoadedMsg;
+  hello: HelloMsg;
+  /** Wall-clock seconds of the evaluation. */
+  seconds: number;
+  version: string;
+}
+
+/** SPEC §6 metrics from a result's sums. @throws Error when the sums do not fit the request. */
+export function buildMetrics(input: BuildMetricsInput): Metrics {
+  const { request, result } = input;
+  checkSums(result.sums, input.models.length, request.settings.length);
+  const n = result.sums.scored_tokens;
+  const stats = statsOf(n, request.text);
+  const models: ModelMetrics[] = input.models.map((m, i) => ({ ref: m.ref, ...stats(result.sums.model_nll[i]) }));
+  const fusions: FusionMetrics[] = request.settings.map(({ id, ...strategy }, j) => ({
+    id,
+    strategy: structuredClone(strategy),
+    ...stats(result.sums.fusion_nll[j]),
+    weights_mean: result.sums.fusion_weights[j].map((w) => w / n),
+  }));
+  const { bestModel, ranked } = rank(models, fusions);
+  const metrics: Metrics = {
+    kotara_version: input.version,
+    dataset: {
+      path: request.dataset.path,
+      bytes: request.text.bytes,
+      words: request.text.words,
+      tokens: result.tokens,
+      scored_tokens: n,
+      windows: result.windows,
+      max_length: request.dataset.max_length,
+      stride: request.dataset.stride,
+      bos_per_window: request.dataset.bos_per_window,
+    },
+    models,
+    fusions,
+    best: ranked.length ? { id: ranked[0].id, ppl: ranked[0].ppl } : null,
+    best_model: { ref: bestModel.ref, ppl: bestModel.ppl },
+    ranked,
+    sweep: request.sweep,
+    runtime: runtimeOf(input),
+    config: request.config ?? null,
+  };
+  return withScriptKeys(metrics);
+}
+
+function checkSums(sums: Sums, nModels: number, nSettings: number): void {
+  if (sums.model_nll.length !== nModels) throw new Error(`result has ${sums.model_nll.length} model sums for ${nModels} models`);
+  if (sums.fusion_nll.length !== nSettings || sums.fusion_weights.length !== nSettings) {
+    throw new Error(`result has ${sums.fusion_nll.length} fusion sums for ${nSettings} settings`);
+  }
+  if (sums.scored_tokens <= 0) throw new Error("no tokens were scored: the text is too short for one window with a target");
+}
+
+/** Σ NLL over n scored tokens → the four numbers of a model or a fusion. */
+function statsOf(n: number, text: DatasetStats) {
+  return (nll: number) => ({
+    ppl: Math.exp(nll / n),
+    nll: nll / n,
+    bits_per_byte: nll / (Math.LN2 * text.bytes),
+    word_perplexity: Math.exp(nll / text.words),
+  });
+}
+
+/** The best single model, and the fusions by PPL (ties in request order). */
+function rank(models: ModelMetrics[], fusions: FusionMetrics[]) {
+  const bestModel = models.reduce((a, b) => (b.ppl < a.ppl ? b : a));
+  const order = fusions.map((_, i) => i).sort((a, b) => fusions[a].ppl - fusions[b].ppl || a - b);
+  const ranked: RankedFusion[] = order.map((i, k) => ({
+    rank: k + 1,
+    id: fusions[i].id,
+    ppl: fusions[i].ppl,
+    delta_vs_best_model_pct: (fusions[i].ppl / bestModel.ppl - 1) * 100,
+  }));
+  return { bestModel, ranked };
+}
+
+function runtimeOf({ result, loaded, hello, seconds }: BuildMetricsInput): Metrics["runtime"] {
+  return {
+    device: result.device,
+    dtype: result.dtype,
+    torch: hello.torch,
+    transformers: hello.transformers,
+    python: hello.python,
+    worker_version: hello.worker_version,
+    seconds,
+    compute_seconds: result.seconds,
+    load_seconds: loaded.seconds,
+    tokens_per_second: result.seconds > 0 ? result.tokens / result.seconds : 0,
+    peak_memory_bytes: result.peak_memory_bytes,
+  };
+}
+
+/** The original research script's keys (two models; from the first fusion), `config` kept last as in its file. */
+function withScriptKeys(metrics: Metrics): Metrics {
+  const first = metrics.fusions[0];
+  if (metrics.models.length !== 2 || !first) return metrics;
+  const betas = first.strategy.betas ?? [0.5, 0.5];
+  const { config, ...rest } = metrics;
+  return {
+    ...rest,
+    baseline_ppl_a: metrics.models[0].ppl,
+    baseline_ppl_b: metrics.models[1].ppl,
+    fused_ppl: first.ppl,
+    strategy: first.strategy.type,
+    temps: { a: first.strategy.temperatures[0], b: first.strategy.temperatures[1] },
+    poe_betas: { a: betas[0], b: betas[1] },
+    weights: { w_a_mean: first.weights_mean[0], w_b_mean: first.weights_mean[1] },
+    config,
+  };
+}

@@ -1,0 +1,210 @@
+// A config document → a RunPlan: everything a run needs, checked and resolved once,
+// before any worker starts; every problem is reported at once as a `path: message`
+// line (ConfigError):
+//
+//   invalid config configs/x.yaml:
+//     dataset.stride: must be ≤ max_length (1024), got 2048
+//     strategies[1]: unknown strategy "foo"; known: average, poe, entropy, gap
+//
+// The plan then flows one way: commands/run.ts hands its settings, sweep and text
+// statistics to the session, the session to the worker and to the metrics.
+import { existsSync } from "node:fs";
+import path from "node:path";
+import type { z } from "zod";
+import { ConfigSchema, KEY_ORDER } from "./config-schema.js";
+import { datasetStats, scanDataset, type DatasetStats } from "./dataset.js";
+import { DEFAULTS } from "./defaults.js";
+import { ConfigError } from "./errors.js";
+import type { EvaluationRequest } from "./metrics.js";
+import { isDirectory, resolveCommand, resolvePath, resolveRef } from "./paths.js";
+import type { DatasetSpec, ModelSpec, Setting } from "./protocol.js";
+import { KNOWN_STRATEGIES, checkStrategies, dedupeSettings } from "./strategies.js";
+import { type Sweep, checkSweep, expandValidSweep } from "./sweep.js";
+import { errorMap, formatPath, isPlainObject, issueLines, show } from "./validation.js";
+
+export interface RunPlan {
+  /** Absolute path of the config file; null when the plan was built from flags. */
+  configPath: string | null;
+  models: ModelSpec[];
+  tokenizer: string | null;
+  dataset: DatasetSpec;
+  /** Bytes, words and hash of dataset.path; null when the plan was made without checking files. */
+  text: DatasetStats | null;
+  /** Explicit strategies, then the sweep; each distinct setting once. */
+  settings: Setting[];
+  sweep: Sweep | null;
+  /** `python`: the config's runtime.python, resolved; python-env.ts decides what runs. */
+  runtime: { batch_size: number; python: string | null; checkpoint_every: number };
+  output: { metrics: string | null };
+  /** Things worth telling the user that are not errors (e.g. settings evaluated once). */
+  notes: string[];
+  /** The config as parsed from YAML, for the metrics file. */
+  raw: unknown;
+}
+
+export interface ParseOptions {
+  /** The config file, for messages and RunPlan.configPath. */
+  configPath?: string | null;
+  /** Check that the dataset and local model directories exist (default true). */
+  checkFiles?: boolean;
+}
+
+/** What every step reads, and where it puts its problems. */
+interface Ctx {
+  baseDir: string;
+  checkFiles: boolean;
+  lines: string[];
+}
+
+/**
+ * Validates a parsed config object (from YAML, or built by the `eval` command) and
+ * resolves it into a RunPlan. Relative paths resolve against `baseDir`. Each section
+ * is checked on its own, so one bad section does not hide the problems of another.
+ * @throws ConfigError with every problem as a `path: message` line.
+ */
+export function parseConfig(obj: unknown, baseDir: string, opts: ParseOptions = {}): RunPlan {
+  const configPath = opts.configPath ? path.resolve(opts.configPath) : null;
+  if (!isPlainObject(obj)) {
+    const got = obj === null || obj === undefined ? "an empty document" : show(obj);
+    throw new ConfigError([`(root): expected a mapping with models, dataset and strategies, got ${got}`], configPath ?? undefined);
+  }
+  const ctx: Ctx = { baseDir: path.resolve(baseDir), checkFiles: opts.checkFiles ?? true, lines: [] };
+  const allowed = Object.keys(ConfigSchema.shape);
+  for (const key of Object.keys(obj)) {
+    if (!allowed.includes(key)) ctx.lines.push(`${formatPath("", [key])}: unknown key; allowed: ${allowed.join(", ")}`);
+  }
+  const models = planModels(obj.models, ctx);
+  const tokenizer = planTokenizer(obj.tokenizer, ctx);
+  const data = planDataset(obj.dataset, ctx);
+  const nModels = Array.isArray(obj.models) ? obj.models.length : null;
+  const { settings, sweep, notes } = planStrategies(obj.strategies, obj.sweep, nModels, ctx);
+  const runtime = planRuntime(obj.runtime, ctx);
+  const output = planOutput(obj.output, ctx);
+  if (ctx.lines.length > 0 || !models || !data) throw new ConfigError(sortLines(ctx.lines), configPath ?? undefined);
+  return { configPath, models, tokenizer, dataset: data.dataset, text: data.text, settings, sweep, runtime, output, notes, raw: obj };
+}
+
+/** Parses one section; its problems go to `ctx.lines` under `key`. */
+function section<S extends z.ZodType>(schema: S, value: unknown, key: string, ctx: Ctx): z.output<S> | null {
+  const r = schema.safeParse(value, { error: errorMap });
+  if (r.success) return r.data;
+  ctx.lines.push(...issueLines(r.error, key));
+  return null;
+}
+
+function localDirMissing(ref: string, ctx: Ctx): string | null {
+  const r = resolveRef(ref, ctx.baseDir);
+  return ctx.checkFiles && r.local && !isDirectory(r.value) ? r.value : null;
+}
+
+function planModels(raw: unknown, ctx: Ctx): ModelSpec[] | null {
+  const models = section(ConfigSchema.shape.models, raw, "models", ctx);
+  // the refs are checked whatever else is wrong with the entries
+  if (Array.isArray(raw)) {
+    raw.forEach((m, i) => {
+      if (!isPlainObject(m) || typeof m.ref !== "string" || !m.ref) return;
+      const missing = localDirMissing(m.ref, ctx);
+      if (missing) ctx.lines.push(`models[${i}].ref: local model directory not found: ${missing} (a Hub id has no leading ".", "/" or "~")`);
+    });
+  }
+  return models?.map((m) => ({
+    ref: resolveRef(m.ref, ctx.baseDir).value, revision: m.revision ?? null, trust_remote_code: m.trust_remote_code, dtype: m.dtype, device: m.device,
+  })) ?? null;
+}
+
+function planTokenizer(raw: unknown, ctx: Ctx): string | null {
+  const tokenizer = section(ConfigSchema.shape.tokenizer, raw, "tokenizer", ctx);
+  if (!tokenizer) return null;
+  const missing = localDirMissing(tokenizer, ctx);
+  if (missing) ctx.lines.push(`tokenizer: local tokenizer directory not found: ${missing}`);
+  return resolveRef(tokenizer, ctx.baseDir).value;
+}
+
+/** The windows, and the text read once (checked, counted, hashed). */
+function planDataset(raw: unknown, ctx: Ctx): { dataset: DatasetSpec; text: DatasetStats | null } | null {
+  const d = section(ConfigSchema.shape.dataset, raw, "dataset", ctx);
+  // still check what can be checked of a section that failed
+  const partial = isPlainObject(raw) ? raw : {};
+  const isPos = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) > 0;
+  const maxLength = d?.max_length ?? (partial.max_length === undefined ? DEFAULTS.max_length : partial.max_length);
+  const stride = d ? (d.stride ?? d.max_length) : partial.stride;
+  if (isPos(maxLength) && isPos(stride) && stride > maxLength) ctx.lines.push(`dataset.stride: must be ≤ max_length (${maxLength}), got ${stride}`);
+  const file = d?.path ?? (typeof partial.path === "string" && partial.path ? partial.path : null);
+  let text: DatasetStats | null = null;
+  if (file !== null && ctx.checkFiles) {
+    const scan = scanDataset(resolvePath(file, ctx.baseDir));
+    ctx.lines.push(...scan.lines.map((m) => `dataset.path: ${m}`));
+    text = scan.value;
+  }
+  if (!d) return null;
+  return { dataset: { path: resolvePath(d.path, ctx.baseDir), max_length: d.max_length, stride: d.stride ?? d.max_length, bos_per_window: d.bos_per_window }, text };
+}
+
+/** The explicit strategies, then the sweep's grid; each distinct setting once. */
+function planStrategies(rawStrategies: unknown, rawSweep: unknown, nModels: number | null, ctx: Ctx) {
+  const strategies = checkStrategies(rawStrategies, nModels);
+  const sweep = checkSweep(rawSweep, nModels);
+  ctx.lines.push(...strategies.lines, ...sweep.lines);
+  const none = (x: unknown) => x === undefined || x === null || (Array.isArray(x) && x.length === 0);
+  if (none(rawStrategies) && (rawSweep === undefined || rawSweep === null)) {
+    ctx.lines.push(`strategies: nothing to evaluate: list at least one strategy (${KNOWN_STRATEGIES.join(", ")}) or add a sweep`);
+  }
+  const notes: string[] = [];
+  const explicit = strategies.value.map((e) => e.setting);
+  const swept = sweep.value ? expandValidSweep(sweep.value) : [];
+  const settings = dedupeSettings([...explicit, ...swept], (dropped, kept) => {
+    if (dropped.id !== kept.id) notes.push(`"${dropped.id}" is the same setting as "${kept.id}"; evaluated once, as "${kept.id}"`);
+  });
+  // A sweep id that names a different explicit setting would make results ambiguous.
+  const explicitIds = new Map(explicit.map((s, i) => [s.id, i]));
+  const fromSweep = new Set(swept);
+  for (const s of settings) {
+    const i = explicitIds.get(s.id);
+    if (fromSweep.has(s) && i !== undefined) ctx.lines.push(`strategies[${i}]: its id "${s.id}" is also the id of a different setting of the sweep; rename it`);
+  }
+  return { settings, sweep: sweep.value, notes };
+}
+
+function planRuntime(raw: unknown, ctx: Ctx): RunPlan["runtime"] {
+  const r = section(ConfigSchema.shape.runtime, raw, "runtime", ctx);
+  let python: string | null = null;
+  if (r?.python) {
+    python = resolveCommand(r.python, ctx.baseDir);
+    if (ctx.checkFiles && path.isAbsolute(python) && !existsSync(python)) ctx.lines.push(`runtime.python: not found: ${python}`);
+  }
+  return { batch_size: r?.batch_size ?? DEFAULTS.batch_size, python, checkpoint_every: r?.checkpoint_every ?? DEFAULTS.checkpoint_every };
+}
+
+function planOutput(raw: unknown, ctx: Ctx): RunPlan["output"] {
+  const o = section(ConfigSchema.shape.output, raw, "output", ctx);
+  if (!o?.metrics) return { metrics: null };
+  const metrics = resolvePath(o.metrics, ctx.baseDir);
+  if (isDirectory(metrics)) ctx.lines.push(`output.metrics: is a directory, expected a file name like results/run.json: ${metrics}`);
+  return { metrics };
+}
+
+/** Problems in the order of the file: by top-level key, then by list index. */
+function sortLines(lines: string[]): string[] {
+  const rank = (line: string): [number, number] => {
+    const key = /^[^.[:]*/.exec(line)?.[0] ?? "";
+    const i = KEY_ORDER.indexOf(key);
+    const index = /^[^.[:]*\[(\d+)\]/.exec(line);
+    return [i < 0 ? -1 : i, index ? Number(index[1]) : -1];
+  };
+  return lines
+    .map((l, i) => ({ l, i, r: rank(l) }))
+    .sort((a, b) => a.r[0] - b.r[0] || a.r[1] - b.r[1] || a.i - b.i)
+    .map((x) => x.l);
+}
+
+/** The evaluation a plan asks for, as the session runs it (the text read now if the plan did not). */
+export function planRequest(plan: RunPlan): EvaluationRequest {
+  return {
+    dataset: plan.dataset,
+    text: plan.text ?? datasetStats(plan.dataset.path),
+    settings: plan.settings,
+    sweep: plan.sweep,
+    batchSize: plan.runtime.batch_size,
+    config: plan.raw,
+  };
+}
