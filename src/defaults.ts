@@ -17,4 +17,8 @@ export const DEFAULTS = {
   progress_every: 1,
   /** After Ctrl-C, how long to wait for the worker to stop at a batch boundary. */
   cancel_grace_ms: 5000,
+  /** How long the worker may take to say hello (Python importing torch); env KOTARA_START_TIMEOUT_MS. */
+  start_timeout_ms: 180_000,
+  /** A worker silent this long is stopped; env KOTARA_HEARTBEAT_TIMEOUT_MS. */
+  heartbeat_timeout_ms: 60_000,
 } as const;

@@ -162,6 +162,15 @@ const LEFT = 78;
 const TOP = 58;
 const PANEL_GAP = 36;
 
+/** One log-PPL colour scale shared by every panel: [lo, hi] and the position of a PPL on it. */
+function logScale(panels: HeatmapPanel[]) {
+  const values = panels.flatMap((p) => p.cells.flat().filter((c): c is HeatmapCell => c !== null).map((c) => c.ppl));
+  const lo = values.length ? Math.log(Math.min(...values)) : 0;
+  const hi = values.length ? Math.log(Math.max(...values)) : 1;
+  return { empty: values.length === 0, lo, hi, at: (ppl: number) => (hi > lo ? (Math.log(ppl) - lo) / (hi - lo) : 0) };
+}
+type Scale = ReturnType<typeof logScale>;
+
 /**
  * A self-contained SVG: one panel per strategy (two per row), cells coloured on one
  * log-PPL scale shared by all panels, values written in the cells, the best cell of
@@ -169,12 +178,7 @@ const PANEL_GAP = 36;
  */
 export function heatmapSvg(input: HeatmapInput, opts: { title?: string } = {}): string {
   const panels = heatmapPanels(input);
-  const [a, b] = modelLabels(input);
-  const values = panels.flatMap((p) => p.cells.flat().filter((c): c is HeatmapCell => c !== null).map((c) => c.ppl));
-  const lo = values.length ? Math.log(Math.min(...values)) : 0;
-  const hi = values.length ? Math.log(Math.max(...values)) : 1;
-  const scale = (ppl: number) => (hi > lo ? (Math.log(ppl) - lo) / (hi - lo) : 0);
-
+  const scale = logScale(panels);
   const nCols = panels[0]?.cols.length ?? 1;
   const nRows = panels[0]?.rows.length ?? 1;
   const panelW = LEFT + nCols * CELL_W + 16;
@@ -192,64 +196,70 @@ export function heatmapSvg(input: HeatmapInput, opts: { title?: string } = {}): 
   );
   o.push(`<rect width="100%" height="100%" fill="#ffffff"/>`);
   o.push(`<text x="20" y="26" font-size="15" font-weight="bold">${esc(opts.title ?? "Perplexity by temperature")}</text>`);
-
   panels.forEach((p, k) => {
     const x0 = 20 + (k % perRow) * (panelW + PANEL_GAP);
     const y0 = 44 + Math.floor(k / perRow) * (panelH + PANEL_GAP);
-    o.push(`<g class="panel" data-strategy="${esc(p.type)}" transform="translate(${x0},${y0})">`);
-    o.push(`<text x="${LEFT}" y="16" font-size="14" font-weight="bold">${esc(p.title)}</text>`);
-    // column header: T of model B
-    o.push(`<text x="${LEFT + (p.cols.length * CELL_W) / 2}" y="34" text-anchor="middle" fill="#444">T ${esc(b)}</text>`);
-    p.cols.forEach((t, c) =>
-      o.push(`<text x="${LEFT + c * CELL_W + CELL_W / 2}" y="${TOP - 6}" text-anchor="middle">${formatNumber(t)}</text>`),
-    );
-    // row header: T of model A
-    const midY = TOP + (p.rows.length * CELL_H) / 2;
-    o.push(`<text x="14" y="${midY}" text-anchor="middle" fill="#444" transform="rotate(-90 14 ${midY})">T ${esc(a)}</text>`);
-    p.rows.forEach((t, r) =>
-      o.push(`<text x="${LEFT - 8}" y="${TOP + r * CELL_H + CELL_H / 2 + 4}" text-anchor="end">${formatNumber(t)}</text>`),
-    );
-    p.cells.forEach((row, r) =>
-      row.forEach((cell, c) => {
-        const x = LEFT + c * CELL_W;
-        const y = TOP + r * CELL_H;
-        if (!cell) {
-          o.push(`<rect x="${x}" y="${y}" width="${CELL_W}" height="${CELL_H}" fill="#eeeeee" stroke="#ffffff"/>`);
-          o.push(`<text x="${x + CELL_W / 2}" y="${y + CELL_H / 2 + 4}" text-anchor="middle" fill="#999">–</text>`);
-          return;
-        }
-        const t = scale(cell.ppl);
-        o.push(
-          `<rect x="${x}" y="${y}" width="${CELL_W}" height="${CELL_H}" fill="${colourAt(t)}" stroke="#ffffff">` +
-            `<title>${esc(cell.id)}: PPL ${cell.ppl}</title></rect>`,
-        );
-        o.push(
-          `<text x="${x + CELL_W / 2}" y="${y + CELL_H / 2 + 4}" text-anchor="middle" fill="${textColourFor(t)}">${fmtPpl(cell.ppl)}</text>`,
-        );
-      }),
-    );
-    if (p.best) {
-      const [r, c] = p.best;
-      o.push(
-        `<rect class="best" x="${LEFT + c * CELL_W + 1.5}" y="${TOP + r * CELL_H + 1.5}" width="${CELL_W - 3}" height="${CELL_H - 3}" ` +
-          `fill="none" stroke="#d62728" stroke-width="3"/>`,
-      );
-    }
-    o.push(`</g>`);
+    o.push(...svgPanel(p, modelLabels(input), scale, x0, y0));
   });
+  o.push(...svgLegend(scale, height - legendH + 18, Math.min(300, width - 40)));
+  o.push(`</svg>`);
+  return o.join("\n") + "\n";
+}
 
-  // colour bar (log scale, labelled in PPL)
-  const ly = height - legendH + 18;
-  const lw = Math.min(300, width - 40);
+/** One strategy's grid at (x0, y0): title, axis labels, coloured cells, the best outlined. */
+function svgPanel(p: HeatmapPanel, [a, b]: [string, string], scale: Scale, x0: number, y0: number): string[] {
+  const o: string[] = [];
+  o.push(`<g class="panel" data-strategy="${esc(p.type)}" transform="translate(${x0},${y0})">`);
+  o.push(`<text x="${LEFT}" y="16" font-size="14" font-weight="bold">${esc(p.title)}</text>`);
+  // column header: T of model B
+  o.push(`<text x="${LEFT + (p.cols.length * CELL_W) / 2}" y="34" text-anchor="middle" fill="#444">T ${esc(b)}</text>`);
+  p.cols.forEach((t, c) =>
+    o.push(`<text x="${LEFT + c * CELL_W + CELL_W / 2}" y="${TOP - 6}" text-anchor="middle">${formatNumber(t)}</text>`),
+  );
+  // row header: T of model A
+  const midY = TOP + (p.rows.length * CELL_H) / 2;
+  o.push(`<text x="14" y="${midY}" text-anchor="middle" fill="#444" transform="rotate(-90 14 ${midY})">T ${esc(a)}</text>`);
+  p.rows.forEach((t, r) =>
+    o.push(`<text x="${LEFT - 8}" y="${TOP + r * CELL_H + CELL_H / 2 + 4}" text-anchor="end">${formatNumber(t)}</text>`),
+  );
+  p.cells.forEach((row, r) => row.forEach((cell, c) => o.push(...svgCell(cell, LEFT + c * CELL_W, TOP + r * CELL_H, scale))));
+  if (p.best) {
+    const [r, c] = p.best;
+    o.push(
+      `<rect class="best" x="${LEFT + c * CELL_W + 1.5}" y="${TOP + r * CELL_H + 1.5}" width="${CELL_W - 3}" height="${CELL_H - 3}" ` +
+        `fill="none" stroke="#d62728" stroke-width="3"/>`,
+    );
+  }
+  o.push(`</g>`);
+  return o;
+}
+
+function svgCell(cell: HeatmapCell | null, x: number, y: number, scale: Scale): string[] {
+  if (!cell) {
+    return [
+      `<rect x="${x}" y="${y}" width="${CELL_W}" height="${CELL_H}" fill="#eeeeee" stroke="#ffffff"/>`,
+      `<text x="${x + CELL_W / 2}" y="${y + CELL_H / 2 + 4}" text-anchor="middle" fill="#999">–</text>`,
+    ];
+  }
+  const t = scale.at(cell.ppl);
+  return [
+    `<rect x="${x}" y="${y}" width="${CELL_W}" height="${CELL_H}" fill="${colourAt(t)}" stroke="#ffffff">` +
+      `<title>${esc(cell.id)}: PPL ${cell.ppl}</title></rect>`,
+    `<text x="${x + CELL_W / 2}" y="${y + CELL_H / 2 + 4}" text-anchor="middle" fill="${textColourFor(t)}">${fmtPpl(cell.ppl)}</text>`,
+  ];
+}
+
+/** The colour bar (log scale, labelled in PPL) at height `ly`, `lw` wide. */
+function svgLegend(scale: Scale, ly: number, lw: number): string[] {
+  const o: string[] = [];
   o.push(`<defs><linearGradient id="kotara-scale" x1="0" x2="1" y1="0" y2="0">`);
   VIRIDIS.forEach((col, i) => o.push(`<stop offset="${(i / (VIRIDIS.length - 1)).toFixed(3)}" stop-color="${col}"/>`));
   o.push(`</linearGradient></defs>`);
   o.push(`<rect x="20" y="${ly}" width="${lw}" height="12" fill="url(#kotara-scale)"/>`);
-  if (values.length) {
-    o.push(`<text x="20" y="${ly + 28}">${fmtPpl(Math.exp(lo))} (best)</text>`);
-    o.push(`<text x="${20 + lw}" y="${ly + 28}" text-anchor="end">${fmtPpl(Math.exp(hi))}</text>`);
+  if (!scale.empty) {
+    o.push(`<text x="20" y="${ly + 28}">${fmtPpl(Math.exp(scale.lo))} (best)</text>`);
+    o.push(`<text x="${20 + lw}" y="${ly + 28}" text-anchor="end">${fmtPpl(Math.exp(scale.hi))}</text>`);
   }
   o.push(`<text x="20" y="${ly + 46}" fill="#444">PPL (log scale); red outline: best of the panel</text>`);
-  o.push(`</svg>`);
-  return o.join("\n") + "\n";
+  return o;
 }

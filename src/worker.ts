@@ -12,6 +12,7 @@ import { fileURLToPath } from "node:url";
 import { decode, encode } from "@msgpack/msgpack";
 import { execa, type ResultPromise } from "execa";
 import * as zmq from "zeromq";
+import { DEFAULTS } from "./defaults.js";
 import { UserError } from "./errors.js";
 import {
   FromWorker, PROTOCOL_VERSION, ToWorker,
@@ -105,10 +106,24 @@ export class Worker {
     return this.proc?.pid;
   }
 
+  /** Bind the socket, start the process, wait for its hello, then watch its heartbeat. */
   private async spawn(): Promise<void> {
     const endpoint = process.platform === "win32" ? "tcp://127.0.0.1:*" : `ipc://${join(this.dir, "w.sock")}`;
     await this.router.bind(endpoint);
-    const bound = this.router.lastEndpoint ?? endpoint;
+    this.launch(this.router.lastEndpoint ?? endpoint);
+    void this.receiveLoop();
+    this.hello = await this.waitHello();
+    if (this.hello.protocol_version !== PROTOCOL_VERSION) {
+      throw new UserError(
+        `protocol version mismatch: the controller speaks ${PROTOCOL_VERSION}, the worker at ${this.opts.python} speaks ${this.hello.protocol_version} ` +
+          `(worker ${this.hello.worker_version}); use the worker that ships with this version of kotara`,
+      );
+    }
+    this.startWatchdog();
+  }
+
+  /** The worker process (execa), its key on stdin, its output lines, its exit. */
+  private launch(bound: string): void {
     const env = {
       ...process.env,
       ...this.opts.env,
@@ -151,9 +166,10 @@ export class Worker {
       },
       (e) => this.onExit(undefined, undefined, `could not be started: ${String(e)}`),
     );
-    void this.receiveLoop();
+  }
 
-    const startTimeoutMs = this.opts.startTimeoutMs ?? Number(process.env.KOTARA_START_TIMEOUT_MS ?? 180_000);
+  private async waitHello(): Promise<HelloMsg> {
+    const startTimeoutMs = this.opts.startTimeoutMs ?? Number(process.env.KOTARA_START_TIMEOUT_MS ?? DEFAULTS.start_timeout_ms);
     const hello = await new Promise<FromWorkerMsg>((resolve, reject) => {
       this.helloWaiter = { what: "waiting for the worker to start (Python is importing torch and transformers)", resolve, reject };
       const timer = setTimeout(() => {
@@ -167,15 +183,12 @@ export class Worker {
       if (this.failure) this.helloWaiter.reject(this.failure);
     });
     this.helloWaiter = null;
-    this.hello = hello as HelloMsg;
-    if (this.hello.protocol_version !== PROTOCOL_VERSION) {
-      throw new UserError(
-        `protocol version mismatch: the controller speaks ${PROTOCOL_VERSION}, the worker at ${this.opts.python} speaks ${this.hello.protocol_version} ` +
-          `(worker ${this.hello.worker_version}); use the worker that ships with this version of kotara`,
-      );
-    }
+    return hello as HelloMsg;
+  }
+
+  private startWatchdog(): void {
     this.lastSeen = Date.now();
-    const heartbeatTimeoutMs = this.opts.heartbeatTimeoutMs ?? Number(process.env.KOTARA_HEARTBEAT_TIMEOUT_MS ?? 60_000);
+    const heartbeatTimeoutMs = this.opts.heartbeatTimeoutMs ?? Number(process.env.KOTARA_HEARTBEAT_TIMEOUT_MS ?? DEFAULTS.heartbeat_timeout_ms);
     this.watchdog = setInterval(() => {
       const silent = Date.now() - this.lastSeen;
       if (silent > heartbeatTimeoutMs && !this.exited) {
