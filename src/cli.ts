@@ -70,7 +70,7 @@ export function buildProgram(): Command {
 
   program
     .command("setup")
-    .description("make the worker's Python ready: install what it lacks into KOTARA_PYTHON (keeping its torch), or create/update Kotara's own environment in the per-user cache")
+    .description("make the worker's Python ready: fill KOTARA_PYTHON (keeping its torch), or make Kotara's own environment")
     .option("--python <path>", "fill this interpreter instead (then run with KOTARA_PYTHON=<path>)")
     .option("--recreate", "delete Kotara's own environment and make it again")
     .option("--quiet", "only errors")
@@ -78,7 +78,7 @@ export function buildProgram(): Command {
 
   program
     .command("doctor")
-    .description("which Python runs the worker and why, its torch (CUDA, devices), transformers, pyzmq, msgpack, the caches; exit 1 if the worker could not start")
+    .description("which Python runs the worker and why, what it has, the caches; exit 1 if the worker could not start")
     .argument("[config]", "also consider this config's runtime.python")
     .action((config: string | undefined) => doctorCommand(config));
 
