@@ -11,7 +11,7 @@
 // `--python PATH` names any other), `kotara doctor` reports on it.
 import { existsSync } from "node:fs";
 import { homedir } from "node:os";
-import { isAbsolute, join, resolve } from "node:path";
+import { delimiter, isAbsolute, join, resolve } from "node:path";
 import { execa } from "execa";
 import { UserError } from "./errors.js";
 import { PACKAGE_ROOT, PYTHON_DIR } from "./worker.js";
@@ -140,13 +140,19 @@ export async function probePython(python: string, opts: { requirements?: boolean
   if (opts.imports) args.push("--imports");
   const r = await execa(python, args, {
     reject: false, cwd: PACKAGE_ROOT, timeout: 300_000,
-    env: { PYTHONPATH: [PYTHON_DIR, process.env.PYTHONPATH].filter(Boolean).join(":"), OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? "PASSIVE" },
+    env: { PYTHONPATH: [PYTHON_DIR, process.env.PYTHONPATH].filter(Boolean).join(delimiter), OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? "PASSIVE" },
   });
   if ((r as { code?: string }).code === "ENOENT" || /ENOENT/.test(String(r.cause ?? ""))) throw new NoPython(python);
   const last = r.stdout.trim().split("\n").pop() ?? "";
   if (r.exitCode === 0 && last.startsWith("{")) return JSON.parse(last) as Probe;
   const tail = r.stderr.trim().split("\n").slice(-5).join("\n");
   throw new UserError(`${python} could not run Kotara's probe (${(r.shortMessage ?? `exit ${r.exitCode}`).split("\n")[0]})${tail ? `:\n${tail}` : ""}`);
+}
+
+/** Is a Python of this version ("3.9.18", "3.11") too old for the worker? */
+export function tooOld(version: string): boolean {
+  const [major, minor] = version.split(".").map(Number);
+  return major < MIN_PYTHON[0] || (major === MIN_PYTHON[0] && minor < MIN_PYTHON[1]);
 }
 
 /** What is missing for the worker, in words ("" when nothing). */

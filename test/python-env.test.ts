@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { test } from "node:test";
 import { UserError } from "../src/errors.js";
-import { choosePython, setupTarget, userCacheDir, userVenvDir, venvPython, withSetupHint } from "../src/python-env.js";
+import { choosePython, setupTarget, tooOld, userCacheDir, userVenvDir, venvPython, withSetupHint } from "../src/python-env.js";
 import { tempDir, writeFile } from "./helpers.js";
 
 const empty = tempDir("kotara-pyenv-");
@@ -66,4 +66,8 @@ test("a worker that cannot start: the message names `kotara setup`, not scripts/
   assert.match(none.message, /kotara setup/);
   const other = new UserError("protocol version mismatch");
   assert.equal((withSetupHint(other, "python3") as UserError).message, "protocol version mismatch");
+});
+
+test("the worker needs Python 3.10 or newer", () => {
+  assert.deepEqual(["2.7.18", "3.8.10", "3.9.18", "3.10.0", "3.11", "3.13.1", "4.0"].map(tooOld), [true, true, true, false, false, false, false]);
 });

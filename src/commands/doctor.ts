@@ -5,7 +5,7 @@
 import { existsSync } from "node:fs";
 import { loadConfig } from "../config.js";
 import { UserError } from "../errors.js";
-import { choosePython, missingSummary, NoPython, probePython, setupCommandFor, userVenvDir, venvPython, type Probe } from "../python-env.js";
+import { choosePython, MIN_PYTHON, missingSummary, NoPython, probePython, setupCommandFor, tooOld, userVenvDir, venvPython, type Probe } from "../python-env.js";
 import { VERSION } from "../session.js";
 import { PACKAGE_ROOT } from "../worker.js";
 
@@ -20,11 +20,13 @@ export async function doctorCommand(configPath?: string): Promise<void> {
 
   let p: Probe | null = null;
   let problem: string | null = null;
+  let noPython = false;
   try {
     p = await probePython(choice.python, { requirements: true, imports: true });
   } catch (e) {
     if (!(e instanceof UserError)) throw e;
-    problem = e instanceof NoPython ? `there is no ${choice.python}` : e.message;
+    noPython = e instanceof NoPython;
+    problem = noPython ? `there is no ${choice.python}` : e.message;
   }
   if (p) {
     if (p.executable !== choice.python) row("  executable", p.executable);
@@ -42,6 +44,7 @@ export async function doctorCommand(configPath?: string): Promise<void> {
     for (const d of ["transformers", "tokenizers", "safetensors", "pyzmq", "msgpack", "jsonschema"]) row(d, v(d));
     const missing = missingSummary(p);
     if (missing) problem = `missing ${missing}`;
+    if (tooOld(p.version)) problem = `Python ${p.version} is older than ${MIN_PYTHON.join(".")}, which the worker needs`;
   } else {
     row("  version", "not found");
   }
@@ -51,18 +54,21 @@ export async function doctorCommand(configPath?: string): Promise<void> {
     row("  HF_HOME", p.hf.home);
     row("  HF_HUB_CACHE", `${p.hf.hub_cache}${p.hf.offline ? " (offline: HF_HUB_OFFLINE)" : ""}`);
   } else {
-    row("  HF_HUB_CACHE", "unknown (huggingface_hub is not installed in this Python)");
+    row("  HF_HUB_CACHE", p ? "unknown (huggingface_hub is not installed in this Python)" : "unknown (no Python to ask)");
   }
   const venv = userVenvDir();
   row("  kotara env", `${venv} (${existsSync(venvPython(venv)) ? "made by `kotara setup`" : "not made yet; `kotara setup` makes it"})`);
 
-  const fix = problem ? `run ${setupCommandFor(choice.python)}` : "";
+  const fix = !noPython ? `run ${setupCommandFor(choice.python)}` +
+      (choice.rule === "KOTARA_PYTHON" ? " (it installs what is missing into KOTARA_PYTHON, keeping its torch), or unset KOTARA_PYTHON" : "")
+    : choice.rule === "KOTARA_PYTHON" ? "fix KOTARA_PYTHON, or unset it and run `kotara setup` (it makes Kotara's own environment)"
+    : choice.rule === "PATH" ? `install Python ≥ ${MIN_PYTHON.join(".")} (or set PYTHON=/path/to/python), then run \`kotara setup\``
+    : "fix runtime.python in the config";
   row("verdict", problem ? `not ready: ${problem}` : "ok: the worker can start with this Python");
   const width = Math.max(...rows.map(([k]) => k.length)) + 2;
   process.stdout.write(rows.map(([k, val]) => (val ? k.padEnd(width) + val : k)).join("\n") + "\n");
   if (problem) {
-    throw new UserError(`the worker cannot start with ${choice.python}: ${fix}` +
-      (choice.rule === "KOTARA_PYTHON" ? " (it installs what is missing into KOTARA_PYTHON, keeping its torch), or unset KOTARA_PYTHON" : ""));
+    throw new UserError(`the worker cannot start with ${choice.python}: ${fix}`);
   }
 }
 

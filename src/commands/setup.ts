@@ -9,7 +9,7 @@ import { dirname, join } from "node:path";
 import { execa } from "execa";
 import { UserError } from "../errors.js";
 import {
-  MIN_PYTHON, NoPython, probePython, REQUIREMENTS, setupTarget, TORCH_PIN, choosePython, missingSummary,
+  MIN_PYTHON, NoPython, probePython, setupTarget, tooOld, TORCH_PIN, choosePython, missingSummary,
   venvPython, type Probe, type SetupTarget,
 } from "../python-env.js";
 
@@ -33,6 +33,10 @@ export async function setupCommand(opts: SetupOptions = {}): Promise<void> {
   if (target.kind === "venv") await ensureVenv(target.venvDir!, { recreate: opts.recreate ?? false, say });
   say(`checking ${target.python} (${describe(target)})`);
   let p = await probeTarget(target);
+  if (tooOld(p.version)) {
+    throw new UserError(`${target.python} is Python ${p.version}; Kotara's worker needs Python ≥ ${MIN_PYTHON.join(".")}` +
+      (target.kind === "venv" ? " (run `kotara setup --recreate` with PYTHON=/path/to/a newer python)" : ""));
+  }
 
   if (p.externally_managed) {
     throw new UserError(`${target.python} is the system's Python, managed by its package manager (PEP 668): pip will not install into it. ` +
@@ -139,8 +143,7 @@ async function ensureVenv(dir: string, o: { recreate: boolean; say: (m: string) 
     throw new UserError(`no ${base} to make Kotara's environment from (${(v.shortMessage ?? "").split("\n")[0]}). ` +
       `Install Python ≥ ${MIN_PYTHON.join(".")}, or set PYTHON=/path/to/python (or KOTARA_PYTHON to use an environment you have).`);
   }
-  const [major, minor] = v.stdout.trim().split(".").map(Number);
-  if (major < MIN_PYTHON[0] || (major === MIN_PYTHON[0] && minor < MIN_PYTHON[1])) {
+  if (tooOld(v.stdout.trim())) {
     throw new UserError(`${base} is Python ${v.stdout.trim()}; Kotara's worker needs Python ≥ ${MIN_PYTHON.join(".")}. Set PYTHON=/path/to/a newer python.`);
   }
   o.say(`creating Kotara's environment in ${dir} (Python ${v.stdout.trim()}, from ${base})`);
