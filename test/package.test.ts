@@ -10,9 +10,9 @@
 // installs msgpack itself. Every kotara process gets an explicit environment (no
 // KOTARA_PYTHON from the caller's shell, XDG_CACHE_HOME in a temp dir).
 import assert from "node:assert/strict";
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { before, test } from "node:test";
+import { after, before, test } from "node:test";
 import { execa } from "execa";
 import { PACKAGE_ROOT } from "../src/worker.js";
 import { PYTHON, tempDir, tinyModels, writeFile } from "./helpers.js";
@@ -58,6 +58,10 @@ before(async () => {
   writeFileSync(join(empty, "my.yaml"), `models:\n  - ref: ${join(models, "gpt2-a")}\n  - ref: ${join(models, "gpt2-b")}\n` +
     `dataset:\n  path: text.txt\n  max_length: 64\n  stride: 32\nstrategies: [entropy, average]\n`);
   torchVersion = (await execa(PYTHON, ["-c", "import torch; print(torch.__version__)"])).stdout.trim();
+});
+
+after(() => {
+  if (work) rmSync(work, { recursive: true, force: true }); // the prefix and a venv: tens of MB
 });
 
 test("the package holds what an installed kotara needs, and no tests, maps or caches", () => {
