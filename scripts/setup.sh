@@ -19,7 +19,10 @@ if [ ! -f dist/cli.js ] || [ -n "$(find src -newer dist/cli.js -print -quit)" ];
   npx tsc -p tsconfig.json
 fi
 
-# 3. the worker's Python
+# 3. the worker's Python: .venv (or KOTARA_PYTHON), filled by `kotara setup` (the same
+#    steps an installed package uses: torch==2.13.0 when no torch is there, then what
+#    requirements.txt lists and that Python lacks; an existing torch is kept), then the
+#    checkout's test extras (requirements-dev.txt). Skipped while nothing changed.
 if [ -n "${KOTARA_PYTHON:-}" ]; then
   py="$KOTARA_PYTHON"
 else
@@ -31,15 +34,12 @@ else
 fi
 stamp=.kotara/setup-python.stamp
 mkdir -p .kotara
-if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ "$(cat "$stamp")" != "$py" ]; then
-  if ! "$py" -c 'import torch' 2>/dev/null; then
-    # A pinned release: a range would pull the newest CUDA wheels even where
-    # there is no GPU. This one is the CPU wheel on this project's machines.
-    say "installing torch==2.13.0 into $py"
-    "$py" -m pip install --disable-pip-version-check -q 'torch==2.13.0'
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ] || [ "$(cat "$stamp")" != "$py" ]; then
+  node bin/kotara setup --python "$py"
+  if ! "$py" -c 'import pytest' 2>/dev/null; then
+    say "installing requirements-dev.txt into $py"
+    "$py" -m pip install --disable-pip-version-check -q -r requirements-dev.txt
   fi
-  say "installing requirements.txt into $py"
-  "$py" -m pip install --disable-pip-version-check -q -r requirements.txt
   printf '%s' "$py" > "$stamp"
 fi
 

@@ -4,8 +4,10 @@
 // code (2 usage/config, 1 failed run, 130 interrupted); anything else is a bug and
 // prints its stack.
 import { Command, CommanderError, InvalidArgumentError } from "commander";
+import { doctorCommand } from "./commands/doctor.js";
 import { evalCommand } from "./commands/eval.js";
 import { runCommand } from "./commands/run.js";
+import { setupCommand } from "./commands/setup.js";
 import { DEFAULTS } from "./defaults.js";
 import { UserError } from "./errors.js";
 import { VERSION } from "./session.js";
@@ -67,6 +69,20 @@ export function buildProgram(): Command {
     .option("--quiet", "no progress on stderr")
     .option("--verbose", "forward the worker's stderr")
     .action((opts) => evalCommand(opts));
+
+  program
+    .command("setup")
+    .description("make the worker's Python ready: fill KOTARA_PYTHON (keeping its torch), or make Kotara's own environment")
+    .option("--python <path>", "fill this interpreter instead (then run with KOTARA_PYTHON=<path>)")
+    .option("--recreate", "delete Kotara's own environment and make it again")
+    .option("--quiet", "only errors")
+    .action((opts) => setupCommand(opts));
+
+  program
+    .command("doctor")
+    .description("which Python runs the worker and why, what it has, the caches; exit 1 if the worker could not start")
+    .argument("[config]", "also consider this config's runtime.python")
+    .action((config: string | undefined) => doctorCommand(config));
 
   return program;
 }

@@ -5,16 +5,17 @@
 //   const { metrics } = await session.evaluate({ dataset: { path: "text.txt", max_length: 256, stride: 128 },
 //                                                strategies: ["entropy", { type: "poe", betas: [0.7, 0.3] }] });
 //   await session.close();
-import { existsSync } from "node:fs";
-import { join } from "node:path";
 import { datasetStats } from "./dataset.js";
 import { DEFAULTS } from "./defaults.js";
 import { Interrupted, UserError } from "./errors.js";
 import { buildMetrics, type EvaluationRequest, type Metrics } from "./metrics.js";
 import type { LoadedMsg, ModelSpec, ProgressMsg, ResultMsg, Setting, Sums } from "./protocol.js";
+import { resolvePython, withSetupHint } from "./python-env.js";
 import { resolveStrategies, type StrategyEntry } from "./strategies.js";
 import type { Sweep } from "./sweep.js";
-import { PACKAGE_ROOT, Worker, type WorkerOptions } from "./worker.js";
+import { Worker, type WorkerOptions } from "./worker.js";
+
+export { resolvePython } from "./python-env.js";
 
 export const VERSION = "0.1.0";
 
@@ -23,7 +24,7 @@ export type ModelInput = string | ({ ref: string } & Partial<Omit<ModelSpec, "re
 export interface SessionOptions {
   models: ModelInput[];
   tokenizer?: string | null;
-  /** The worker's Python: KOTARA_PYTHON wins, then this, then the checkout's .venv, then python3. */
+  /** The worker's Python: KOTARA_PYTHON wins, then this, then the rest of python-env.ts's order. */
   python?: string | null;
   /** Checked against every model's context at load time. */
   maxLength?: number | null;
@@ -71,14 +72,6 @@ export interface Evaluation {
   metrics: Metrics;
   result: ResultMsg;
   settings: readonly Setting[];
-}
-
-export function resolvePython(fromConfig?: string | null): string {
-  const env = process.env.KOTARA_PYTHON;
-  if (env) return env;
-  if (fromConfig) return fromConfig;
-  const venv = join(PACKAGE_ROOT, ".venv", process.platform === "win32" ? "Scripts/python.exe" : "bin/python");
-  return existsSync(venv) ? venv : "python3";
 }
 
 export function toModelSpec(m: ModelInput): ModelSpec {
@@ -204,14 +197,3 @@ export class Session {
 }
 
 export const openSession = (opts: SessionOptions) => Session.open(opts);
-
-function withSetupHint(e: unknown, python: string): unknown {
-  if (!(e instanceof UserError)) return e;
-  const fix = "Run `bash scripts/setup.sh`, or point KOTARA_PYTHON at an environment with torch, transformers, pyzmq, msgpack and jsonschema.";
-  if (/ENOENT/.test(e.message)) {
-    e.message = `no Python at ${python} to run the worker. ${fix}\n(${e.message})`;
-  } else if (/No module named '(torch|transformers|zmq|msgpack|jsonschema)'/.test(e.message)) {
-    e.message = `the worker's Python (${python}) lacks Kotara's requirements. ${fix}\n(${e.message})`;
-  }
-  return e;
-}

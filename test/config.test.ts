@@ -9,6 +9,7 @@ import { createHash } from "node:crypto";
 import { loadConfig, parseYaml } from "../src/config.js";
 import { countWords, datasetStats, firstInvalidUtf8, scanDataset } from "../src/dataset.js";
 import { parseConfig } from "../src/plan.js";
+import { resolvePython } from "../src/python-env.js";
 import { ConfigError } from "../src/errors.js";
 import { Setting } from "../src/protocol.js";
 
@@ -156,12 +157,16 @@ describe("relative paths", () => {
     assert.equal(plan.dataset.path, path.join(homedir(), "t.txt"));
   });
 
-  test("runtime.python: a path resolves against the config; a bare name stays a command", async () => {
+  test("runtime.python: a path resolves against the config; a bare name stays a command; KOTARA_PYTHON wins", async () => {
     const dir = workdir();
     mkdirSync(path.join(dir, "venv", "bin"), { recursive: true });
     writeFileSync(path.join(dir, "venv", "bin", "python"), "");
     const file = configFile(BASE + "runtime:\n  python: venv/bin/python\n", dir);
-    assert.equal((await loadConfig(file)).runtime.python, path.join(dir, "venv", "bin", "python"));
+    const plan = await loadConfig(file);
+    assert.equal(plan.runtime.python, path.join(dir, "venv", "bin", "python"));
+    assert.equal(resolvePython(plan.runtime.python, {}), path.join(dir, "venv", "bin", "python"));
+    assert.equal(resolvePython(plan.runtime.python, { KOTARA_PYTHON: "/opt/py/bin/python" }), "/opt/py/bin/python");
+    assert.equal(resolvePython(null, { KOTARA_PYTHON: "rel/bin/python" }), path.resolve("rel/bin/python"), "relative to the user's directory");
     const bare = configFile(BASE + "runtime:\n  python: python3\n");
     assert.equal((await loadConfig(bare)).runtime.python, "python3");
   });

@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 
+MISSING_REQUIREMENTS = 3  # exit code: a requirement is missing or cannot be imported
 
 def log(message: str) -> None:
     try:
@@ -25,10 +26,14 @@ def log(message: str) -> None:
 
 def watch_parent(parent_pid: int) -> None:
     """Exit when the controller is gone: stdin EOF, or we were re-parented."""
+    fd = sys.stdin.fileno()
 
     def stdin_eof() -> None:
+        # os.read, not sys.stdin.buffer.read: a daemon thread blocked inside the
+        # buffered reader holds its lock, and an interpreter that exits while it does
+        # aborts with "Fatal Python error: _enter_buffered_busy".
         try:
-            while sys.stdin.buffer.read(4096):
+            while os.read(fd, 4096):
                 pass
         except Exception:  # noqa: BLE001
             pass
@@ -52,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat", type=float, default=float(os.environ.get("KOTARA_HEARTBEAT_S", "1.0")))
     args = parser.parse_args(argv)
 
+    # A Python without Kotara's requirements: one line (the controller turns it into
+    # "run `kotara setup`"), exit 3, before any thread starts.
+    from .probe import missing_modules
+
+    missing = missing_modules()
+    if missing:
+        log(f"kotara-worker: {sys.executable} lacks Kotara's requirements: missing {', '.join(missing)}")
+        return MISSING_REQUIREMENTS
+
     # Ctrl-C in a terminal reaches the whole process group; the controller decides
     # what an interrupt means (cancel, checkpoint, shutdown), so the worker ignores it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -66,9 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     watch_parent(parent_pid)
 
-    import zmq
+    try:
+        import zmq
 
-    from . import protocol
+        from . import protocol
+    except ImportError as e:  # installed but broken: still one line
+        log(f"kotara-worker: {sys.executable} lacks Kotara's requirements: {type(e).__name__}: {e}")
+        return MISSING_REQUIREMENTS
 
     context = zmq.Context()
     socket = context.socket(zmq.DEALER)
@@ -83,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
 
     threading.Thread(target=heartbeat, daemon=True).start()
 
-    from .server import Server  # imports torch + transformers (seconds)
+    try:
+        from .server import Server  # imports torch + transformers (seconds)
+    except ImportError as e:
+        log(f"kotara-worker: {sys.executable} lacks Kotara's requirements: {type(e).__name__}: {e}")
+        socket.close(0)
+        context.term()
+        return MISSING_REQUIREMENTS
 
     server = Server(channel, log)
     try:
