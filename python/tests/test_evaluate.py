@@ -10,6 +10,7 @@ import torch
 
 from conftest import spec
 from kotara_worker.evaluate import Cancelled, EvalConfig, NumericalError, Sums, evaluate, plan_batches
+from kotara_worker.fusion import FusionConfig
 from kotara_worker.models import load_models
 from kotara_worker.windows import plan_windows
 from test_fusion import all_settings, reference, reference_base
@@ -229,6 +230,32 @@ def test_nan_logits_name_the_model_and_the_window():
         run(models, ids, windows, all_settings(2), batch_size=3, vocab=50)
     assert e.value.model_ref == "fake-nan" and e.value.window == expected
     assert "fake-nan" in str(e.value) and f"window {expected}" in str(e.value)
+
+
+@pytest.mark.parametrize("bad_at", [700, 1447])
+def test_nan_logits_in_a_later_chunk_and_block_name_their_window_and_tokens(bad_at):
+    # One NaN position, deep in the pass: windows of 64 with stride 32 (32 targets each),
+    # 3 windows a batch, 40 positions a chunk, 2 rows a fusion block. The bad token is the
+    # input at stream index bad_at, so the NaN row predicts target bad_at + 1: the window
+    # that scores that target is the one to name (computed here from the plan alone).
+    ids = fake_stream(1500, 49, 5)                         # tokens 0..48: 49 occurs once
+    ids[bad_at] = 49
+    windows = plan_windows(ids.numel(), 64, 32)
+    expected = next(i for i, w in enumerate(windows) if w.first_scored <= bad_at + 1 < w.end)
+    batch = next(b for b in plan_batches(windows, 3) if expected in b)
+    scored_before = sum(windows[i].n_scored for i in range(batch.start, expected))
+    row_in_batch = scored_before + (bad_at + 1 - windows[expected].first_scored)
+    assert row_in_batch >= 40 and row_in_batch % 40 >= 2  # a later chunk, a later block of it
+    assert expected > batch.start                         # not the batch's first window
+    models = [FakeModel(50, seed=0, ref="fake-ok"), FakeModel(50, seed=1, ref="fake-nan", nan_token=49)]
+    cfg = EvalConfig(position_chunk=40, fusion=FusionConfig(block_elems=2 * 50))
+    with pytest.raises(NumericalError) as e:
+        run(models, ids, windows, all_settings(2), batch_size=3, vocab=50, cfg=cfg)
+    w = windows[expected]
+    assert (e.value.model_ref, e.value.model_index, e.value.window) == ("fake-nan", 1, expected)
+    assert e.value.position == row_in_batch % 40          # the row in its chunk
+    assert str(e.value) == (f"model fake-nan: NaN or infinite logits in window {expected} "
+                            f"(tokens {w.start}..{w.end - 1})")
 
 
 def test_sweep_sized_settings_equal_one_setting_at_a_time():

@@ -366,6 +366,21 @@ def test_non_finite_logits_raise_numerical_error_naming_the_model(bad):
     assert e.value.model_index == 2 and e.value.position == 3
 
 
+@pytest.mark.parametrize("bad_rows", [[3], [7, 9], [9], [4, 8]])
+def test_non_finite_logits_in_a_later_block_name_their_own_position(bad_rows):
+    # 2 rows per block (block_elems = 2 V): position 3 is in the second block, 7 and 9 in
+    # the fourth and fifth; the first bad row in stream order is the one named
+    V = 8
+    logits = random_logits(2, 11, V, seed=9)
+    for row in bad_rows:
+        logits[1][row, row % V] = float("nan")
+    with pytest.raises(NumericalError) as e:
+        score_positions(logits, torch.zeros(11, dtype=torch.long), V, [setting("gap", 2)],
+                        FusionConfig(block_elems=2 * V))
+    assert e.value.model_index == 1 and e.value.position == min(bad_rows)
+    assert f"position {min(bad_rows)}" in str(e.value)
+
+
 # ----------------------------------------------------------------------------- the golden file
 
 @pytest.mark.skipif(not GOLDEN.is_file(), reason=f"no golden file at {GOLDEN}")
