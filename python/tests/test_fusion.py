@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -383,9 +384,37 @@ def test_non_finite_logits_in_a_later_block_name_their_own_position(bad_rows):
 
 # ----------------------------------------------------------------------------- the golden file
 
-@pytest.mark.skipif(not GOLDEN.is_file(), reason=f"no golden file at {GOLDEN}")
+def on_ci() -> bool:
+    """CI as the usual CI=true convention says (any value but empty, "false" or "0")."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "false", "0")
+
+
+def golden_cases(path: Path = GOLDEN) -> list[dict]:
+    """The golden cases; on CI a missing file is a failure (CI runs with ../shared beside
+    the clone, SPEC §8), elsewhere a skip."""
+    if not path.is_file():
+        where = f"no golden file at {path.resolve()} (../shared/golden/strategies.json beside the repository)"
+        if on_ci():
+            pytest.fail(f"CI={os.environ['CI']!r}: {where}; CI must run with ../shared present", pytrace=False)
+        pytest.skip(where)
+    return json.loads(path.read_text())["cases"]
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
+                                         ("", pytest.skip.Exception), ("false", pytest.skip.Exception),
+                                         ("0", pytest.skip.Exception), (None, pytest.skip.Exception)])
+def test_a_missing_golden_file_fails_on_ci_and_skips_elsewhere(tmp_path, monkeypatch, ci, outcome):
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises((pytest.fail.Exception, pytest.skip.Exception)) as e:
+        golden_cases(tmp_path / "strategies.json")
+    assert e.type is outcome and str(tmp_path / "strategies.json") in str(e.value)
+
+
 def test_golden_strategies():
-    cases = json.loads(GOLDEN.read_text())["cases"]
+    cases = golden_cases()
     assert cases
     for case in cases:
         logits = [torch.tensor(z, dtype=torch.float32) for z in case["logits"]]
