@@ -191,12 +191,17 @@ def test_resume_after_cancel_is_bitwise_identical(bos):
     bos_id = 0 if bos else None
     whole = run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id)
 
+    # should_stop is asked once before each batch: False for calls 0..6, so batches
+    # 0..6 finish and the checkpoint holds every window up to the end of batch 6
+    assert len(windows) == math.ceil((3000 - 64) / 40) + 1 == 75   # the last one starts at 2960
+    batches = plan_batches(windows, 4)                        # 18 of 4, 2, the short last one
+    assert len(batches) > 8                                   # the cancel comes well before the end
     calls = iter(range(10**9))
     with pytest.raises(Cancelled) as e:
         run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id,
             should_stop=lambda: next(calls) == 7)
     checkpoint = e.value.sums
-    assert checkpoint.windows_done == 28
+    assert checkpoint.windows_done == batches[6].stop == 7 * 4  # seven full batches of 4
     resumed = run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id,
                   resume=Sums(**checkpoint.to_dict()))
     assert resumed == whole                                   # dataclass equality: exact floats
@@ -204,6 +209,7 @@ def test_resume_after_cancel_is_bitwise_identical(bos):
     snapshots: list[Sums] = []
     run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id,
         on_progress=snapshots.append, progress_every=9)
+    assert len(snapshots) >= 3                                # every 3 batches (12 ≥ 9 windows)
     for snap in snapshots[:3]:
         assert run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id, resume=snap) == whole
 
