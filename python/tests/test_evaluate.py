@@ -13,7 +13,7 @@ from kotara_worker.evaluate import Cancelled, EvalConfig, NumericalError, Sums, 
 from kotara_worker.fusion import FusionConfig
 from kotara_worker.models import load_models
 from kotara_worker.windows import plan_windows
-from test_fusion import all_settings, reference, reference_base
+from test_fusion import all_settings, reference, reference_base, setting
 from tiny_models import FakeModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -268,7 +268,7 @@ def test_sweep_sized_settings_equal_one_setting_at_a_time():
     ids = fake_stream(600, 50, 3)
     windows = plan_windows(ids.numel(), 64, 64)
     grid = [0.7, 0.85, 1.0, 1.15, 1.3]
-    settings = [{"id": f"{t}-{a}-{b}", "type": t, "temperatures": [a, b], "betas": None}
+    settings = [setting(t, 2, [a, b], id_=f"{t}-{a}-{b}")
                 for t in ("average", "poe", "entropy", "gap") for a in grid for b in grid]
     together = run(fakes(), ids, windows, settings, batch_size=4, vocab=50)
     for k in range(0, 100, 7):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kotara_worker.fusion import (STRATEGIES, FusionConfig, NumericalError, score_each_position,
-                                  score_positions)
+from kotara_worker.fusion import (STRATEGIES, FusionConfig, NumericalError, check_settings,
+                                  score_each_position, score_positions)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GOLDEN = Path(__file__).resolve().parents[2] / ".." / "shared" / "golden" / "strategies.json"
@@ -344,16 +344,73 @@ def test_a_sweep_equals_one_setting_at_a_time():
 
 # ----------------------------------------------------------------------------- settings
 
-def test_unknown_strategy_and_wrong_lengths_are_refused():
+def test_registry_declares_each_strategys_parameters():
+    assert {name: s.params for name, s in STRATEGIES.items()} == {
+        "average": (), "poe": ("betas",), "entropy": (), "gap": ()}
+
+
+def refusal(settings, n: int = 2) -> str:
+    with pytest.raises(ValueError) as e:
+        check_settings(settings, n)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("t", [0.0, -0.0, -1.0, -1e-300])
+def test_temperatures_at_or_below_zero_are_refused(t):
+    message = refusal([setting("entropy", 2, [1.0, t], id_="cold")])
+    assert "setting cold" in message and "temperatures must be > 0" in message
+
+
+def test_the_smallest_positive_temperature_is_accepted():
+    check_settings([setting("gap", 2, [math.nextafter(0.0, 1.0), 1.0])], 2)   # the boundary: > 0 holds
+    check_settings([setting("poe", 3, [1, 2, 3], [0, 0.5, 2])], 3)           # ints are numbers too
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "1", None, True])
+def test_temperatures_must_be_finite_numbers(bad):
+    assert "temperatures must list one finite number per model (2)" in refusal(
+        [setting("average", 2, [1.0, 1.0], id_="x") | {"temperatures": [1.0, bad]}])
+
+
+@pytest.mark.parametrize("temps", [[1.0], [1.0, 1.0, 1.0], [], None, 1.0])
+def test_one_temperature_per_model(temps):
+    message = refusal([{"id": "x", "type": "average", "temperatures": temps, "betas": None}])
+    assert "temperatures must list one finite number per model (2)" in message and repr(temps) in message
+
+
+@pytest.mark.parametrize("betas", [None, [0.5], [0.5, 0.5, 0.5], [0.5, float("nan")], [0.5, float("inf")]])
+def test_poe_needs_one_finite_beta_per_model(betas):
+    # the controller always resolves poe's default betas: null is refused, not defaulted
+    message = refusal([{"id": "p", "type": "poe", "temperatures": [1.0, 1.0], "betas": betas}])
+    assert "setting p: betas must list one finite number per model (2)" in message
+
+
+@pytest.mark.parametrize("kind", ["average", "entropy", "gap"])
+def test_parameters_a_strategy_does_not_declare_must_be_null(kind):
+    check_settings([{"id": "x", "type": kind, "temperatures": [1, 1], "betas": None}], 2)
+    check_settings([{"id": "x", "type": kind, "temperatures": [1, 1]}], 2)
+    message = refusal([{"id": "x", "type": kind, "temperatures": [1, 1], "betas": [0.5, 0.5]}])
+    assert f"setting x: {kind} takes no betas (only temperatures)" in message
+    assert "takes no weights" in refusal([{"id": "x", "type": kind, "temperatures": [1, 1], "weights": [1, 1]}])
+
+
+@pytest.mark.parametrize("kind", ["median", None, "", ["poe"]])
+def test_unknown_strategy_types_list_the_known_ones(kind):
+    message = refusal([setting("average", 2, id_="m") | {"type": kind}])
+    assert f"setting m: unknown strategy type {kind!r}" in message
+    assert f"(known: {', '.join(STRATEGIES)})" in message
+
+
+def test_the_public_entry_points_check_the_settings():
     logits = random_logits(2, 2, 5, seed=7)
     t = torch.tensor([0, 1])
-    with pytest.raises(ValueError) as e:
-        score_positions(logits, t, 5, [setting("median", 2)])
-    assert "median" in str(e.value) and all(name in str(e.value) for name in STRATEGIES)
-    with pytest.raises(ValueError, match="temperature"):
-        score_positions(logits, t, 5, [setting("average", 3)])
-    with pytest.raises(ValueError, match="beta"):
-        score_positions(logits, t, 5, [setting("poe", 2, betas=[1.0])])
+    for score in (score_positions, score_each_position):
+        with pytest.raises(ValueError, match="unknown strategy type 'median'"):
+            score(logits, t, 5, [setting("median", 2)])
+        with pytest.raises(ValueError, match="temperatures"):
+            score(logits, t, 5, [setting("average", 3)])
+        with pytest.raises(ValueError, match="betas"):
+            score(logits, t, 5, [setting("poe", 2, betas=[1.0])])
 
 
 # ----------------------------------------------------------------------------- non-finite logits
