@@ -299,9 +299,30 @@ def score_each_position(logits: Sequence[torch.Tensor], targets: torch.Tensor, v
                         settings: Sequence[Setting], cfg: FusionConfig | None = None) -> PositionScores:
     """Per-position NLLs of every model and every setting from the same logits.
     logits: one [P, V_m] tensor per model (V_m ≥ vocab, any float dtype, one device);
-    targets: [P] token ids < vocab."""
+    targets: [P] token ids < vocab. Checks the settings first (check_settings)."""
+    check_settings(settings, len(logits))
+    return _each_position(logits, targets, vocab, settings, cfg)
+
+
+def score_positions(logits: Sequence[torch.Tensor], targets: torch.Tensor, vocab: int,
+                    settings: Sequence[Setting], cfg: FusionConfig | None = None) -> ChunkSums:
+    """Sums over positions of score_each_position (what evaluate accumulates)."""
+    check_settings(settings, len(logits))
+    return score_chunk(logits, targets, vocab, settings, cfg)
+
+
+def score_chunk(logits: Sequence[torch.Tensor], targets: torch.Tensor, vocab: int,
+                settings: Sequence[Setting], cfg: FusionConfig | None = None) -> ChunkSums:
+    """score_positions for a caller that has checked the settings once already
+    (evaluate, for each chunk of each batch): it trusts them."""
+    s = _each_position(logits, targets, vocab, settings, cfg)
+    return ChunkSums(positions=int(targets.shape[0]), model_nll=s.model_nll.sum(1),
+                     fusion_nll=s.fusion_nll.sum(1), fusion_weights=s.weights.sum(1))
+
+
+def _each_position(logits: Sequence[torch.Tensor], targets: torch.Tensor, vocab: int,
+                   settings: Sequence[Setting], cfg: FusionConfig | None) -> PositionScores:
     n = len(logits)
-    check_settings(settings, n)
     if any(z.shape[1] < vocab for z in logits):
         raise ValueError(f"every model needs at least {vocab} output rows, got {[z.shape[1] for z in logits]}")
     device = logits[0].device
@@ -310,6 +331,23 @@ def score_each_position(logits: Sequence[torch.Tensor], targets: torch.Tensor, v
     P = targets.shape[0]
 
     base = torch.stack([base_nll(z, targets, m, cfg) for m, z in enumerate(logits)])    # [N, P]
+    if not settings:
+        return PositionScores(model_nll=base, fusion_nll=torch.zeros(0, P, dtype=torch.float64),
+                              weights=torch.zeros(0, P, n, dtype=torch.float64))
+    alphas, coefs = _weights(logits, vocab, settings, cfg)                               # [P, N] each
+    # settings with identical coefficients share one fused pass: e.g. poe with betas
+    # 1/N IS average, so a sweep over both does that half of its work once
+    unique: dict[bytes, int] = {}
+    slot = [unique.setdefault(c.numpy().tobytes(), len(unique)) for c in coefs]        # [K]
+    distinct = [coefs[slot.index(u)] for u in range(len(unique))]
+    coef = torch.stack(distinct, 1).float().to(device)                                   # [P, U, N]
+    fused = fused_nll(logits, targets, vocab, coef, cfg)[slot]                           # [K, P]
+    return PositionScores(model_nll=base, fusion_nll=fused, weights=torch.stack(alphas))  # weights [K, P, N]
+
+
+def _weights(logits: Sequence[torch.Tensor], vocab: int, settings: Sequence[Setting],
+             cfg: FusionConfig) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per setting: α [P, N] and the coefficients c = α / T [P, N] (float64, CPU)."""
     views = [ModelLogits(z, vocab, cfg) for z in logits]
     alphas, coefs = [], []
     try:
@@ -317,30 +355,10 @@ def score_each_position(logits: Sequence[torch.Tensor], targets: torch.Tensor, v
             temps = [float(t) for t in s["temperatures"]]
             alpha = STRATEGIES[s["type"]].weights([v.at(t) for v, t in zip(views, temps)], s)  # [P, N]
             alphas.append(alpha)
-            coefs.append(alpha / torch.tensor(temps, dtype=torch.float64))               # [P, N]
+            coefs.append(alpha / torch.tensor(temps, dtype=torch.float64))                     # [P, N]
     finally:
         # TempStats points back at its ModelLogits: break the cycle now, or each chunk's
         # logits live until the cyclic GC runs and peak memory grows with the text.
         for v in views:
             v._stats.clear()
-    if settings:
-        weights = torch.stack(alphas)                                                    # [K, P, N]
-        # settings with identical coefficients share one fused pass: e.g. poe with betas
-        # 1/N IS average, so a sweep over both does that half of its work once
-        unique: dict[bytes, int] = {}
-        slot = [unique.setdefault(c.numpy().tobytes(), len(unique)) for c in coefs]    # [K]
-        distinct = [coefs[slot.index(u)] for u in range(len(unique))]
-        coef = torch.stack(distinct, 1).float().to(device)                               # [P, U, N]
-        fused = fused_nll(logits, targets, vocab, coef, cfg)[slot]                       # [K, P]
-    else:
-        weights = torch.zeros(0, P, n, dtype=torch.float64)
-        fused = torch.zeros(0, P, dtype=torch.float64)
-    return PositionScores(model_nll=base, fusion_nll=fused, weights=weights)
-
-
-def score_positions(logits: Sequence[torch.Tensor], targets: torch.Tensor, vocab: int,
-                    settings: Sequence[Setting], cfg: FusionConfig | None = None) -> ChunkSums:
-    """Sums over positions of score_each_position (what evaluate accumulates)."""
-    s = score_each_position(logits, targets, vocab, settings, cfg)
-    return ChunkSums(positions=int(targets.shape[0]), model_nll=s.model_nll.sum(1),
-                     fusion_nll=s.fusion_nll.sum(1), fusion_weights=s.weights.sum(1))
+    return alphas, coefs

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import spec
-from kotara_worker.evaluate import Cancelled, EvalConfig, NumericalError, Sums, evaluate, plan_batches
+from kotara_worker.evaluate import Cancelled, EvalConfig, Model, NumericalError, Sums, evaluate, plan_batches
 from kotara_worker.fusion import FusionConfig
-from kotara_worker.models import load_models
+from kotara_worker.models import LoadedModel, load_models
 from kotara_worker.windows import plan_windows
 from test_fusion import all_settings, reference, reference_base, setting
 from tiny_models import FakeModel
@@ -262,6 +262,12 @@ def test_nan_logits_in_a_later_chunk_and_block_name_their_window_and_tokens(bad_
     assert e.value.position == row_in_batch % 40          # the row in its chunk
     assert str(e.value) == (f"model fake-nan: NaN or infinite logits in window {expected} "
                             f"(tokens {w.start}..{w.end - 1})")
+
+
+def test_the_model_protocol_is_what_loaded_and_fake_models_offer(loaded):
+    assert isinstance(loaded[1]["gpt2-a"], LoadedModel) and isinstance(loaded[1]["gpt2-a"], Model)
+    assert isinstance(FakeModel(10), Model)
+    assert not isinstance(object(), Model)
 
 
 def test_sweep_sized_settings_equal_one_setting_at_a_time():
