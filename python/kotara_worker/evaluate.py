@@ -12,15 +12,40 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 
-from .fusion import ChunkSums, FusionConfig, NumericalError, Setting, check_settings, score_positions
+from .fusion import ChunkSums, FusionConfig, NumericalError, Setting, check_settings, score_chunk
 from .windows import Window
 
-__all__ = ["Sums", "Cancelled", "NumericalError", "EvalConfig", "plan_batches", "evaluate"]
+__all__ = ["Model", "Sums", "Cancelled", "NumericalError", "EvalConfig", "plan_batches", "evaluate", "run_pass"]
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What the pass needs of a model: models.LoadedModel, or the tests' FakeModel. Like
+    lm-evaluation-harness's LM class, the one interface a backend implements; here it
+    is cut down to one forward per batch and a head on the scored rows."""
+
+    ref: str                 # the name errors give
+    device: torch.device     # where its input ids go; the first model's device fuses
+    head_path: str           # "scored": hidden() over the batch, head() on the scored rows only;
+                             # "full": full_logits() (logits post-processed after the head)
+
+    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] token ids -> [B, L, H] last hidden states, on self.device."""
+        ...
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[P, H] hidden states -> [P, V_m] logits (the model's own dtype)."""
+        ...
+
+    def full_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] token ids -> [B, L, V_m] logits, as the model's own forward gives them."""
+        ...
 
 
 @dataclass
@@ -105,45 +130,40 @@ def _scored_positions(windows: Sequence[Window], token_ids: torch.Tensor, offset
     return torch.cat(b_idx), torch.cat(p_idx), torch.cat(targets)
 
 
-def _forward(model, ids: torch.Tensor) -> torch.Tensor:
+def _forward(model: Model, ids: torch.Tensor) -> torch.Tensor:
     # inference_mode is per thread: a pool thread needs its own
     with torch.inference_mode():
         return model.hidden(ids) if model.head_path == "scored" else model.full_logits(ids)
 
 
 @torch.inference_mode()
-def evaluate(models: Sequence, token_ids: torch.Tensor, windows: Sequence[Window], settings: Sequence[Setting],
-             batch_size: int, bos_id: int | None, vocab: int, resume: Sums | None,
+def evaluate(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence[Window],
+             settings: Sequence[Setting], batch_size: int, bos_id: int | None, vocab: int, resume: Sums | None,
              on_progress: Callable[[Sums], None], progress_every: int,
              should_stop: Callable[[], bool], cfg: EvalConfig | None = None) -> Sums:
     """Σ NLL of every model (T = 1, whole output layer) and every setting (over [:vocab])
-    on the scored targets of `windows`; `resume` continues from a checkpoint's sums."""
+    on the scored targets of `windows`; `resume` continues from a checkpoint's sums.
+    The library's entry point: checks the settings, then run_pass checks the rest."""
+    check_settings(settings, len(models))
+    return run_pass(models, token_ids, windows, settings, batch_size, bos_id, vocab, resume,
+                    on_progress, progress_every, should_stop, cfg)
+
+
+@torch.inference_mode()
+def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence[Window],
+             settings: Sequence[Setting], batch_size: int, bos_id: int | None, vocab: int, resume: Sums | None,
+             on_progress: Callable[[Sums], None], progress_every: int,
+             should_stop: Callable[[], bool], cfg: EvalConfig | None = None) -> Sums:
+    """evaluate() for a caller that has checked the settings already (the server does, once
+    per request, before tokenizing): the settings are trusted, everything else is checked."""
     cfg = cfg or EvalConfig.for_device(models[0].device)
-    n_models, n_settings = len(models), len(settings)
-    check_settings(settings, n_models)
     token_ids = token_ids.reshape(-1).long().cpu()                                 # [n]
     offset = 0 if bos_id is None else 1
-    for i, w in enumerate(windows):
-        # without a BOS the window's first token has no context and cannot be a target
-        if not (0 <= w.start and w.start + 1 - offset <= w.first_scored < w.end <= token_ids.numel()):
-            raise ValueError(f"window {i} {w} does not fit a {token_ids.numel()}-token stream"
-                             f"{'' if offset else ' without BOS'}")
-    if token_ids.numel() and (int(token_ids.max()) >= vocab or int(token_ids.min()) < 0):
-        raise ValueError(f"token ids must lie in [0, {vocab})")
-
-    sums = copy.deepcopy(resume) if resume is not None else Sums.zeros(n_models, n_settings)
-    if (len(sums.model_nll) != n_models or len(sums.fusion_nll) != n_settings
-            or any(len(r) != n_models for r in sums.fusion_weights) or len(sums.fusion_weights) != n_settings
-            or not 0 <= sums.windows_done <= len(windows)):
-        raise ValueError(f"resume sums do not match {n_models} models, {n_settings} settings, "
-                         f"{len(windows)} windows")
-    fuse_device = models[0].device
-    fusion_cfg = cfg.fusion or FusionConfig.for_device(fuse_device)
+    _check_stream(windows, token_ids, offset, vocab)
+    sums = _starting_sums(resume, len(models), len(settings), len(windows))
+    fusion_cfg = cfg.fusion or FusionConfig.for_device(models[0].device)
     reported = sums.windows_done
-    devices = [m.device for m in models]
-    concurrent = cfg.concurrent if cfg.concurrent is not None else (
-        len(models) > 1 and all(d.type == "cuda" for d in devices) and len(set(map(str, devices))) == len(models))
-    with ThreadPoolExecutor(len(models), thread_name_prefix="kotara-forward") if concurrent else nullcontext() as pool:
+    with _forward_pool(models, cfg.concurrent) as pool:
         for batch in plan_batches(windows, batch_size):
             if batch.stop <= sums.windows_done:
                 continue                                            # done before the checkpoint
@@ -161,27 +181,67 @@ def evaluate(models: Sequence, token_ids: torch.Tensor, windows: Sequence[Window
             sources = list(pool.map(_forward, models, [ids] * len(models))) if pool else [_forward(m, ids) for m in models]
             for c in range(0, targets.numel(), cfg.position_chunk):
                 sel = slice(c, c + cfg.position_chunk)
-                logits = []
-                for m, src in zip(models, sources):
-                    rows = src[b_idx[sel].to(src.device), p_idx[sel].to(src.device)]  # [p, H] or [p, V]
-                    z = m.head(rows) if m.head_path == "scored" else rows            # [p, V_m]
-                    logits.append(z.to(fuse_device))
                 try:
-                    part = score_positions(logits, targets[sel], vocab, settings, fusion_cfg)
+                    part = _score_chunk(models, sources, b_idx[sel], p_idx[sel], targets[sel], vocab, settings,
+                                        fusion_cfg)
                 except NumericalError as e:
-                    w = batch.start + int(b_idx[c + e.position])
-                    ref = models[e.model_index].ref
-                    raise NumericalError(f"model {ref}: NaN or infinite logits in window {w} "
-                                         f"(tokens {windows[w].start}..{windows[w].end - 1})",
-                                         model_index=e.model_index, position=e.position, model_ref=ref,
-                                         window=w) from None
+                    raise _in_window(e, models, windows, batch.start + int(b_idx[c + e.position])) from None
                 sums.add(part)
-                # free this chunk's [p, V] logits now: kept alive, the last chunk's would sit
-                # in memory through the next batch's forward and raise the peak by ~2 × 50 MiB
-                del logits, rows, z, part
             del sources
             sums.windows_done = batch.stop
             if sums.windows_done - reported >= progress_every:
                 reported = sums.windows_done
                 on_progress(copy.deepcopy(sums))
     return sums
+
+
+def _check_stream(windows: Sequence[Window], token_ids: torch.Tensor, offset: int, vocab: int) -> None:
+    for i, w in enumerate(windows):
+        # without a BOS the window's first token has no context and cannot be a target
+        if not (0 <= w.start and w.start + 1 - offset <= w.first_scored < w.end <= token_ids.numel()):
+            raise ValueError(f"window {i} {w} does not fit a {token_ids.numel()}-token stream"
+                             f"{'' if offset else ' without BOS'}")
+    if token_ids.numel() and (int(token_ids.max()) >= vocab or int(token_ids.min()) < 0):
+        raise ValueError(f"token ids must lie in [0, {vocab})")
+
+
+def _starting_sums(resume: Sums | None, n_models: int, n_settings: int, n_windows: int) -> Sums:
+    sums = copy.deepcopy(resume) if resume is not None else Sums.zeros(n_models, n_settings)
+    if (len(sums.model_nll) != n_models or len(sums.fusion_nll) != n_settings
+            or any(len(r) != n_models for r in sums.fusion_weights) or len(sums.fusion_weights) != n_settings
+            or not 0 <= sums.windows_done <= n_windows):
+        raise ValueError(f"resume sums do not match {n_models} models, {n_settings} settings, "
+                         f"{n_windows} windows")
+    return sums
+
+
+def _forward_pool(models: Sequence[Model], concurrent: bool | None) -> AbstractContextManager:
+    """Threads for the forwards when they can overlap (see EvalConfig.concurrent), else none."""
+    devices = [m.device for m in models]
+    if concurrent is None:
+        concurrent = len(models) > 1 and all(d.type == "cuda" for d in devices) and \
+            len(set(map(str, devices))) == len(models)
+    return ThreadPoolExecutor(len(models), thread_name_prefix="kotara-forward") if concurrent else nullcontext()
+
+
+def _score_chunk(models: Sequence[Model], sources: Sequence[torch.Tensor], b_idx: torch.Tensor,
+                 p_idx: torch.Tensor, targets: torch.Tensor, vocab: int, settings: Sequence[Setting],
+                 fusion_cfg: FusionConfig) -> ChunkSums:
+    """The sums of one chunk of scored positions. Its [p, V] logits are the pass's biggest
+    tensors; they die when this returns, so none is alive through the next batch's forward."""
+    fuse_device = models[0].device
+    logits = []
+    for m, src in zip(models, sources):
+        rows = src[b_idx.to(src.device), p_idx.to(src.device)]                     # [p, H] or [p, V]
+        z = m.head(rows) if m.head_path == "scored" else rows                       # [p, V_m]
+        logits.append(z.to(fuse_device))
+    return score_chunk(logits, targets, vocab, settings, fusion_cfg)
+
+
+def _in_window(e: NumericalError, models: Sequence[Model], windows: Sequence[Window], w: int) -> NumericalError:
+    """The fusion's NumericalError (a model index and a position in the chunk), told in
+    the user's terms: the model's ref and the window, with its tokens."""
+    ref = models[e.model_index].ref
+    return NumericalError(f"model {ref}: NaN or infinite logits in window {w} "
+                          f"(tokens {windows[w].start}..{windows[w].end - 1})",
+                          model_index=e.model_index, position=e.position, model_ref=ref, window=w)

@@ -22,6 +22,7 @@ All NLL math is float32 whatever the model dtype; sums are float64.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -159,9 +160,8 @@ def average(stats: list[TempStats], setting: Setting) -> torch.Tensor:
 
 def poe(stats: list[TempStats], setting: Setting) -> torch.Tensor:
     # Σ β_m log_softmax(y_m), renormalized by the final softmax (SPEC §3): static weights β
-    n = len(stats)
-    betas = setting.get("betas") or [1.0 / n] * n
-    return torch.tensor(betas, dtype=torch.float64).expand(stats[0].n_positions, n)
+    # the controller resolves the default (1/N each): a setting always carries its betas
+    return torch.tensor(setting["betas"], dtype=torch.float64).expand(stats[0].n_positions, len(stats))
 
 
 def entropy(stats: list[TempStats], setting: Setting) -> torch.Tensor:
@@ -173,28 +173,53 @@ def gap(stats: list[TempStats], setting: Setting) -> torch.Tensor:
     return _normalize(torch.stack([s.top_gap for s in stats], 1))          # [P, N]
 
 
-STRATEGIES: dict[str, WeightFn] = {
-    "average": average,
-    "poe": poe,
-    "entropy": entropy,
-    "gap": gap,
+@dataclass(frozen=True)
+class Strategy:
+    """A registry entry: the weight function, and the per-model list parameters (beyond
+    `temperatures`, which every strategy takes) that it reads from a setting."""
+    weights: WeightFn
+    params: tuple[str, ...] = ()
+
+
+# The one place a strategy is declared on this side (its parameters' defaults and
+# config schema live in src/strategies.ts). A new strategy whose parameters are
+# per-model lists of numbers needs nothing here but its entry.
+STRATEGIES: dict[str, Strategy] = {
+    "average": Strategy(average),
+    "poe": Strategy(poe, params=("betas",)),
+    "entropy": Strategy(entropy),
+    "gap": Strategy(gap),
 }
+_FIXED_FIELDS = ("id", "type", "temperatures")
+
+
+def _number_per_model(s: Setting, key: str, n_models: int, name: str) -> list[float]:
+    value = s.get(key)
+    if (not isinstance(value, (list, tuple)) or len(value) != n_models
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value)):
+        raise ValueError(f"setting {name}: {key} must list one finite number per model ({n_models}), got {value!r}")
+    return list(value)
 
 
 def check_settings(settings: Sequence[Setting], n_models: int) -> None:
+    """ValueError naming the setting and the field unless every setting has a known type;
+    `temperatures` (each > 0) and every parameter its strategy declares are lists of
+    n_models finite numbers; and any other field is null or absent."""
     for s in settings:
         name = s.get("id", s.get("type"))
-        if s.get("type") not in STRATEGIES:
-            raise ValueError(f"setting {name}: unknown strategy type {s.get('type')!r} "
-                             f"(known: {', '.join(STRATEGIES)})")
-        temps = s.get("temperatures")
-        if temps is None or len(temps) != n_models:
-            raise ValueError(f"setting {name}: needs one temperature per model ({n_models})")
+        kind = s.get("type")
+        strategy = STRATEGIES.get(kind) if isinstance(kind, str) else None
+        if strategy is None:
+            raise ValueError(f"setting {name}: unknown strategy type {kind!r} (known: {', '.join(STRATEGIES)})")
+        temps = _number_per_model(s, "temperatures", n_models, name)
         if not all(t > 0 for t in temps):
-            raise ValueError(f"setting {name}: temperatures must be > 0, got {list(temps)}")
-        betas = s.get("betas")
-        if betas is not None and len(betas) != n_models:
-            raise ValueError(f"setting {name}: needs one beta per model ({n_models})")
+            raise ValueError(f"setting {name}: temperatures must be > 0, got {temps}")
+        for key in strategy.params:
+            _number_per_model(s, key, n_models, name)
+        for key, value in s.items():
+            if key not in _FIXED_FIELDS and key not in strategy.params and value is not None:
+                takes = " and ".join(("temperatures", *strategy.params))
+                raise ValueError(f"setting {name}: {kind} takes no {key} (only {takes}), got {value!r}")
 
 
 # ----------------------------------------------------------------------------- the shared fast path
@@ -274,9 +299,30 @@ def score_each_position(logits: Sequence[torch.Tensor], targets: torch.Tensor, v
                         settings: Sequence[Setting], cfg: FusionConfig | None = None) -> PositionScores:
     """Per-position NLLs of every model and every setting from the same logits.
     logits: one [P, V_m] tensor per model (V_m ≥ vocab, any float dtype, one device);
-    targets: [P] token ids < vocab."""
+    targets: [P] token ids < vocab. Checks the settings first (check_settings)."""
+    check_settings(settings, len(logits))
+    return _each_position(logits, targets, vocab, settings, cfg)
+
+
+def score_positions(logits: Sequence[torch.Tensor], targets: torch.Tensor, vocab: int,
+                    settings: Sequence[Setting], cfg: FusionConfig | None = None) -> ChunkSums:
+    """Sums over positions of score_each_position (what evaluate accumulates)."""
+    check_settings(settings, len(logits))
+    return score_chunk(logits, targets, vocab, settings, cfg)
+
+
+def score_chunk(logits: Sequence[torch.Tensor], targets: torch.Tensor, vocab: int,
+                settings: Sequence[Setting], cfg: FusionConfig | None = None) -> ChunkSums:
+    """score_positions for a caller that has checked the settings once already
+    (evaluate, for each chunk of each batch): it trusts them."""
+    s = _each_position(logits, targets, vocab, settings, cfg)
+    return ChunkSums(positions=int(targets.shape[0]), model_nll=s.model_nll.sum(1),
+                     fusion_nll=s.fusion_nll.sum(1), fusion_weights=s.weights.sum(1))
+
+
+def _each_position(logits: Sequence[torch.Tensor], targets: torch.Tensor, vocab: int,
+                   settings: Sequence[Setting], cfg: FusionConfig | None) -> PositionScores:
     n = len(logits)
-    check_settings(settings, n)
     if any(z.shape[1] < vocab for z in logits):
         raise ValueError(f"every model needs at least {vocab} output rows, got {[z.shape[1] for z in logits]}")
     device = logits[0].device
@@ -285,37 +331,34 @@ def score_each_position(logits: Sequence[torch.Tensor], targets: torch.Tensor, v
     P = targets.shape[0]
 
     base = torch.stack([base_nll(z, targets, m, cfg) for m, z in enumerate(logits)])    # [N, P]
+    if not settings:
+        return PositionScores(model_nll=base, fusion_nll=torch.zeros(0, P, dtype=torch.float64),
+                              weights=torch.zeros(0, P, n, dtype=torch.float64))
+    alphas, coefs = _weights(logits, vocab, settings, cfg)                               # [P, N] each
+    # settings with identical coefficients share one fused pass: e.g. poe with betas
+    # 1/N IS average, so a sweep over both does that half of its work once
+    unique: dict[bytes, int] = {}
+    slot = [unique.setdefault(c.numpy().tobytes(), len(unique)) for c in coefs]        # [K]
+    distinct = [coefs[slot.index(u)] for u in range(len(unique))]
+    coef = torch.stack(distinct, 1).float().to(device)                                   # [P, U, N]
+    fused = fused_nll(logits, targets, vocab, coef, cfg)[slot]                           # [K, P]
+    return PositionScores(model_nll=base, fusion_nll=fused, weights=torch.stack(alphas))  # weights [K, P, N]
+
+
+def _weights(logits: Sequence[torch.Tensor], vocab: int, settings: Sequence[Setting],
+             cfg: FusionConfig) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per setting: α [P, N] and the coefficients c = α / T [P, N] (float64, CPU)."""
     views = [ModelLogits(z, vocab, cfg) for z in logits]
     alphas, coefs = [], []
     try:
         for s in settings:
             temps = [float(t) for t in s["temperatures"]]
-            alpha = STRATEGIES[s["type"]]([v.at(t) for v, t in zip(views, temps)], s)  # [P, N]
+            alpha = STRATEGIES[s["type"]].weights([v.at(t) for v, t in zip(views, temps)], s)  # [P, N]
             alphas.append(alpha)
-            coefs.append(alpha / torch.tensor(temps, dtype=torch.float64))               # [P, N]
+            coefs.append(alpha / torch.tensor(temps, dtype=torch.float64))                     # [P, N]
     finally:
         # TempStats points back at its ModelLogits: break the cycle now, or each chunk's
         # logits live until the cyclic GC runs and peak memory grows with the text.
         for v in views:
             v._stats.clear()
-    if settings:
-        weights = torch.stack(alphas)                                                    # [K, P, N]
-        # settings with identical coefficients share one fused pass: e.g. poe with its
-        # default betas 1/N IS average, so a sweep over both does that half of its work once
-        unique: dict[bytes, int] = {}
-        slot = [unique.setdefault(c.numpy().tobytes(), len(unique)) for c in coefs]    # [K]
-        distinct = [coefs[slot.index(u)] for u in range(len(unique))]
-        coef = torch.stack(distinct, 1).float().to(device)                               # [P, U, N]
-        fused = fused_nll(logits, targets, vocab, coef, cfg)[slot]                       # [K, P]
-    else:
-        weights = torch.zeros(0, P, n, dtype=torch.float64)
-        fused = torch.zeros(0, P, dtype=torch.float64)
-    return PositionScores(model_nll=base, fusion_nll=fused, weights=weights)
-
-
-def score_positions(logits: Sequence[torch.Tensor], targets: torch.Tensor, vocab: int,
-                    settings: Sequence[Setting], cfg: FusionConfig | None = None) -> ChunkSums:
-    """Sums over positions of score_each_position (what evaluate accumulates)."""
-    s = score_each_position(logits, targets, vocab, settings, cfg)
-    return ChunkSums(positions=int(targets.shape[0]), model_nll=s.model_nll.sum(1),
-                     fusion_nll=s.fusion_nll.sum(1), fusion_weights=s.weights.sum(1))
+    return alphas, coefs

@@ -196,20 +196,13 @@ def _check_head(m: LoadedModel) -> str:
 
 def load_models(specs: list[dict[str, Any]], tokenizer_ref: str | None, max_length: int | None,
                 bos_per_window: bool, status: Callable[[str], None]) -> tuple[Any, list[LoadedModel]]:
-    from transformers import AutoConfig, AutoModelForCausalLM
     model_specs = [ModelSpec.from_dict(s) for s in specs]
     if not model_specs:
         raise LoadError("bad_request", "no models to load")
-
     # the tokenizer: tokenizer_ref or the first model's; remote code only if that model asked for it
     tok_ref = tokenizer_ref or model_specs[0].ref
     owner = next((s for s in model_specs if s.ref == tok_ref), None)
-    tok_kw = owner.hub_kwargs() if owner else {"trust_remote_code": False}
-    status(f"loading tokenizer {tok_ref}")
-    tokenizer = _load_tokenizer(tok_ref, tok_kw, "tokenizer")
-    if tokenizer is None:
-        raise LoadError("not_found", f"tokenizer {tok_ref} not found: the directory has no tokenizer files "
-                                     f"({', '.join(_TOKENIZER_FILES[:4])}, ...); set `tokenizer:`")
+    tokenizer = _main_tokenizer(tok_ref, owner, status)
     vocab = tokenizer.get_vocab()
     n_vocab = len(tokenizer)
 
@@ -217,45 +210,77 @@ def load_models(specs: list[dict[str, Any]], tokenizer_ref: str | None, max_leng
     for i, spec in enumerate(model_specs):
         kw = spec.hub_kwargs()
         status(f"loading model {i + 1}/{len(model_specs)}: {spec.ref}")
-        try:
-            config = AutoConfig.from_pretrained(spec.ref, **kw)
-        except Exception as e:  # noqa: BLE001
-            raise _load_error(e, "model", spec.ref) from e
-
+        config = _load_config(spec, kw)
         # one vocabulary (SPEC §3): compare the vocabularies, not the names
         if spec.ref != tok_ref or spec.revision != (owner.revision if owner else None):
-            own = _load_tokenizer(spec.ref, kw, "tokenizer of model")
-            diff = _vocab_difference(own.get_vocab(), vocab) if own is not None else None
-            if diff is not None:
-                raise LoadError("tokenizer_mismatch", f"model {spec.ref} has a different vocabulary from the "
-                                                      f"tokenizer {tok_ref}: {diff}")
-
-        max_positions = _max_positions(config)
-        need = None if max_length is None else max_length + (1 if bos_per_window else 0)
-        if need is not None and max_positions is not None and need > max_positions:
-            raise LoadError("context", f"model {spec.ref} has a context of {max_positions} positions; "
-                                       f"max_length {max_length}{' + 1 BOS' if bos_per_window else ''} "
-                                       f"needs {need}")
-
-        device = _pick_device(spec.device)
-        dtype = _pick_dtype(spec.dtype, device, config)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(spec.ref, config=config, **{_DTYPE_KWARG: dtype}, **kw)
-        except Exception as e:  # noqa: BLE001
-            raise _load_error(e, "model", spec.ref) from e
-        model.to(device).eval().requires_grad_(False)
-
-        head = model.get_output_embeddings()
-        rows = head.weight.shape[0] if head is not None else int(config.vocab_size)
-        if rows < n_vocab:
-            raise LoadError("tokenizer_mismatch", f"model {spec.ref} has {rows} output rows but the tokenizer "
-                                                  f"{tok_ref} has {n_vocab} tokens")
-        body = model.base_model if model.base_model is not model else None
-        loaded = LoadedModel(ref=spec.ref, model=model, device=device, dtype=dtype, vocab_size=rows,
-                             max_positions=max_positions, parameters=sum(p.numel() for p in model.parameters()),
-                             _body=body)
-        loaded.head_path = "full" if head is None or body is None else _check_head(loaded)
-        status(f"loaded {spec.ref}: {loaded.parameters:,} parameters, {device}, "
+            _check_vocabulary(spec, kw, vocab, tok_ref)
+        max_positions = _check_context(spec, config, max_length, bos_per_window)
+        loaded = _load_model(spec, config, kw, n_vocab, tok_ref, max_positions)
+        status(f"loaded {spec.ref}: {loaded.parameters:,} parameters, {loaded.device}, "
                f"{loaded.describe()['dtype']}, head path {loaded.head_path}")
         models.append(loaded)
     return tokenizer, models
+
+
+def _main_tokenizer(tok_ref: str, owner: ModelSpec | None, status: Callable[[str], None]) -> Any:
+    tok_kw = owner.hub_kwargs() if owner else {"trust_remote_code": False}
+    status(f"loading tokenizer {tok_ref}")
+    tokenizer = _load_tokenizer(tok_ref, tok_kw, "tokenizer")
+    if tokenizer is None:
+        raise LoadError("not_found", f"tokenizer {tok_ref} not found: the directory has no tokenizer files "
+                                     f"({', '.join(_TOKENIZER_FILES[:4])}, ...); set `tokenizer:`")
+    return tokenizer
+
+
+def _load_config(spec: ModelSpec, kw: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(spec.ref, **kw)
+    except Exception as e:  # noqa: BLE001
+        raise _load_error(e, "model", spec.ref) from e
+
+
+def _check_vocabulary(spec: ModelSpec, kw: dict[str, Any], vocab: dict[str, int], tok_ref: str) -> None:
+    """A model with a tokenizer of its own must have the fusion's vocabulary (one without
+    any tokenizer files is taken as using the named one)."""
+    own = _load_tokenizer(spec.ref, kw, "tokenizer of model")
+    diff = _vocab_difference(own.get_vocab(), vocab) if own is not None else None
+    if diff is not None:
+        raise LoadError("tokenizer_mismatch", f"model {spec.ref} has a different vocabulary from the "
+                                              f"tokenizer {tok_ref}: {diff}")
+
+
+def _check_context(spec: ModelSpec, config: Any, max_length: int | None, bos_per_window: bool) -> int | None:
+    """The model's context length (None: unknown), which must hold max_length (+ the BOS)."""
+    max_positions = _max_positions(config)
+    need = None if max_length is None else max_length + (1 if bos_per_window else 0)
+    if need is not None and max_positions is not None and need > max_positions:
+        raise LoadError("context", f"model {spec.ref} has a context of {max_positions} positions; "
+                                   f"max_length {max_length}{' + 1 BOS' if bos_per_window else ''} "
+                                   f"needs {need}")
+    return max_positions
+
+
+def _load_model(spec: ModelSpec, config: Any, kw: dict[str, Any], n_vocab: int, tok_ref: str,
+                max_positions: int | None) -> LoadedModel:
+    """The weights on their device in eval mode, with enough output rows, and the head path."""
+    from transformers import AutoModelForCausalLM
+    device = _pick_device(spec.device)
+    dtype = _pick_dtype(spec.dtype, device, config)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(spec.ref, config=config, **{_DTYPE_KWARG: dtype}, **kw)
+    except Exception as e:  # noqa: BLE001
+        raise _load_error(e, "model", spec.ref) from e
+    model.to(device).eval().requires_grad_(False)
+
+    head = model.get_output_embeddings()
+    rows = head.weight.shape[0] if head is not None else int(config.vocab_size)
+    if rows < n_vocab:
+        raise LoadError("tokenizer_mismatch", f"model {spec.ref} has {rows} output rows but the tokenizer "
+                                              f"{tok_ref} has {n_vocab} tokens")
+    body = model.base_model if model.base_model is not model else None
+    loaded = LoadedModel(ref=spec.ref, model=model, device=device, dtype=dtype, vocab_size=rows,
+                         max_positions=max_positions, parameters=sum(p.numel() for p in model.parameters()),
+                         _body=body)
+    loaded.head_path = "full" if head is None or body is None else _check_head(loaded)
+    return loaded

@@ -7,9 +7,11 @@ arrived (a cancel, or a shutdown).
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import time
 import traceback
+from collections.abc import Callable
 
 import torch
 import transformers
@@ -38,7 +40,7 @@ class Server:
             "type": "hello",
             "protocol_version": protocol.PROTOCOL_VERSION,
             "worker_version": __version__,
-            "pid": __import__("os").getpid(),
+            "pid": os.getpid(),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -99,56 +101,31 @@ class Server:
         })
 
     def evaluate(self, message: dict) -> None:
-        if not self.models:
-            raise RequestError("bad_request", "no models are loaded (send load first)")
         request_id = message["request_id"]
         data = message["dataset"]
-        max_length, stride, bos = data["max_length"], data["stride"], data["bos_per_window"]
-        for m in self.models:
-            need = max_length + (1 if bos else 0)
-            if m.max_positions is not None and need > m.max_positions:
-                raise RequestError("context", f"max_length {max_length}{' + BOS' if bos else ''} is over the "
-                                              f"context of {m.ref} ({m.max_positions} positions)")
-        bos_id = None
-        if bos:
-            bos_id = self.tokenizer.bos_token_id
-            if bos_id is None:
-                raise RequestError("bad_request", "dataset.bos_per_window is true but the tokenizer has no BOS token")
-        try:
-            check_settings(message["settings"], len(self.models))  # before tokenizing: fail fast
-        except ValueError as e:
-            raise RequestError("bad_request", str(e)) from None
+        bos_id = self.check_request(message)  # before tokenizing: fail fast
         reset_peak_memory()  # the request's peak: tokenizing and the pass
         tokenize_started = time.perf_counter()
         token_ids = self.tokenize(data["path"])
         tokenize_seconds = time.perf_counter() - tokenize_started
         try:
-            windows = plan_windows(len(token_ids), max_length, stride, bos=bos)
+            windows = plan_windows(len(token_ids), data["max_length"], data["stride"], bos=data["bos_per_window"])
         except ValueError as e:
             raise RequestError("bad_request", str(e)) from None
         resume = ev.Sums(**message["resume"]) if message["resume"] else None
         tokens_total = len(token_ids)
         started = time.perf_counter()
-        cancelled = False
 
         def on_progress(sums: ev.Sums) -> None:
             self.channel.send({"type": "progress", "request_id": request_id, "windows_total": len(windows),
                                "tokens_total": tokens_total, "seconds": time.perf_counter() - started,
                                "sums": sums.to_dict()})
 
-        def should_stop() -> bool:
-            nonlocal cancelled
-            while (incoming := self.channel.recv(0)) is not None:
-                if incoming["type"] == "cancel" and incoming["request_id"] == request_id:
-                    cancelled = True
-                elif incoming["type"] == "shutdown":
-                    cancelled = True
-                    self.stopping = True
-            return cancelled
-
         try:
-            sums = ev.evaluate(self.models, token_ids, windows, message["settings"], message["batch_size"], bos_id,
-                               len(self.tokenizer), resume, on_progress, message["progress_every"], should_stop)
+            # the settings were checked above, once for the whole request: run_pass trusts them
+            sums = ev.run_pass(self.models, token_ids, windows, message["settings"], message["batch_size"], bos_id,
+                               len(self.tokenizer), resume, on_progress, message["progress_every"],
+                               self.stop_check(request_id))
         except ev.Cancelled as c:
             on_progress(c.sums)  # what was finished reaches the controller before the error
             raise
@@ -161,6 +138,47 @@ class Server:
         })
         if self.stopping:
             self.channel.send({"type": "bye"})
+
+    def check_request(self, message: dict) -> int | None:
+        """What an evaluate request can be refused for before any work: no models, a window
+        over a model's context, a BOS the tokenizer lacks, bad settings (checked here, the
+        one time for the request). Returns the BOS id to put at the head of every window."""
+        if not self.models:
+            raise RequestError("bad_request", "no models are loaded (send load first)")
+        data = message["dataset"]
+        max_length, bos = data["max_length"], data["bos_per_window"]
+        for m in self.models:
+            need = max_length + (1 if bos else 0)
+            if m.max_positions is not None and need > m.max_positions:
+                raise RequestError("context", f"max_length {max_length}{' + BOS' if bos else ''} is over the "
+                                              f"context of {m.ref} ({m.max_positions} positions)")
+        bos_id = None
+        if bos:
+            bos_id = self.tokenizer.bos_token_id
+            if bos_id is None:
+                raise RequestError("bad_request", "dataset.bos_per_window is true but the tokenizer has no BOS token")
+        try:
+            check_settings(message["settings"], len(self.models))
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
+        return bos_id
+
+    def stop_check(self, request_id) -> Callable[[], bool]:
+        """The pass's should_stop: reads what arrived meanwhile; a cancel of this request
+        or a shutdown stops it (a shutdown also ends the loop after the reply)."""
+        cancelled = False
+
+        def should_stop() -> bool:
+            nonlocal cancelled
+            while (incoming := self.channel.recv(0)) is not None:
+                if incoming["type"] == "cancel" and incoming["request_id"] == request_id:
+                    cancelled = True
+                elif incoming["type"] == "shutdown":
+                    cancelled = True
+                    self.stopping = True
+            return cancelled
+
+        return should_stop
 
     def tokenize(self, path: str) -> torch.Tensor:
         try:

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from conftest import spec
-from kotara_worker.evaluate import Cancelled, EvalConfig, NumericalError, Sums, evaluate, plan_batches
-from kotara_worker.models import load_models
+from kotara_worker.evaluate import Cancelled, EvalConfig, Model, NumericalError, Sums, evaluate, plan_batches
+from kotara_worker.fusion import FusionConfig
+from kotara_worker.models import LoadedModel, load_models
 from kotara_worker.windows import plan_windows
-from test_fusion import all_settings, reference, reference_base
+from test_fusion import all_settings, reference, reference_base, setting
 from tiny_models import FakeModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -190,12 +191,17 @@ def test_resume_after_cancel_is_bitwise_identical(bos):
     bos_id = 0 if bos else None
     whole = run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id)
 
+    # should_stop is asked once before each batch: False for calls 0..6, so batches
+    # 0..6 finish and the checkpoint holds every window up to the end of batch 6
+    assert len(windows) == math.ceil((3000 - 64) / 40) + 1 == 75   # the last one starts at 2960
+    batches = plan_batches(windows, 4)                        # 18 of 4, 2, the short last one
+    assert len(batches) > 8                                   # the cancel comes well before the end
     calls = iter(range(10**9))
     with pytest.raises(Cancelled) as e:
         run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id,
             should_stop=lambda: next(calls) == 7)
     checkpoint = e.value.sums
-    assert checkpoint.windows_done == 28
+    assert checkpoint.windows_done == batches[6].stop == 7 * 4  # seven full batches of 4
     resumed = run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id,
                   resume=Sums(**checkpoint.to_dict()))
     assert resumed == whole                                   # dataclass equality: exact floats
@@ -203,6 +209,7 @@ def test_resume_after_cancel_is_bitwise_identical(bos):
     snapshots: list[Sums] = []
     run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id,
         on_progress=snapshots.append, progress_every=9)
+    assert len(snapshots) >= 3                                # every 3 batches (12 ≥ 9 windows)
     for snap in snapshots[:3]:
         assert run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id, resume=snap) == whole
 
@@ -231,11 +238,43 @@ def test_nan_logits_name_the_model_and_the_window():
     assert "fake-nan" in str(e.value) and f"window {expected}" in str(e.value)
 
 
+@pytest.mark.parametrize("bad_at", [700, 1447])
+def test_nan_logits_in_a_later_chunk_and_block_name_their_window_and_tokens(bad_at):
+    # One NaN position, deep in the pass: windows of 64 with stride 32 (32 targets each),
+    # 3 windows a batch, 40 positions a chunk, 2 rows a fusion block. The bad token is the
+    # input at stream index bad_at, so the NaN row predicts target bad_at + 1: the window
+    # that scores that target is the one to name (computed here from the plan alone).
+    ids = fake_stream(1500, 49, 5)                         # tokens 0..48: 49 occurs once
+    ids[bad_at] = 49
+    windows = plan_windows(ids.numel(), 64, 32)
+    expected = next(i for i, w in enumerate(windows) if w.first_scored <= bad_at + 1 < w.end)
+    batch = next(b for b in plan_batches(windows, 3) if expected in b)
+    scored_before = sum(windows[i].n_scored for i in range(batch.start, expected))
+    row_in_batch = scored_before + (bad_at + 1 - windows[expected].first_scored)
+    assert row_in_batch >= 40 and row_in_batch % 40 >= 2  # a later chunk, a later block of it
+    assert expected > batch.start                         # not the batch's first window
+    models = [FakeModel(50, seed=0, ref="fake-ok"), FakeModel(50, seed=1, ref="fake-nan", nan_token=49)]
+    cfg = EvalConfig(position_chunk=40, fusion=FusionConfig(block_elems=2 * 50))
+    with pytest.raises(NumericalError) as e:
+        run(models, ids, windows, all_settings(2), batch_size=3, vocab=50, cfg=cfg)
+    w = windows[expected]
+    assert (e.value.model_ref, e.value.model_index, e.value.window) == ("fake-nan", 1, expected)
+    assert e.value.position == row_in_batch % 40          # the row in its chunk
+    assert str(e.value) == (f"model fake-nan: NaN or infinite logits in window {expected} "
+                            f"(tokens {w.start}..{w.end - 1})")
+
+
+def test_the_model_protocol_is_what_loaded_and_fake_models_offer(loaded):
+    assert isinstance(loaded[1]["gpt2-a"], LoadedModel) and isinstance(loaded[1]["gpt2-a"], Model)
+    assert isinstance(FakeModel(10), Model)
+    assert not isinstance(object(), Model)
+
+
 def test_sweep_sized_settings_equal_one_setting_at_a_time():
     ids = fake_stream(600, 50, 3)
     windows = plan_windows(ids.numel(), 64, 64)
     grid = [0.7, 0.85, 1.0, 1.15, 1.3]
-    settings = [{"id": f"{t}-{a}-{b}", "type": t, "temperatures": [a, b], "betas": None}
+    settings = [setting(t, 2, [a, b], id_=f"{t}-{a}-{b}")
                 for t in ("average", "poe", "entropy", "gap") for a in grid for b in grid]
     together = run(fakes(), ids, windows, settings, batch_size=4, vocab=50)
     for k in range(0, 100, 7):

@@ -1,7 +1,8 @@
 """Memory (issue "performance": peak memory must not grow with the length of the text
-beyond the token ids). The pass's live tensor bytes are counted exactly, op by op, so
-the claim is checked to the byte, free of the allocator noise a resident-memory peak
-carries; and server.py's accounting reports each request's own peak."""
+beyond the token ids). The pass's live tensor bytes are counted exactly, op by op, free
+of the allocator noise a resident-memory peak carries; and server.py's accounting
+reports each request's own peak. Resident-memory limits are measured against what the
+same test made resident on this machine, or say why they hold on any Linux."""
 from __future__ import annotations
 
 import os
@@ -73,7 +74,11 @@ def test_the_pass_holds_nothing_per_token_beyond_the_ids(tiny, kind):
     long, n_long = pass_peak(models, 47, vocab)
     chunk_logits = 2 * 40 * vocab * 4                        # one chunk's float32 logits, both models
     assert short > chunk_logits                              # the counter sees the pass's tensors
-    assert long - short == 8 * (n_long - n_short)            # exactly the extra token ids
+    # The extra int64 ids (8 bytes a token; the counter sees them through the views that
+    # slice windows out of them), and room for one copy should torch ever make one; any
+    # per-token growth of logits is ≥ 4·V bytes a scored token (test_the_counter_sees_a_leak),
+    # 2500× the ids at V = 5000 and 200× at V = 400.
+    assert long - short <= 2 * 8 * (n_long - n_short)
 
 
 def test_the_counter_sees_a_leak():
@@ -104,12 +109,18 @@ def test_the_peak_is_per_request():
     server.reset_peak_memory()
     before = server.peak_memory_bytes()
     x = torch.ones(32 * MiB)                                 # 128 MiB, written, so resident
+    size = x.numel() * x.element_size()
     held = server.peak_memory_bytes()
     del x
     server.reset_peak_memory()
     after = server.peak_memory_bytes()
-    assert held - before >= 120 * MiB                         # the request's own peak
-    assert after - before < 32 * MiB                          # the next request starts afresh
+    # Any Linux: every page of x is written, and written anonymous pages stay resident
+    # (nothing swaps in a millisecond); VmHWM ≥ VmRSS; 1/16 of x covers RSS counters that
+    # lag by a few per-CPU batches of pages.
+    assert held - before >= size * 15 / 16                    # the request's own peak
+    # x (≥ 32 MiB, glibc's largest mmap threshold) was an mmap of its own: freed, it left
+    # RSS at once, so a peak that forgot it is back near `before`, far below `held`.
+    assert after - before < (held - before) / 4               # the next request starts afresh
 
 
 @linux
@@ -120,10 +131,14 @@ def test_freed_heap_is_returned_before_a_request():
     server.release_memory()
     start = rss()
     blocks = [bytearray(64 * 1024) for _ in range(2048)]    # 128 MiB in 64 KiB blocks
+    allocated = rss() - start                                # what they made resident here
     del blocks[:-1]
     retained = rss() - start
     server.reset_peak_memory()
     released = rss() - start
-    assert retained >= 100 * MiB                              # the allocator kept it
-    assert released < 16 * MiB                                # and gave it back
-    assert server.peak_memory_bytes() - start < 16 * MiB      # so the next peak starts low
+    # Measured against `allocated` (this machine, this run: transparent huge pages or
+    # allocator padding scale all three alike), not against fixed sizes:
+    assert allocated >= 64 * 1024 * 2048 * 15 / 16           # the blocks are written (bytearray zeroes them)
+    assert retained >= allocated / 2                          # the allocator kept it
+    assert released < allocated / 8                           # and gave it back
+    assert server.peak_memory_bytes() - start < allocated / 8  # so the next peak starts low
