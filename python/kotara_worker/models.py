@@ -16,6 +16,8 @@ import torch
 import transformers
 from packaging import version
 
+from .protocol import RequestError
+
 # transformers ≥ 4.56 renamed from_pretrained's torch_dtype to dtype
 _DTYPE_KWARG = "dtype" if version.parse(transformers.__version__) >= version.parse("4.56") else "torch_dtype"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -23,15 +25,6 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 # without any of them quietly builds an empty tokenizer in transformers 5)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model",
                     "spiece.model", "vocab.txt", "sentencepiece.bpe.model")
-
-
-class LoadError(Exception):
-    """code ∈ protocol ErrorMsg codes: not_found | tokenizer_mismatch | remote_code | context | bad_request."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -103,27 +96,27 @@ def _where(ref: str) -> str:
     return f"looked in the Hugging Face cache {constants.HF_HUB_CACHE} and on the Hub"
 
 
-def _load_error(e: Exception, what: str, ref: str) -> LoadError:
+def _load_error(e: Exception, what: str, ref: str) -> RequestError:
     text = str(e)
     if "trust_remote_code" in text:
-        return LoadError("remote_code", f"{what} {ref} needs custom code from its repository; "
+        return RequestError("remote_code", f"{what} {ref} needs custom code from its repository; "
                                         "set trust_remote_code: true for it if you trust that code")
     if _is_local(ref) and not os.path.isdir(os.path.expanduser(ref)):
-        return LoadError("not_found", f"{what} {ref} not found: {_where(ref)}")
+        return RequestError("not_found", f"{what} {ref} not found: {_where(ref)}")
     if isinstance(e, OSError):
         first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-        return LoadError("not_found", f"{what} {ref} not found: {_where(ref)} ({first})")
-    return LoadError("bad_request", f"cannot load {what} {ref}: {type(e).__name__}: {text}")
+        return RequestError("not_found", f"{what} {ref} not found: {_where(ref)} ({first})")
+    return RequestError("bad_request", f"cannot load {what} {ref}: {type(e).__name__}: {text}")
 
 
 def _pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise LoadError("bad_request", f"device {requested} asked for, but this torch ({torch.__version__}) "
+        raise RequestError("bad_request", f"device {requested} asked for, but this torch ({torch.__version__}) "
                                        "sees no CUDA device")
     if requested == "mps" and not torch.backends.mps.is_available():
-        raise LoadError("bad_request", "device mps asked for, but MPS is not available")
+        raise RequestError("bad_request", "device mps asked for, but MPS is not available")
     return torch.device(requested)
 
 
@@ -169,7 +162,7 @@ def _load_tokenizer(ref: str, kw: dict[str, Any], what: str) -> Any | None:
         return None
     try:
         tok = AutoTokenizer.from_pretrained(ref, **kw)
-    except Exception as e:  # noqa: BLE001 - mapped to a LoadError code
+    except Exception as e:  # noqa: BLE001 - mapped to a RequestError code
         raise _load_error(e, what, ref) from e
     return tok if len(tok.get_vocab()) > 1 else None
 
@@ -198,7 +191,7 @@ def load_models(specs: list[dict[str, Any]], tokenizer_ref: str | None, max_leng
                 bos_per_window: bool, status: Callable[[str], None]) -> tuple[Any, list[LoadedModel]]:
     model_specs = [ModelSpec.from_dict(s) for s in specs]
     if not model_specs:
-        raise LoadError("bad_request", "no models to load")
+        raise RequestError("bad_request", "no models to load")
     # the tokenizer: tokenizer_ref or the first model's; remote code only if that model asked for it
     tok_ref = tokenizer_ref or model_specs[0].ref
     owner = next((s for s in model_specs if s.ref == tok_ref), None)
@@ -227,7 +220,7 @@ def _main_tokenizer(tok_ref: str, owner: ModelSpec | None, status: Callable[[str
     status(f"loading tokenizer {tok_ref}")
     tokenizer = _load_tokenizer(tok_ref, tok_kw, "tokenizer")
     if tokenizer is None:
-        raise LoadError("not_found", f"tokenizer {tok_ref} not found: the directory has no tokenizer files "
+        raise RequestError("not_found", f"tokenizer {tok_ref} not found: the directory has no tokenizer files "
                                      f"({', '.join(_TOKENIZER_FILES[:4])}, ...); set `tokenizer:`")
     return tokenizer
 
@@ -246,7 +239,7 @@ def _check_vocabulary(spec: ModelSpec, kw: dict[str, Any], vocab: dict[str, int]
     own = _load_tokenizer(spec.ref, kw, "tokenizer of model")
     diff = _vocab_difference(own.get_vocab(), vocab) if own is not None else None
     if diff is not None:
-        raise LoadError("tokenizer_mismatch", f"model {spec.ref} has a different vocabulary from the "
+        raise RequestError("tokenizer_mismatch", f"model {spec.ref} has a different vocabulary from the "
                                               f"tokenizer {tok_ref}: {diff}")
 
 
@@ -255,7 +248,7 @@ def _check_context(spec: ModelSpec, config: Any, max_length: int | None, bos_per
     max_positions = _max_positions(config)
     need = None if max_length is None else max_length + (1 if bos_per_window else 0)
     if need is not None and max_positions is not None and need > max_positions:
-        raise LoadError("context", f"model {spec.ref} has a context of {max_positions} positions; "
+        raise RequestError("context", f"model {spec.ref} has a context of {max_positions} positions; "
                                    f"max_length {max_length}{' + 1 BOS' if bos_per_window else ''} "
                                    f"needs {need}")
     return max_positions
@@ -276,7 +269,7 @@ def _load_model(spec: ModelSpec, config: Any, kw: dict[str, Any], n_vocab: int, 
     head = model.get_output_embeddings()
     rows = head.weight.shape[0] if head is not None else int(config.vocab_size)
     if rows < n_vocab:
-        raise LoadError("tokenizer_mismatch", f"model {spec.ref} has {rows} output rows but the tokenizer "
+        raise RequestError("tokenizer_mismatch", f"model {spec.ref} has {rows} output rows but the tokenizer "
                                               f"{tok_ref} has {n_vocab} tokens")
     body = model.base_model if model.base_model is not model else None
     loaded = LoadedModel(ref=spec.ref, model=model, device=device, dtype=dtype, vocab_size=rows,

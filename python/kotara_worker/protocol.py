@@ -40,6 +40,17 @@ class ProtocolError(Exception):
     """A message that must be dropped: bad signature, replay, undecodable or off-schema."""
 
 
+class RequestError(Exception):
+    """A request the worker cannot serve (a model that does not load, a text it cannot read,
+    a context too short, …), answered with an error message: code ∈ protocol ErrorMsg codes
+    (not_found | tokenizer_mismatch | remote_code | context | bad_request | …)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 def sign(key: bytes, body: bytes) -> bytes:
     return hmac.new(key, body, hashlib.sha256).digest()
 

@@ -18,15 +18,9 @@ import transformers
 
 from . import __version__, evaluate as ev, protocol
 from .fusion import check_settings
-from .models import LoadError, load_models
+from .models import load_models
+from .protocol import RequestError
 from .windows import plan_windows
-
-
-class RequestError(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class Server:
@@ -68,7 +62,7 @@ class Server:
                 self.load(message)
             elif kind == "evaluate":
                 self.evaluate(message)
-        except (RequestError, LoadError) as e:
+        except RequestError as e:
             self.error(request_id, e.code, e.message)
         except ev.NumericalError as e:
             self.error(request_id, "numerical", str(e))

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from conftest import spec
-from kotara_worker.models import LoadError, load_models
+from kotara_worker.models import load_models
+from kotara_worker.protocol import RequestError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -16,8 +17,8 @@ def load(refs, tokenizer=None, max_length=64, bos=False, **kw):
     return tok, models, messages
 
 
-def load_error(*args, **kw) -> LoadError:
-    with pytest.raises(LoadError) as e:
+def load_error(*args, **kw) -> RequestError:
+    with pytest.raises(RequestError) as e:
         load(*args, **kw)
     return e.value
 
