@@ -133,7 +133,8 @@ class Prefix:
 
 def _prefix(trie: ByteTrie, tokens: tuple[int, ...], logp: float, logits: torch.Tensor,
             canon: int | None = None, kv: Any = None) -> Prefix:
-    p = torch.softmax(logits.double(), dim=-1)                               # [V] float64
+    # the byte algorithm runs on the CPU whatever the model's device (one [V] copy per prefix)
+    p = torch.softmax(logits.double(), dim=-1).cpu()                         # [V] float64
     cum = torch.nn.functional.pad(torch.cumsum(p[trie.order], 0), (1, 0))   # [n + 1]
     end = float(p[trie.none_ids].sum()) if trie.none_ids.numel() else 0.0   # summed, not 1 - cum[-1]: exact when small
     return Prefix(tokens, logp, p, cum, math.log(end) if end > 0 else NEG_INF, canon, kv)
