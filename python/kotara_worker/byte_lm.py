@@ -61,6 +61,11 @@ NEG_INF = float("-inf")
 END = 256   # index of the "end" outcome in a 257-way distribution
 
 
+def _log(x: float) -> float:
+    """log that gives -inf for 0 (a token the model rules out, e.g. a masked logit)."""
+    return math.log(x) if x > 0 else NEG_INF
+
+
 # ----------------------------------------------------------------------------- the vocabulary as a trie
 
 def _after_prefix(r: bytes) -> bytes | None:
@@ -128,7 +133,7 @@ class Prefix:
 
     def log_mass(self, lo: int, hi: int) -> float:
         m = float(self.cum[hi] - self.cum[lo])
-        return math.log(m) if m > 0 else NEG_INF
+        return _log(m)
 
 
 def _prefix(trie: ByteTrie, tokens: tuple[int, ...], logp: float, logits: torch.Tensor,
@@ -137,7 +142,7 @@ def _prefix(trie: ByteTrie, tokens: tuple[int, ...], logp: float, logits: torch.
     p = torch.softmax(logits.double(), dim=-1).cpu()                         # [V] float64
     cum = torch.nn.functional.pad(torch.cumsum(p[trie.order], 0), (1, 0))   # [n + 1]
     end = float(p[trie.none_ids].sum()) if trie.none_ids.numel() else 0.0   # summed, not 1 - cum[-1]: exact when small
-    return Prefix(tokens, logp, p, cum, math.log(end) if end > 0 else NEG_INF, canon, kv)
+    return Prefix(tokens, logp, p, cum, _log(end), canon, kv)
 
 
 # ----------------------------------------------------------------------------- KV caches across transformers versions
@@ -236,6 +241,12 @@ class ByteLM:
         if self.max_positions is not None and len(ids) > self.max_positions:
             raise ValueError(f"the window is {len(ids)} tokens with the start token; the model has "
                              f"{self.max_positions} positions")
+        window = getattr(self.model.config, "sliding_window", None)
+        if not self.plain and isinstance(window, int) and len(ids) > window:
+            # a sliding-window layer's cache holds only the last `window` positions, so the
+            # window's cache cannot be cut at an earlier token: not handled (yet)
+            raise ValueError(f"the window is {len(ids)} tokens, past the model's sliding attention window "
+                             f"of {window}: use shorter windows or plain=True")
         if self.plain:      # each prefix by its own forward: the definition, slowly
             rows = [self._forward(ids[:k + 1])[0][-1] for k in range(len(canonical) + 1)]
             stats.forwards += len(rows)
@@ -248,7 +259,7 @@ class ByteLM:
             path.append(_prefix(self.trie, tuple(canonical[:k]), logp, rows[k], canon=k,
                                 kv=None if kv is None else (kv, k + 1)))
             if k < len(canonical):
-                logp += math.log(float(path[k].p[canonical[k]]))
+                logp += _log(float(path[k].p[canonical[k]]))
         return path
 
     def _extend(self, parent: Prefix, t: int, path: list[Prefix], stats: ByteStats) -> Prefix | None:
@@ -266,7 +277,7 @@ class ByteLM:
             logits, kv = self._forward([self.start_id, *tokens])
         else:
             logits, kv = self._forward([t], _cache(*parent.kv))             # [1, V]: one step on the cache
-        return _prefix(self.trie, tokens, parent.logp + math.log(float(parent.p[t])), logits[-1],
+        return _prefix(self.trie, tokens, parent.logp + _log(float(parent.p[t])), logits[-1],
                        kv=None if kv is None else (kv, len(tokens) + 1))
 
     # ------------------------------------------------------------------ one byte
@@ -290,7 +301,7 @@ class ByteLM:
                 log_q[END] = torch.logaddexp(log_q[END], torch.tensor(P.logp + P.log_end, dtype=torch.float64))
             # after a token that spells r exactly
             for t in self.trie.exact_ids(r):
-                lw = P.logp + math.log(float(P.p[t])) if float(P.p[t]) > 0 else NEG_INF
+                lw = P.logp + _log(float(P.p[t]))
                 on_path = P.canon is not None and P.canon < len(path) - 1 and path[P.canon + 1].tokens[-1] == t
                 if self.prune > 0 and not on_path and lw < best + math.log(self.prune):
                     stats.skipped_extensions += 1
