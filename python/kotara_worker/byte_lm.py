@@ -184,7 +184,7 @@ class ByteStats:
     max_pruned_share: float = 0.0    # largest share of Q(x[:i+1]) dropped at one position
     skipped_extensions: int = 0      # token extensions under the prune threshold, not run
     max_hypotheses: int = 0          # most hypotheses before pruning (K ≥ this is exact)
-    forwards: int = 0                # model calls: the window's one + one per extension step
+    forwards: int = 0                # model calls: the window's one + one per batch of extension steps
     too_long: int = 0                # extensions dropped for passing the model's context
 
     def as_dict(self) -> dict[str, float]:
@@ -199,11 +199,12 @@ class ByteLM:
     start_id: s, e.g. token_bytes.start_token(tokenizer)
     beam:    K, the most hypotheses kept after each byte (the canonical one always is)
     prune:   in [0, 1): also drop hypotheses lighter than prune × the heaviest
+    batch:   the most token extensions one forward steps (all of a byte's, normally)
     plain:   every prefix by its own full forward (no shared forward, no KV cache)
     """
 
     def __init__(self, model: Any, table: list[bytes | None], start_id: int, beam: int = 8,
-                 prune: float = 0.0, plain: bool = False):
+                 prune: float = 0.0, batch: int = 64, plain: bool = False):
         if beam < 1:
             raise ValueError(f"beam must be ≥ 1, got {beam}")
         if not 0.0 <= prune < 1.0:
@@ -212,7 +213,7 @@ class ByteLM:
         self.device = next(self.model.parameters()).device
         self.trie = ByteTrie(table)
         self.table = table
-        self.start_id, self.beam, self.prune, self.plain = start_id, beam, prune, plain
+        self.start_id, self.beam, self.prune, self.batch, self.plain = start_id, beam, prune, max(1, batch), plain
         cfg = self.model.config
         self.max_positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
         # transformers ≥ 5.2x names the forward's KV argument `cache` (past_key_values before)
@@ -262,23 +263,65 @@ class ByteLM:
                 logp += _log(float(path[k].p[canonical[k]]))
         return path
 
-    def _extend(self, parent: Prefix, t: int, path: list[Prefix], stats: ByteStats) -> Prefix | None:
-        """parent + t: from the canonical path when it is the next canonical token, else one
-        model step (None when it would not fit the model's context)."""
+    def _on_path(self, parent: Prefix, t: int, path: list[Prefix]) -> bool:
+        """Whether parent + t is a canonical prefix (then it costs no model call)."""
         k = parent.canon
-        if k is not None and k < len(path) - 1 and path[k + 1].tokens[-1] == t:
-            return path[k + 1]
-        tokens = parent.tokens + (t,)
-        if self.max_positions is not None and len(tokens) + 1 > self.max_positions:
-            stats.too_long += 1
-            return None
-        stats.forwards += 1
-        if self.plain:
-            logits, kv = self._forward([self.start_id, *tokens])
-        else:
-            logits, kv = self._forward([t], _cache(*parent.kv))             # [1, V]: one step on the cache
-        return _prefix(self.trie, tokens, parent.logp + _log(float(parent.p[t])), logits[-1],
-                       kv=None if kv is None else (kv, len(tokens) + 1))
+        return k is not None and k < len(path) - 1 and path[k + 1].tokens[-1] == t
+
+    def _extend_all(self, jobs: list[tuple[Prefix, int]], path: list[Prefix],
+                    stats: ByteStats) -> list[Prefix | None]:
+        """parent + t for each job: from the canonical path, else by the model, `batch` steps
+        per forward (None where it would not fit the model's context)."""
+        out: list[Prefix | None] = [None] * len(jobs)
+        todo = []
+        for n, (parent, t) in enumerate(jobs):
+            if self._on_path(parent, t, path):
+                out[n] = path[parent.canon + 1]
+            elif self.max_positions is not None and len(parent.tokens) + 2 > self.max_positions:
+                stats.too_long += 1
+            else:
+                todo.append(n)
+        for lo in range(0, len(todo), self.batch):
+            chunk = todo[lo:lo + self.batch]
+            stats.forwards += len(chunk) if self.plain else 1
+            steps = self._plain_steps if self.plain else self._cached_steps
+            for n, (logits, kv) in zip(chunk, steps([jobs[n] for n in chunk])):
+                parent, t = jobs[n]
+                tokens = parent.tokens + (t,)
+                out[n] = _prefix(self.trie, tokens, parent.logp + _log(float(parent.p[t])), logits,
+                                 kv=None if kv is None else (kv, len(tokens) + 1))
+        return out
+
+    def _plain_steps(self, jobs: list[tuple[Prefix, int]]) -> list[tuple[torch.Tensor, None]]:
+        """The definition: a full forward of [s] + parent + t for each job."""
+        return [(self._forward([self.start_id, *parent.tokens, t])[0][-1], None) for parent, t in jobs]
+
+    @torch.inference_mode()
+    def _cached_steps(self, jobs: list[tuple[Prefix, int]]) -> list[tuple[torch.Tensor, Any]]:
+        """One forward of B new tokens on B caches of different lengths n_b: the caches are
+        left-padded to the longest, the padding masked out, each token at its own position."""
+        lens = [parent.kv[1] for parent, _ in jobs]
+        longest = max(lens)
+        data = []
+        for layer in range(len(jobs[0][0].kv[0])):
+            ks, vs = [], []
+            for (parent, _), n in zip(jobs, lens):
+                k, v = parent.kv[0][layer]                                   # [1, H, ≥n, D]
+                ks.append(torch.nn.functional.pad(k[:, :, :n], (0, 0, longest - n, 0)))
+                vs.append(torch.nn.functional.pad(v[:, :, :n], (0, 0, longest - n, 0)))
+            data.append((torch.cat(ks), torch.cat(vs)))                      # [B, H, longest, D]
+        mask = torch.zeros(len(jobs), longest + 1, dtype=torch.long)         # [B, longest + 1]
+        for b, n in enumerate(lens):
+            mask[b, longest - n:] = 1
+        x = torch.tensor([[t] for _, t in jobs], dtype=torch.long, device=self.device)   # [B, 1]
+        pos = torch.tensor(lens, dtype=torch.long, device=self.device)[:, None]            # [B, 1]
+        cache = _cache(data, longest)
+        out = self.model(input_ids=x, attention_mask=mask.to(self.device), position_ids=pos,
+                         use_cache=True, **{self._cache_kw: cache})
+        kv = _kv_tensors(getattr(out, "cache", None) or getattr(out, "past_key_values", None))
+        # item b's cache: its row, without the padding (views of the batch's tensors)
+        return [(out.logits[b, -1], [(k[b:b + 1, :, longest - n:], v[b:b + 1, :, longest - n:]) for k, v in kv])
+                for b, n in enumerate(lens)]
 
     # ------------------------------------------------------------------ one byte
 
@@ -288,33 +331,39 @@ class ByteLM:
         and the hypotheses of x[:i + 1] as (log weight, prefix, j)."""
         log_q = torch.full((257,), NEG_INF, dtype=torch.float64)            # [257]
         nxt: list[tuple[float, Prefix, int]] = []
-        b = x[i] if i < len(x) else None
+        b = bytes([x[i]])
         best = max(P.logp + self._log_w(P, x[j:i]) for P, j in beam)
+        jobs: list[tuple[Prefix, int]] = []                                  # (P, t): t spells r exactly
         for P, j in beam:
             r = x[j:i]
             # within the current token: the children of node r (r is a node: w(P, j) > 0)
             self._add_children(log_q, P, r)
-            node = self.trie.node(r + bytes([b])) if b is not None else None
+            node = self.trie.node(r + b)
             if node is not None:
                 nxt.append((P.logp + P.log_mass(node[0], node[1]), P, j))
             if not r:                                                        # the start: the text may be empty
-                log_q[END] = torch.logaddexp(log_q[END], torch.tensor(P.logp + P.log_end, dtype=torch.float64))
-            # after a token that spells r exactly
+                self._add_end(log_q, P)
             for t in self.trie.exact_ids(r):
-                lw = P.logp + _log(float(P.p[t]))
-                on_path = P.canon is not None and P.canon < len(path) - 1 and path[P.canon + 1].tokens[-1] == t
-                if self.prune > 0 and not on_path and lw < best + math.log(self.prune):
-                    stats.skipped_extensions += 1
+                if self.prune > 0 and not self._on_path(P, t, path) \
+                        and P.logp + _log(float(P.p[t])) < best + math.log(self.prune):
+                    stats.skipped_extensions += 1                            # would be pruned: no model call
                     continue
-                Pt = self._extend(P, t, path, stats)
-                if Pt is None:
-                    continue
-                self._add_children(log_q, Pt, b"")
-                log_q[END] = torch.logaddexp(log_q[END], torch.tensor(Pt.logp + Pt.log_end, dtype=torch.float64))
-                node = self.trie.node(bytes([b])) if b is not None else None
-                if node is not None:
-                    nxt.append((Pt.logp + Pt.log_mass(node[0], node[1]), Pt, i))
+                jobs.append((P, t))
+        # after a token that spells r exactly: a new prefix, at the root of the trie
+        node = self.trie.node(b)
+        for Pt in self._extend_all(jobs, path, stats):
+            if Pt is None:
+                continue
+            self._add_children(log_q, Pt, b"")
+            self._add_end(log_q, Pt)
+            if node is not None:
+                nxt.append((Pt.logp + Pt.log_mass(node[0], node[1]), Pt, i))
         return log_q, nxt
+
+    @staticmethod
+    def _add_end(log_q: torch.Tensor, P: Prefix) -> None:
+        """log_q[end] ⊕= log p(P) + log p(a token with no bytes | P)."""
+        log_q[END] = torch.logaddexp(log_q[END], torch.tensor(P.logp + P.log_end, dtype=torch.float64))
 
     def _log_w(self, P: Prefix, r: bytes) -> float:
         node = self.trie.node(r)
