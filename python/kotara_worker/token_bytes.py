@@ -83,7 +83,8 @@ def _kind(spec: dict[str, Any]) -> str:
     if any(p.get("type") == "ByteLevel" for p in parts):
         return "byte_level"
     replaces = [p for p in _components(spec.get("normalizer")) + parts if p.get("type") == "Replace"]
-    if any(p.get("type") == "Metaspace" for p in parts) or any(SPACE_MARK in json.dumps(p, ensure_ascii=False) for p in replaces):
+    if any(p.get("type") == "Metaspace" for p in parts) \
+            or any(SPACE_MARK in json.dumps(p, ensure_ascii=False) for p in replaces):
         return "sentencepiece"
     return "plain"
 
@@ -199,6 +200,7 @@ def canonical_ids(tokenizer: Any, table: list[bytes | None], text: str) -> tuple
             return ids, prefix
     want = prefixes[-1] + want                                # what it should spell, as it would
     first = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-    raise ByteSpaceError(f"the tokenizer cannot reproduce the text: its tokens spell "
-                         f"{got[max(0, first - 8):first + 8]!r} where the text has {want[max(0, first - 8):first + 8]!r} "
-                         f"(byte {first}; a normalizer that lowercases or rewrites characters?)")
+    near = slice(max(0, first - 8), first + 8)
+    raise ByteSpaceError(f"the tokenizer cannot reproduce the text: its tokens spell {got[near]!r} where "
+                         f"the text has {want[near]!r} (byte {first}; a normalizer that lowercases or "
+                         "rewrites characters?)")

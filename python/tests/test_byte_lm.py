@@ -68,6 +68,7 @@ def test_trie_ranges_are_the_tokens_under_each_node():
         under = sorted(trie.order[lo:hi].tolist())
         assert under == sorted(i for i, b in enumerate(table) if b is not None and b.startswith(r))
         assert sorted(trie.exact_ids(r)) == [i for i, b in enumerate(table) if b == r]
+        assert trie.order[lo:lo + exact].tolist() == trie.exact_ids(r)       # the exact ones come first
     assert trie.node(b"c") is None and trie.node(b"abd") is None
     nxt, _, _ = trie.children(b"a")
     assert nxt.tolist() == [ord("b"), ord("c")]
@@ -102,6 +103,7 @@ def test_beam_of_one_is_the_canonical_hypothesis(case):
     for w the canonical hypothesis' weight, so NLL_K=1 ≤ -log w_n ≤ NLL_canonical."""
     _, model, table, s, ids, x, _ = case
     got, stats = ByteLM(model, table, s, beam=1).score(x, 0, ids)
+    assert stats.max_hypotheses <= 1 or stats.pruned > 0                 # one kept, the rest dropped
     want = R.canonical_rows(model, table, s, x, 0, ids)
     assert torch.allclose(got.exp(), want.exp(), rtol=RTOL, atol=ATOL)
     probs = R.TokenProbs(model, s)
