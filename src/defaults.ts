@@ -8,6 +8,11 @@ export const DEFAULTS = {
   /** Windows between checkpoints (runtime.checkpoint_every); 0: only on failure or Ctrl-C. */
   checkpoint_every: 0,
   bos_per_window: false,
+  /** tokens when every vocabulary agrees, bytes otherwise (SPEC §7). */
+  space: "auto",
+  /** Byte space: token prefixes kept per model (K), and the relative pruning threshold. */
+  beam: 8,
+  prune: 0,
   dtype: "auto",
   device: "auto",
   trust_remote_code: false,

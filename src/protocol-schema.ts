@@ -23,7 +23,7 @@ const sums = {
 /** One example of every message type; the worker's tests decode and validate them. */
 export const GOLDEN_MESSAGES: Record<string, To | From> = {
   load: {
-    seq: 1, type: "load", tokenizer: null, max_length: 1024, bos_per_window: false,
+    seq: 1, type: "load", tokenizer: null, max_length: 1024, bos_per_window: false, space: "auto", bytes: { beam: 8, prune: 0 },
     models: [
       { ref: "gpt2", revision: "main", trust_remote_code: false, dtype: "auto", device: "auto" },
       { ref: "/models/distilgpt2", revision: null, trust_remote_code: false, dtype: "bfloat16", device: "cuda:1" },
@@ -49,11 +49,11 @@ export const GOLDEN_MESSAGES: Record<string, To | From> = {
     python: "3.11.7", torch: "2.13.0+cpu", transformers: "5.24.0", cuda_devices: 0,
   },
   loaded: {
-    seq: 1, type: "loaded", seconds: 2.5,
+    seq: 1, type: "loaded", seconds: 2.5, space: "tokens", space_reason: "every vocabulary agrees",
     tokenizer: { ref: "gpt2", vocab_size: 50257, bos_token_id: 50256 },
     models: [
-      { ref: "gpt2", device: "cpu", dtype: "float32", parameters: 124439808, vocab_size: 50257, max_positions: 1024, head_path: "scored" },
-      { ref: "distilgpt2", device: "cpu", dtype: "float32", parameters: 81912576, vocab_size: 50304, max_positions: 1024, head_path: "scored" },
+      { ref: "gpt2", device: "cpu", dtype: "float32", parameters: 124439808, vocab_size: 50257, max_positions: 1024, head_path: "scored", tokenizer: "gpt2" },
+      { ref: "distilgpt2", device: "cpu", dtype: "float32", parameters: 81912576, vocab_size: 50304, max_positions: 1024, head_path: "scored", tokenizer: "gpt2" },
     ],
   },
   status: { seq: 2, type: "status", message: "loading gpt2" },
@@ -62,8 +62,16 @@ export const GOLDEN_MESSAGES: Record<string, To | From> = {
     seq: 4, type: "progress", request_id: "r1", windows_total: 10, tokens_total: 5000, seconds: 1.25, sums,
   },
   result: {
-    seq: 5, type: "result", request_id: "r1", tokens: 5000, windows: 10, sums, seconds: 4.5, tokenize_seconds: 0.25,
-    peak_memory_bytes: 123456789, device: "cpu", dtype: "float32",
+    seq: 5, type: "result", request_id: "r1", space: "tokens", tokens: 5000, windows: 10, sums, byte_stats: null,
+    seconds: 4.5, tokenize_seconds: 0.25, peak_memory_bytes: 123456789, device: "cpu", dtype: "float32",
+  },
+  result_bytes: {
+    seq: 6, type: "result", request_id: "r3", space: "bytes", tokens: 22000, windows: 11, sums,
+    byte_stats: [
+      { pruned: 0, pruned_positions: 0, max_pruned_share: 0, max_hypotheses: 5 },
+      { pruned: 1204, pruned_positions: 310, max_pruned_share: 2.5e-7, max_hypotheses: 8 },
+    ],
+    seconds: 30.5, tokenize_seconds: 0.5, peak_memory_bytes: 223456789, device: "cpu", dtype: "float32",
   },
   error: {
     seq: 6, type: "error", request_id: null, code: "not_found",

@@ -11,7 +11,7 @@
 import { z } from "zod";
 import { KNOWN_STRATEGIES, LIST_PARAM_NAMES, type ListParam } from "./strategies.js";
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 // zod 4 numbers are finite (NaN and ±Infinity fail); these also map onto JSON Schema.
 const finite = z.number();
@@ -56,6 +56,15 @@ export const Sums = z.strictObject({
 });
 export type Sums = z.infer<typeof Sums>;
 
+/** One model's beam over a byte-space evaluation: pruned = 0 means its byte NLL is exact. */
+export const ByteStats = z.strictObject({
+  pruned: z.number().int().nonnegative(), // hypotheses dropped (beam full, or under prune × the best)
+  pruned_positions: z.number().int().nonnegative(), // scored bytes at which anything was dropped
+  max_pruned_share: finite, // the largest share of a position's mass that was dropped
+  max_hypotheses: z.number().int().nonnegative(), // the most hypotheses alive at once
+});
+export type ByteStats = z.infer<typeof ByteStats>;
+
 const base = { seq: z.number().int().nonnegative() };
 
 /** The text and its windows (SPEC §2). */
@@ -68,13 +77,26 @@ export const DatasetSpec = z.strictObject({
 export type DatasetSpec = z.infer<typeof DatasetSpec>;
 
 // ---- controller → worker ------------------------------------------------------
+/** Where the fusion happens (SPEC §7): over a shared token vocabulary, or over bytes. */
+export const Space = z.enum(["tokens", "bytes"]);
+export type Space = z.infer<typeof Space>;
+
+/** How each model is read as a byte LM (SPEC §7): a beam of K token prefixes, relative pruning. */
+export const ByteOptions = z.strictObject({
+  beam: z.number().int().positive(),
+  prune: z.number().min(0).lt(1),
+});
+export type ByteOptions = z.infer<typeof ByteOptions>;
+
 export const LoadMsg = z.strictObject({
   ...base,
   type: z.literal("load"),
   models: z.array(ModelSpec).min(2),
-  tokenizer: z.string().nullable(),
-  max_length: z.number().int().positive().nullable(), // checked against each model's context
+  tokenizer: z.string().nullable(), // token space: the shared tokenizer (null: the first model's); byte space: unused
+  max_length: z.number().int().positive().nullable(), // checked against each model's context (tokens; bytes in byte space)
   bos_per_window: z.boolean(),
+  space: z.union([Space, z.literal("auto")]), // auto: tokens when every vocabulary agrees, bytes otherwise
+  bytes: ByteOptions,
 });
 export const EvaluateMsg = z.strictObject({
   ...base,
@@ -109,12 +131,15 @@ export const LoadedModel = z.strictObject({
   vocab_size: z.number().int().positive(), // rows of the output layer
   max_positions: z.number().int().positive().nullable(),
   head_path: z.enum(["scored", "full"]), // "scored": only scored positions go through the output layer
+  tokenizer: z.string(), // the tokenizer this model reads with (its own in byte space)
 });
 export const LoadedMsg = z.strictObject({
   ...base,
   type: z.literal("loaded"),
   models: z.array(LoadedModel),
   tokenizer: z.strictObject({ ref: z.string(), vocab_size: z.number().int().positive(), bos_token_id: z.number().int().nullable() }),
+  space: Space, // the space the evaluations run in (auto resolved)
+  space_reason: z.string(), // why, in words: "every vocabulary agrees", "the vocabularies of A and B differ", "asked for"
   seconds: finite,
 });
 export const StatusMsg = z.strictObject({ ...base, type: z.literal("status"), message: z.string() });
@@ -124,7 +149,7 @@ export const ProgressMsg = z.strictObject({
   type: z.literal("progress"),
   request_id: z.string(),
   windows_total: z.number().int().nonnegative(),
-  tokens_total: z.number().int().nonnegative(), // tokens of the whole stream
+  tokens_total: z.number().int().nonnegative(), // positions of the whole stream: tokens, or bytes in byte space
   seconds: finite, // compute seconds so far in this request
   sums: Sums,
 });
@@ -132,9 +157,11 @@ export const ResultMsg = z.strictObject({
   ...base,
   type: z.literal("result"),
   request_id: z.string(),
-  tokens: z.number().int().nonnegative(),
+  space: Space,
+  tokens: z.number().int().nonnegative(), // positions of the stream: tokens, or bytes in byte space
   windows: z.number().int().nonnegative(),
-  sums: Sums,
+  sums: Sums, // scored_tokens: scored positions (bytes in byte space)
+  byte_stats: z.array(ByteStats).nullable(), // byte space: per model, how much its beam pruned; null in token space
   seconds: finite, // compute loop only
   tokenize_seconds: finite, // reading and tokenizing the text
   peak_memory_bytes: z.number().int().nonnegative(), // this request (tokenizing + pass): Linux VmHWM, or the CUDA allocator peak

@@ -9,7 +9,7 @@ import { datasetStats } from "./dataset.js";
 import { DEFAULTS } from "./defaults.js";
 import { Interrupted, UserError } from "./errors.js";
 import { buildMetrics, type EvaluationRequest, type Metrics } from "./metrics.js";
-import type { LoadedMsg, ModelSpec, ProgressMsg, ResultMsg, Setting, Sums } from "./protocol.js";
+import type { ByteOptions, LoadedMsg, ModelSpec, ProgressMsg, ResultMsg, Setting, Sums } from "./protocol.js";
 import { resolvePython, withSetupHint } from "./python-env.js";
 import { resolveStrategies, type StrategyEntry } from "./strategies.js";
 import type { Sweep } from "./sweep.js";
@@ -29,6 +29,10 @@ export interface SessionOptions {
   /** Checked against every model's context at load time. */
   maxLength?: number | null;
   bosPerWindow?: boolean;
+  /** tokens | bytes | auto (default: auto, tokens when every vocabulary agrees; SPEC §7). */
+  space?: "tokens" | "bytes" | "auto";
+  /** Byte space: the beam width K and the relative pruning threshold of each model's byte LM. */
+  bytes?: Partial<ByteOptions>;
   onStatus?: (message: string) => void;
   onStderr?: (line: string) => void;
   onDropped?: (reason: string) => void;
@@ -116,6 +120,8 @@ export class Session {
     try {
       const loaded = await worker.load({
         models, tokenizer: opts.tokenizer ?? null, max_length: opts.maxLength ?? null, bos_per_window: opts.bosPerWindow ?? false,
+        space: opts.space ?? DEFAULTS.space,
+        bytes: { beam: opts.bytes?.beam ?? DEFAULTS.beam, prune: opts.bytes?.prune ?? DEFAULTS.prune },
       });
       return new Session(worker, loaded, models, opts.tokenizer ?? null);
     } catch (e) {
