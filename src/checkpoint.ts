@@ -9,10 +9,10 @@ import { dirname, join } from "node:path";
 import writeFileAtomic from "write-file-atomic";
 import type { DatasetStats } from "./dataset.js";
 import { UserError } from "./errors.js";
-import { Sums, type DatasetSpec, type ModelSpec, type Setting } from "./protocol.js";
+import { Sums, type ByteOptions, type DatasetSpec, type ModelSpec, type Setting } from "./protocol.js";
 
 export interface Fingerprint {
-  /** What decides the numbers: models, tokenizer, windows, settings, batch size. */
+  /** What decides the numbers: space and beam, models, tokenizer, windows, settings, batch size. */
   config: string;
   /** sha256 of the text file. */
   text: string;
@@ -29,6 +29,8 @@ export interface Checkpoint {
 }
 
 export interface EvaluationKey {
+  space: string;
+  bytes: ByteOptions;
   models: readonly ModelSpec[];
   tokenizer: string | null;
   dataset: DatasetSpec;
@@ -68,7 +70,7 @@ async function modelFingerprint(m: ModelSpec): Promise<string> {
 
 export async function fingerprint(key: EvaluationKey): Promise<Fingerprint> {
   const config = sha256(JSON.stringify({
-    models: key.models.map((m) => ({ ...m })), tokenizer: key.tokenizer, dataset: { ...key.dataset, path: undefined },
+    space: key.space, bytes: key.bytes, models: key.models.map((m) => ({ ...m })), tokenizer: key.tokenizer, dataset: { ...key.dataset, path: undefined },
     settings: key.settings, batch_size: key.batch_size,
   }));
   return { config, text: key.text.sha256, models: await Promise.all(key.models.map(modelFingerprint)) };
@@ -93,7 +95,7 @@ export async function loadCheckpoint(path: string, fp: Fingerprint): Promise<Che
   const sums = Sums.safeParse(c?.sums);
   if (c?.kotara_checkpoint !== 1 || !sums.success || !c.fingerprint) throw new UserError(`cannot resume: ${path} is not a kotara checkpoint`, 2);
   const reasons: string[] = [];
-  if (c.fingerprint.config !== fp.config) reasons.push("the config changed (models, tokenizer, windows, strategies or batch size)");
+  if (c.fingerprint.config !== fp.config) reasons.push("the config changed (space, models, tokenizer, windows, strategies or batch size)");
   if (c.fingerprint.text !== fp.text) reasons.push("the text file changed");
   fp.models.forEach((m, i) => {
     if (c.fingerprint.models?.[i] !== m) reasons.push(`model ${i + 1} changed`);

@@ -65,6 +65,8 @@ export function buildProgram(): Command {
     .option("--dtype <dtype>", "auto | float32 | float16 | bfloat16", DEFAULTS.dtype)
     .option("--trust_remote_code", "allow models that need their own code", DEFAULTS.trust_remote_code)
     .option("--batch_size <n>", "windows per forward", integer("--batch_size"), DEFAULTS.batch_size)
+    .option("--space <space>", "tokens | bytes | auto (bytes: models whose tokenizers differ; max_length and stride then count bytes)", DEFAULTS.space)
+    .option("--beam <k>", "byte space: token prefixes kept per model", integer("--beam"), DEFAULTS.beam)
     .option("--save_metrics <file>", "write the metrics JSON here")
     .option("--quiet", "no progress on stderr")
     .option("--verbose", "forward the worker's stderr")

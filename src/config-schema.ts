@@ -44,12 +44,25 @@ export const RuntimeConfig = strictObject({
   checkpoint_every: nonNegativeInt.default(DEFAULTS.checkpoint_every),
 });
 
+/** Byte space (SPEC §7): each model read as a byte LM through a beam of K token prefixes. */
+export const BytesConfig = strictObject({
+  beam: positiveInt.default(DEFAULTS.beam),
+  prune: z
+    .number()
+    .min(0, { error: (iss) => `must be in [0, 1), got ${show(iss.input)}` })
+    .lt(1, { error: (iss) => `must be in [0, 1), got ${show(iss.input)} (1 would prune everything but the best)` })
+    .default(DEFAULTS.prune),
+});
+
 export const OutputConfig = strictObject({
   metrics: nonEmpty.nullish(),
 });
 
 /** The YAML document. */
 export const ConfigSchema = strictObject({
+  /** tokens | bytes | auto: tokens when every vocabulary agrees, bytes otherwise. */
+  space: z.enum(["tokens", "bytes", "auto"]).default(DEFAULTS.space),
+  bytes: BytesConfig.nullish(),
   models: z.array(ModelConfig).min(2, {
     error: (iss) => `at least 2 models are needed for a fusion, got ${Array.isArray(iss.input) ? iss.input.length : 0}`,
   }),

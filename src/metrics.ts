@@ -2,29 +2,35 @@
 // shape of the metrics file.
 //
 // From sums to numbers, for a model or a fusion with Σ NLL = S (nats) over n scored
-// tokens of a text of B UTF-8 bytes and W words:
+// positions (tokens; bytes in byte space) of a text of B UTF-8 bytes and W words:
 //   nll = S / n · ppl = exp(S / n) · bits_per_byte = S / (ln 2 · B) · word_perplexity = exp(S / W)
 //   weights_mean[m] = Σ α_m / n
+// In byte space (SPEC §7) n counts bytes, so ppl is the byte perplexity (also written
+// as byte_perplexity) and nll is nats per scored byte.
 import type { DatasetStats } from "./dataset.js";
-import type { DatasetSpec, HelloMsg, LoadedMsg, ModelSpec, ResultMsg, Setting, Sums } from "./protocol.js";
+import type { ByteOptions, ByteStats, DatasetSpec, HelloMsg, LoadedMsg, ModelSpec, ResultMsg, Setting, Space, Sums } from "./protocol.js";
 import type { Sweep } from "./sweep.js";
 
-export interface ModelMetrics {
-  ref: string;
+/** The numbers of one model or fusion. */
+export interface Scores {
+  /** Perplexity per scored position: per token, or per byte in byte space. */
   ppl: number;
+  /** Mean NLL per scored position (nats). */
   nll: number;
   bits_per_byte: number;
   word_perplexity: number;
+  /** Byte space only: exp(nll), the same number as ppl. */
+  byte_perplexity?: number;
 }
 
-export interface FusionMetrics {
+export interface ModelMetrics extends Scores {
+  ref: string;
+}
+
+export interface FusionMetrics extends Scores {
   id: string;
   /** The setting's parameters: type, temperatures and every declared list (null where the type takes none). */
   strategy: Omit<Setting, "id">;
-  ppl: number;
-  nll: number;
-  bits_per_byte: number;
-  word_perplexity: number;
   /** Mean α_m over scored positions, per model (static weights for average/poe). */
   weights_mean: number[];
 }
@@ -39,12 +45,16 @@ export interface RankedFusion {
 
 export interface Metrics {
   kotara_version: string;
+  /** Where the fusion ran: over the shared token vocabulary, or over bytes (SPEC §7). */
+  space: Space;
   dataset: {
     path: string;
     bytes: number;
     words: number;
     tokens: number;
+    /** Scored positions: tokens, or bytes in byte space (then also scored_bytes). */
     scored_tokens: number;
+    scored_bytes?: number;
     windows: number;
     max_length: number;
     stride: number;
@@ -60,6 +70,8 @@ export interface Metrics {
   /** Fusions by PPL, best first. */
   ranked: RankedFusion[];
   sweep: Sweep | null;
+  /** Byte space only: the beam, and per model how much it pruned (0: its byte NLL is exact). */
+  bytes?: ByteOptions & { models: (ByteStats & { ref: string })[] };
   runtime: {
     device: string;
     dtype: string;
@@ -111,6 +123,8 @@ export interface BuildMetricsInput {
   /** Wall-clock seconds of the evaluation. */
   seconds: number;
   version: string;
+  /** The session's byte options (reported in byte space). */
+  bytes?: ByteOptions;
 }
 
 /** SPEC §6 metrics from a result's sums. @throws Error when the sums do not fit the request. */
@@ -118,7 +132,8 @@ export function buildMetrics(input: BuildMetricsInput): Metrics {
   const { request, result } = input;
   checkSums(result.sums, input.models.length, request.settings.length);
   const n = result.sums.scored_tokens;
-  const stats = statsOf(n, request.text);
+  const bytes = result.space === "bytes";
+  const stats = statsOf(n, request.text, bytes);
   const models: ModelMetrics[] = input.models.map((m, i) => ({ ref: m.ref, ...stats(result.sums.model_nll[i]) }));
   const fusions: FusionMetrics[] = request.settings.map(({ id, ...strategy }, j) => ({
     id,
@@ -129,12 +144,14 @@ export function buildMetrics(input: BuildMetricsInput): Metrics {
   const { bestModel, ranked } = rank(models, fusions);
   const metrics: Metrics = {
     kotara_version: input.version,
+    space: result.space,
     dataset: {
       path: request.dataset.path,
       bytes: request.text.bytes,
       words: request.text.words,
       tokens: result.tokens,
       scored_tokens: n,
+      ...(bytes ? { scored_bytes: n } : {}),
       windows: result.windows,
       max_length: request.dataset.max_length,
       stride: request.dataset.stride,
@@ -146,6 +163,7 @@ export function buildMetrics(input: BuildMetricsInput): Metrics {
     best_model: { ref: bestModel.ref, ppl: bestModel.ppl },
     ranked,
     sweep: request.sweep,
+    ...(bytes ? { bytes: byteReport(input) } : {}),
     runtime: runtimeOf(input),
     config: request.config ?? null,
   };
@@ -160,14 +178,22 @@ function checkSums(sums: Sums, nModels: number, nSettings: number): void {
   if (sums.scored_tokens <= 0) throw new Error("no tokens were scored: the text is too short for one window with a target");
 }
 
-/** Σ NLL over n scored tokens → the four numbers of a model or a fusion. */
-function statsOf(n: number, text: DatasetStats) {
-  return (nll: number) => ({
+/** Σ NLL over n scored positions → the numbers of a model or a fusion. */
+function statsOf(n: number, text: DatasetStats, bytes: boolean) {
+  return (nll: number): Scores => ({
     ppl: Math.exp(nll / n),
     nll: nll / n,
     bits_per_byte: nll / (Math.LN2 * text.bytes),
     word_perplexity: Math.exp(nll / text.words),
+    ...(bytes ? { byte_perplexity: Math.exp(nll / n) } : {}),
   });
+}
+
+function byteReport({ result, models, bytes }: BuildMetricsInput): NonNullable<Metrics["bytes"]> {
+  if (!bytes || !result.byte_stats || result.byte_stats.length !== models.length) {
+    throw new Error("a byte-space result needs the session's byte options and one beam report per model");
+  }
+  return { ...bytes, models: result.byte_stats.map((s, i) => ({ ref: models[i].ref, ...s })) };
 }
 
 /** The best single model, and the fusions by PPL (ties in request order). */

@@ -17,7 +17,7 @@ import { DEFAULTS } from "./defaults.js";
 import { ConfigError } from "./errors.js";
 import type { EvaluationRequest } from "./metrics.js";
 import { isDirectory, resolveCommand, resolvePath, resolveRef } from "./paths.js";
-import type { DatasetSpec, ModelSpec, Setting } from "./protocol.js";
+import type { ByteOptions, DatasetSpec, ModelSpec, Setting } from "./protocol.js";
 import { KNOWN_STRATEGIES, checkStrategies, dedupeSettings } from "./strategies.js";
 import { type Sweep, checkSweep, expandValidSweep } from "./sweep.js";
 import { errorMap, formatPath, isPlainObject, issueLines, show } from "./validation.js";
@@ -25,8 +25,13 @@ import { errorMap, formatPath, isPlainObject, issueLines, show } from "./validat
 export interface RunPlan {
   /** Absolute path of the config file; null when the plan was built from flags. */
   configPath: string | null;
+  /** tokens | bytes | auto (the worker resolves auto: tokens when every vocabulary agrees). */
+  space: "tokens" | "bytes" | "auto";
+  /** Byte space: beam width and relative pruning of each model's byte LM. */
+  bytes: ByteOptions;
   models: ModelSpec[];
   tokenizer: string | null;
+  /** In byte space max_length and stride count bytes. */
   dataset: DatasetSpec;
   /** Bytes, words and hash of dataset.path; null when the plan was made without checking files. */
   text: DatasetStats | null;
@@ -73,6 +78,8 @@ export function parseConfig(obj: unknown, baseDir: string, opts: ParseOptions = 
   for (const key of Object.keys(obj)) {
     if (!allowed.includes(key)) ctx.lines.push(`${formatPath("", [key])}: unknown key; allowed: ${allowed.join(", ")}`);
   }
+  const space = section(ConfigSchema.shape.space, obj.space, "space", ctx) ?? DEFAULTS.space;
+  const bytes = section(ConfigSchema.shape.bytes, obj.bytes, "bytes", ctx) ?? { beam: DEFAULTS.beam, prune: DEFAULTS.prune };
   const models = planModels(obj.models, ctx);
   const tokenizer = planTokenizer(obj.tokenizer, ctx);
   const data = planDataset(obj.dataset, ctx);
@@ -81,7 +88,9 @@ export function parseConfig(obj: unknown, baseDir: string, opts: ParseOptions = 
   const runtime = planRuntime(obj.runtime, ctx);
   const output = planOutput(obj.output, ctx);
   if (ctx.lines.length > 0 || !models || !data) throw new ConfigError(sortLines(ctx.lines), configPath ?? undefined);
-  return { configPath, models, tokenizer, dataset: data.dataset, text: data.text, settings, sweep, runtime, output, notes, raw: obj };
+  return {
+    configPath, space, bytes, models, tokenizer, dataset: data.dataset, text: data.text, settings, sweep, runtime, output, notes, raw: obj,
+  };
 }
 
 /** Parses one section; its problems go to `ctx.lines` under `key`. */

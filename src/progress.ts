@@ -1,4 +1,5 @@
-// Progress on stderr while the worker runs: windows done/total, tokens/s, ETA.
+// Progress on stderr while the worker runs: windows done/total, tokens/s (bytes/s in
+// byte space), ETA.
 // A live bar on a terminal; a line every ~10% otherwise; nothing with --quiet.
 import cliProgress from "cli-progress";
 import type { ProgressMsg } from "./protocol.js";
@@ -6,6 +7,8 @@ import type { ProgressMsg } from "./protocol.js";
 export class Progress {
   private bar: cliProgress.SingleBar | null = null;
   private lastTenth = -1;
+  /** What the rate counts: tokens, or bytes in byte space. */
+  unit: "tok" | "bytes" = "tok";
 
   constructor(private enabled: boolean, private tty = Boolean(process.stderr.isTTY)) {}
 
@@ -24,7 +27,7 @@ export class Progress {
     if (this.tty) {
       if (!this.bar) {
         this.bar = new cliProgress.SingleBar({
-          format: "{bar} {value}/{total} windows | {tps} tok/s | ETA {eta_text}",
+          format: `{bar} {value}/{total} windows | {tps} ${this.unit}/s | ETA {eta_text}`,
           stream: process.stderr, hideCursor: true, clearOnComplete: true, etaBuffer: 20,
         }, cliProgress.Presets.shades_classic);
         this.bar.start(p.windows_total, done, { tps: tokensPerSecond, eta_text: formatSeconds(eta) });
@@ -34,7 +37,7 @@ export class Progress {
       const tenth = Math.floor((10 * done) / Math.max(1, p.windows_total));
       if (tenth !== this.lastTenth) {
         this.lastTenth = tenth;
-        process.stderr.write(`windows ${done}/${p.windows_total} | ${tokensPerSecond} tok/s | ETA ${formatSeconds(eta)}\n`);
+        process.stderr.write(`windows ${done}/${p.windows_total} | ${tokensPerSecond} ${this.unit}/s | ETA ${formatSeconds(eta)}\n`);
       }
     }
   }

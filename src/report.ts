@@ -16,6 +16,7 @@ export interface ReportOptions {
 export function formatReport(metrics: Metrics, opts: ReportOptions = {}): string {
   const out = [...header(metrics), "", "Models", ...modelTable(metrics), "", ...fusionTable(metrics, opts)];
   if (metrics.best) out.push("", verdict(metrics));
+  if (metrics.bytes) out.push(...beamReport(metrics.bytes));
   if (isTwoModelGrid(metrics.sweep)) {
     const text = heatmapText({ sweep: metrics.sweep, fusions: metrics.fusions, models: metrics.models.map((m) => shortName(m.ref)) });
     if (text) out.push("", text);
@@ -24,17 +25,33 @@ export function formatReport(metrics: Metrics, opts: ReportOptions = {}): string
 }
 
 /** The text and its windows; the device and the speed. */
-function header({ dataset: d, runtime: rt }: Metrics): string[] {
+function header({ space, dataset: d, runtime: rt, bytes }: Metrics): string[] {
+  const text = `${displayRef(d.path)}: ${int(d.bytes)} bytes, ${int(d.words)} words`;
+  const speed = (unit: string) => `${rt.device} · ${rt.dtype} · ${rt.seconds.toFixed(1)} s (${int(rt.tokens_per_second)} ${unit}/s) · ` +
+    `torch ${rt.torch} · transformers ${rt.transformers}`;
+  if (space === "bytes") {
+    return [
+      `${text}; byte space (beam ${bytes?.beam ?? "?"}${bytes?.prune ? `, prune ${bytes.prune}` : ""}): ${int(d.scored_tokens)} bytes scored ` +
+        `in ${int(d.windows)} windows of ${d.max_length} bytes, stride ${d.stride}`,
+      speed("bytes"),
+    ];
+  }
   return [
-    `${displayRef(d.path)}: ${int(d.bytes)} bytes, ${int(d.words)} words, ${int(d.tokens)} tokens ` +
-      `(${int(d.scored_tokens)} scored) in ${int(d.windows)} windows of ${d.max_length}, stride ${d.stride}` +
+    `${text}, ${int(d.tokens)} tokens (${int(d.scored_tokens)} scored) in ${int(d.windows)} windows of ${d.max_length}, stride ${d.stride}` +
       (d.bos_per_window ? ", BOS per window" : ""),
-    `${rt.device} · ${rt.dtype} · ${rt.seconds.toFixed(1)} s (${int(rt.tokens_per_second)} tokens/s) · ` +
-      `torch ${rt.torch} · transformers ${rt.transformers}`,
+    speed("tokens"),
   ];
 }
 
+/** In byte space the report leads with bits per byte (the number every tokenizer shares). */
 function modelTable(metrics: Metrics): string[] {
+  if (metrics.space === "bytes") {
+    return table(
+      ["", "bits/byte", "byte PPL", "word PPL"],
+      metrics.models.map((m) => [displayRef(m.ref), fmtBpb(m.bits_per_byte), fmtPpl(m.ppl), fmtPpl(m.word_perplexity)]),
+      ["l", "r", "r", "r"],
+    );
+  }
   return table(
     ["", "PPL", "bits/byte", "word PPL"],
     metrics.models.map((m) => [displayRef(m.ref), fmtPpl(m.ppl), fmtBpb(m.bits_per_byte), fmtPpl(m.word_perplexity)]),
@@ -42,21 +59,40 @@ function modelTable(metrics: Metrics): string[] {
   );
 }
 
+/** How much each model's beam pruned: none means its byte NLL is exact for this K. */
+function beamReport(bytes: NonNullable<Metrics["bytes"]>): string[] {
+  const lines = bytes.models.map((m) =>
+    m.pruned === 0
+      ? `  ${displayRef(m.ref)}: exact (nothing pruned; at most ${m.max_hypotheses} token prefixes at once)`
+      : `  ${displayRef(m.ref)}: pruned at ${int(m.pruned_positions)} bytes, the largest pruned share ${m.max_pruned_share.toExponential(1)} of a byte's mass`,
+  );
+  const any = bytes.models.some((m) => m.pruned > 0);
+  return ["", `Beam (K = ${bytes.beam}${bytes.prune ? `, prune ${bytes.prune}` : ""})${any ? "; a larger bytes.beam makes it exact" : ""}`, ...lines];
+}
+
 /** The best `top` fusions, and where the others are. */
 function fusionTable(metrics: Metrics, opts: ReportOptions): string[] {
   const byId = new Map(metrics.fusions.map((f) => [f.id, f]));
-  const shown = metrics.ranked.slice(0, Math.max(1, opts.top ?? 10));
+  const shown = metrics.ranked.slice(0, Math.max(1, opts.top ?? 10)).map((r) => ({ r, f: byId.get(r.id)! }));
   const out = [metrics.ranked.length > 1 ? "Fusions, best first" : "Fusion"];
-  out.push(
-    ...table(
-      ["#", "", "PPL", "Δ vs best model", "bits/byte", "word PPL", "mean weights"],
-      shown.map((r) => {
-        const f = byId.get(r.id)!;
-        return [String(r.rank), r.id, fmtPpl(f.ppl), fmtPct(r.delta_vs_best_model_pct), fmtBpb(f.bits_per_byte), fmtPpl(f.word_perplexity), fmtWeights(f.weights_mean)];
-      }),
-      ["r", "l", "r", "r", "r", "r", "l"],
-    ),
-  );
+  if (metrics.space === "bytes") {
+    const best = bestModelBpb(metrics);
+    out.push(
+      ...table(
+        ["#", "", "bits/byte", "Δ vs best model", "byte PPL", "word PPL", "mean weights"],
+        shown.map(({ r, f }) => [String(r.rank), r.id, fmtBpb(f.bits_per_byte), fmtDeltaBpb(f.bits_per_byte - best), fmtPpl(f.ppl), fmtPpl(f.word_perplexity), fmtWeights(f.weights_mean)]),
+        ["r", "l", "r", "r", "r", "r", "l"],
+      ),
+    );
+  } else {
+    out.push(
+      ...table(
+        ["#", "", "PPL", "Δ vs best model", "bits/byte", "word PPL", "mean weights"],
+        shown.map(({ r, f }) => [String(r.rank), r.id, fmtPpl(f.ppl), fmtPct(r.delta_vs_best_model_pct), fmtBpb(f.bits_per_byte), fmtPpl(f.word_perplexity), fmtWeights(f.weights_mean)]),
+        ["r", "l", "r", "r", "r", "r", "l"],
+      ),
+    );
+  }
   const more = metrics.ranked.length - shown.length;
   if (more > 0) {
     const where = opts.metricsPath ? `${displayRef(opts.metricsPath)} (and ${displayRef(sidePath(opts.metricsPath, ".csv"))})` : "the metrics file";
@@ -65,9 +101,26 @@ function fusionTable(metrics: Metrics, opts: ReportOptions): string[] {
   return out;
 }
 
+/** The best single model's bits per byte (also the lowest-PPL one: the same text, the same bytes). */
+function bestModelBpb(metrics: Metrics): number {
+  return Math.min(...metrics.models.map((m) => m.bits_per_byte));
+}
+
+/** "-0.0468" bits per byte, signed. */
+function fmtDeltaBpb(x: number): string {
+  const s = x.toFixed(4);
+  return s === "0.0000" || s === "-0.0000" ? "0.0000" : `${x > 0 ? "+" : ""}${s}`;
+}
+
 function verdict(metrics: Metrics): string {
   const best = metrics.best!;
   const bm = metrics.best_model;
+  if (metrics.space === "bytes") {
+    const f = metrics.fusions.find((x) => x.id === best.id)!;
+    const d = f.bits_per_byte - bestModelBpb(metrics);
+    const how = d < 0 ? `${fmtBpb(-d)} bits/byte below the best single model` : `${fmtBpb(d)} bits/byte above the best single model; no fusion beat it`;
+    return `Best: ${best.id}, ${fmtBpb(f.bits_per_byte)} bits/byte, ${how} (${displayRef(bm.ref)}, ${fmtBpb(bestModelBpb(metrics))} bits/byte)`;
+  }
   const delta = (best.ppl / bm.ppl - 1) * 100;
   const how = delta < 0
     ? `${Math.abs(delta).toFixed(2)}% below the best single model`

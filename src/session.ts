@@ -7,9 +7,10 @@
 //   await session.close();
 import { datasetStats } from "./dataset.js";
 import { DEFAULTS } from "./defaults.js";
-import { Interrupted, UserError } from "./errors.js";
+import { ConfigError, Interrupted, UserError } from "./errors.js";
 import { buildMetrics, type EvaluationRequest, type Metrics } from "./metrics.js";
-import type { ByteOptions, LoadedMsg, ModelSpec, ProgressMsg, ResultMsg, Setting, Sums } from "./protocol.js";
+import { ByteOptions, type LoadedMsg, type ModelSpec, type ProgressMsg, type ResultMsg, type Setting, type Sums } from "./protocol.js";
+import { errorMap, issueLines } from "./validation.js";
 import { resolvePython, withSetupHint } from "./python-env.js";
 import { resolveStrategies, type StrategyEntry } from "./strategies.js";
 import type { Sweep } from "./sweep.js";
@@ -97,7 +98,14 @@ export class Session {
     readonly loaded: LoadedMsg,
     readonly models: ModelSpec[],
     readonly tokenizer: string | null,
+    /** The byte options the models were loaded with (used in byte space). */
+    readonly bytes: ByteOptions,
   ) {}
+
+  /** The space this session's evaluations run in (the worker resolved `auto`). */
+  get space() {
+    return this.loaded.space;
+  }
 
   get hello() {
     return this.worker.hello;
@@ -111,6 +119,9 @@ export class Session {
       python, env: opts.env, onStatus: opts.onStatus, onStderr: opts.onStderr, onDropped: opts.onDropped,
       startTimeoutMs: opts.startTimeoutMs, heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
     };
+    const bytes = { beam: opts.bytes?.beam ?? DEFAULTS.beam, prune: opts.bytes?.prune ?? DEFAULTS.prune };
+    const checked = ByteOptions.safeParse(bytes, { error: errorMap });
+    if (!checked.success) throw new ConfigError(issueLines(checked.error, "bytes"));
     let worker: Worker;
     try {
       worker = await Worker.start(workerOpts);
@@ -119,11 +130,10 @@ export class Session {
     }
     try {
       const loaded = await worker.load({
-        models, tokenizer: opts.tokenizer ?? null, max_length: opts.maxLength ?? null, bos_per_window: opts.bosPerWindow ?? false,
-        space: opts.space ?? DEFAULTS.space,
-        bytes: { beam: opts.bytes?.beam ?? DEFAULTS.beam, prune: opts.bytes?.prune ?? DEFAULTS.prune },
+        models, tokenizer: opts.tokenizer ?? null, max_length: opts.maxLength ?? null, bos_per_window: opts.bosPerWindow ?? DEFAULTS.bos_per_window,
+        space: opts.space ?? DEFAULTS.space, bytes,
       });
-      return new Session(worker, loaded, models, opts.tokenizer ?? null);
+      return new Session(worker, loaded, models, opts.tokenizer ?? null, bytes);
     } catch (e) {
       await worker.close();
       throw e;
@@ -170,7 +180,7 @@ export class Session {
       ]);
       const seconds = (performance.now() - started) / 1000;
       const metrics = buildMetrics({
-        models: this.models, request, result, loaded: this.loaded, hello: this.worker.hello, seconds, version: VERSION,
+        models: this.models, request, result, loaded: this.loaded, hello: this.worker.hello, seconds, version: VERSION, bytes: this.bytes,
       });
       return { metrics, result, settings: request.settings };
     } finally {

@@ -39,6 +39,10 @@ export async function execute(plan: RunPlan, opts: RunOptions & { metricsPath: s
   try {
     session = await openSession(plan, progress, opts.verbose);
     if (interrupt.signal.aborted) throw new Interrupted();
+    if (session.space === "bytes") {
+      progress.unit = "bytes";
+      progress.status(`byte space: ${session.loaded.space_reason} (windows of ${plan.dataset.max_length} bytes, beam ${plan.bytes.beam})`);
+    }
     const evaluation = await session.run(request, {
       resume: resume?.sums ?? null,
       signal: interrupt.signal,
@@ -66,6 +70,7 @@ async function openSession(plan: RunPlan, progress: Progress, verbose?: boolean)
   progress.status(`loading ${plan.models.map((m) => m.ref).join(", ")}`);
   return Session.open({
     models: plan.models, tokenizer: plan.tokenizer, python: plan.runtime.python, maxLength: plan.dataset.max_length,
+    space: plan.space, bytes: plan.bytes,
     bosPerWindow: plan.dataset.bos_per_window, onStatus: (m) => progress.status(m),
     onStderr: verbose ? (l) => process.stderr.write(`[worker] ${l}\n`) : undefined,
     onDropped: verbose ? (why) => process.stderr.write(`[controller] dropped a message from the worker: ${why}\n`) : undefined,
