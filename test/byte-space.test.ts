@@ -1,0 +1,141 @@
+// Byte space on the controller's side (SPEC §7): the config keys, the metrics and the
+// report. The numbers are checked against sums made here from per-byte probabilities,
+// not against typed-in values; the worker's byte LM has its own tests (python/tests).
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { after, describe, test } from "node:test";
+import { ConfigError } from "../src/errors.js";
+import { buildMetrics } from "../src/metrics.js";
+import { parseConfig, planRequest, type RunPlan } from "../src/plan.js";
+import type { HelloMsg, LoadedMsg, ResultMsg } from "../src/protocol.js";
+import { formatReport } from "../src/report.js";
+
+const root = mkdtempSync(path.join(tmpdir(), "kotara-bytes-"));
+after(() => rmSync(root, { recursive: true, force: true }));
+const TEXT = "Grüße aus Köln — a text with a few words.\n".repeat(4);
+const textFile = path.join(root, "t.txt");
+writeFileSync(textFile, TEXT);
+const BYTES = Buffer.byteLength(TEXT);
+const WORDS = TEXT.split(/\s+/).filter(Boolean).length;
+
+const base = { models: [{ ref: "org/a" }, { ref: "org/b" }], dataset: { path: textFile, max_length: 64, stride: 64 }, strategies: ["entropy", "poe"] };
+const plan = (extra: Record<string, unknown> = {}): RunPlan => parseConfig({ ...base, ...extra }, root);
+function problems(extra: Record<string, unknown>): string[] {
+  try {
+    plan(extra);
+  } catch (e) {
+    assert.ok(e instanceof ConfigError, String(e));
+    return e.lines;
+  }
+  assert.fail("accepted");
+}
+
+describe("config", () => {
+  test("space defaults to auto; bytes to the defaults; both are in the plan", () => {
+    const p = plan();
+    assert.equal(p.space, "auto");
+    assert.deepEqual(p.bytes, { beam: 8, prune: 0 });
+    assert.deepEqual(plan({ space: "bytes", bytes: { beam: 2, prune: 0.25 } }).bytes, { beam: 2, prune: 0.25 });
+    assert.deepEqual(plan({ bytes: { beam: 3 } }).bytes, { beam: 3, prune: 0 });
+  });
+  test("bad values name the field", () => {
+    assert.deepEqual(problems({ space: "words" }), ['space: must be one of: tokens, bytes, auto, got "words"']);
+    assert.deepEqual(problems({ bytes: { beam: 0 } }), ["bytes.beam: must be a positive integer, got 0"]);
+    assert.deepEqual(problems({ bytes: { beam: 2.5 } }), ["bytes.beam: must be an integer, got 2.5"]);
+    assert.deepEqual(problems({ bytes: { prune: 1 } }), ["bytes.prune: must be in [0, 1), got 1 (1 would prune everything but the best)"]);
+    assert.deepEqual(problems({ bytes: { prune: -0.1 } }), ["bytes.prune: must be in [0, 1), got -0.1"]);
+    assert.deepEqual(problems({ bytes: { K: 4 } }), ["bytes.K: unknown key; allowed: beam, prune"]);
+  });
+});
+
+/** A deterministic PRNG (mulberry32). */
+function rng(seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A byte-space result: per scored byte, each model's and each fusion's probability of it. */
+function byteResult(p: RunPlan, pruned: number[]) {
+  const rand = rng(3);
+  const n = BYTES; // S = L: every byte scored (the start token is the first byte's context)
+  const probs = (k: number) => Array.from({ length: k }, () => Array.from({ length: n }, () => 0.05 + 0.9 * rand()));
+  const modelP = probs(2);
+  const fusionP = probs(p.settings.length);
+  const nll = (ps: number[]) => ps.reduce((a, x) => a - Math.log(x), 0);
+  const result: ResultMsg = {
+    seq: 5, type: "result", request_id: "r1", space: "bytes", tokens: BYTES, windows: Math.ceil(BYTES / 64),
+    sums: {
+      windows_done: Math.ceil(BYTES / 64), scored_tokens: n, model_nll: modelP.map(nll), fusion_nll: fusionP.map(nll),
+      fusion_weights: p.settings.map(() => [n / 2, n / 2]),
+    },
+    byte_stats: pruned.map((k) => ({ pruned: k, pruned_positions: Math.min(k, 3), max_pruned_share: k ? 1.5e-6 : 0, max_hypotheses: 8 })),
+    seconds: 2, tokenize_seconds: 0.1, peak_memory_bytes: 1, device: "cpu", dtype: "float32",
+  };
+  return { result, modelP, fusionP, n };
+}
+
+const hello: HelloMsg = { seq: 0, type: "hello", protocol_version: 2, worker_version: "x", pid: 1, python: "3.11", torch: "2.13", transformers: "5", cuda_devices: 0 };
+const loaded = (p: RunPlan): LoadedMsg => ({
+  seq: 1, type: "loaded", seconds: 1, space: "bytes", space_reason: "the vocabularies of org/a and org/b differ",
+  tokenizer: { ref: "org/a", vocab_size: 512, bos_token_id: 0 },
+  models: p.models.map((m) => ({ ref: m.ref, device: "cpu", dtype: "float32", parameters: 1, vocab_size: 512, max_positions: 128, head_path: "scored" as const, tokenizer: m.ref })),
+});
+
+describe("metrics and report in byte space", () => {
+  const p = plan({ space: "bytes" });
+  const { result, modelP, fusionP, n } = byteResult(p, [0, 12]);
+  const metrics = buildMetrics({ models: p.models, request: planRequest(p), result, loaded: loaded(p), hello, seconds: 3, version: "v", bytes: p.bytes });
+
+  test("nll per byte, bits per byte, byte perplexity = ppl, word perplexity, scored bytes", () => {
+    assert.equal(metrics.space, "bytes");
+    assert.equal(metrics.dataset.scored_bytes, n);
+    const check = (got: { nll: number; ppl: number; bits_per_byte: number; word_perplexity: number; byte_perplexity?: number }, ps: number[]) => {
+      // independent: log2 of each probability, summed
+      const bits = ps.reduce((a, x) => a - Math.log2(x), 0);
+      assert.ok(Math.abs(got.bits_per_byte - bits / BYTES) <= 1e-12 * (bits / BYTES));
+      assert.ok(Math.abs(got.nll - (bits * Math.LN2) / n) <= 1e-12 * got.nll);
+      assert.equal(got.byte_perplexity, got.ppl);
+      assert.ok(Math.abs(Math.log(got.ppl) - got.nll) <= 1e-12 * got.nll);
+      assert.ok(Math.abs(Math.log(got.word_perplexity) - (bits * Math.LN2) / WORDS) <= 1e-12 * Math.log(got.word_perplexity));
+    };
+    metrics.models.forEach((m, i) => check(m, modelP[i]));
+    metrics.fusions.forEach((f, j) => check(f, fusionP[j]));
+  });
+
+  test("the beam's report: options and per-model stats", () => {
+    assert.deepEqual(metrics.bytes, {
+      beam: 8, prune: 0,
+      models: [
+        { ref: "org/a", pruned: 0, pruned_positions: 0, max_pruned_share: 0, max_hypotheses: 8 },
+        { ref: "org/b", pruned: 12, pruned_positions: 3, max_pruned_share: 1.5e-6, max_hypotheses: 8 },
+      ],
+    });
+  });
+
+  test("the report leads with bits per byte, names the space and says which beam pruned", () => {
+    const text = formatReport(metrics);
+    const lines = text.split("\n");
+    assert.match(lines[0], new RegExp(`byte space \\(beam 8\\): ${BYTES} bytes scored in \\d+ windows of 64 bytes, stride 64$`));
+    assert.match(lines[1], / bytes\/s\) · /);
+    assert.match(text, /^\s+bits\/byte\s+byte PPL\s+word PPL$/m);
+    assert.match(text, /^\s+#\s+bits\/byte\s+Δ vs best model\s+byte PPL/m);
+    const best = Math.min(...metrics.models.map((m) => m.bits_per_byte));
+    const top = metrics.fusions.find((f) => f.id === metrics.best!.id)!;
+    const d = top.bits_per_byte - best;
+    assert.ok(text.includes(`${top.bits_per_byte.toFixed(4)} bits/byte, ${Math.abs(d).toFixed(4)} bits/byte ${d < 0 ? "below" : "above"} the best single model`));
+    assert.match(text, /org\/a: exact \(nothing pruned/);
+    assert.match(text, /org\/b: pruned at 3 bytes, the largest pruned share 1\.5e-6/);
+    assert.match(text, /a larger bytes\.beam makes it exact/);
+  });
+
+  test("a byte-space result without beam stats is a bug, not numbers", () => {
+    const bad = { ...result, byte_stats: null };
+    assert.throws(() => buildMetrics({ models: p.models, request: planRequest(p), result: bad, loaded: loaded(p), hello, seconds: 1, version: "v", bytes: p.bytes }), /one beam report per model/);
+  });
+});
