@@ -49,6 +49,17 @@ export async function doctorCommand(configPath?: string): Promise<void> {
     row("  version", "not found");
   }
 
+  cacheRows(p, row);
+  row("verdict", problem ? `not ready: ${problem}` : "ok: the worker can start with this Python");
+  const width = Math.max(...rows.map(([k]) => k.length)) + 2;
+  process.stdout.write(rows.map(([k, val]) => (val ? k.padEnd(width) + val : k)).join("\n") + "\n");
+  if (problem) {
+    throw new UserError(`the worker cannot start with ${choice.python}: ${fixFor(choice, noPython)}`);
+  }
+}
+
+/** Where the Hugging Face cache and Kotara's own environment are. */
+function cacheRows(p: Probe | null, row: (k: string, v: string) => void): void {
   row("caches", "");
   if (p?.hf) {
     row("  HF_HOME", p.hf.home);
@@ -58,18 +69,17 @@ export async function doctorCommand(configPath?: string): Promise<void> {
   }
   const venv = userVenvDir();
   row("  kotara env", `${venv} (${existsSync(venvPython(venv)) ? "made by `kotara setup`" : "not made yet; `kotara setup` makes it"})`);
+}
 
-  const fix = !noPython ? `run ${setupCommandFor(choice.python)}` +
-      (choice.rule === "KOTARA_PYTHON" ? " (it installs what is missing into KOTARA_PYTHON, keeping its torch), or unset KOTARA_PYTHON" : "")
-    : choice.rule === "KOTARA_PYTHON" ? "fix KOTARA_PYTHON, or unset it and run `kotara setup` (it makes Kotara's own environment)"
-    : choice.rule === "PATH" ? `install Python ≥ ${MIN_PYTHON.join(".")} (or set PYTHON=/path/to/python), then run \`kotara setup\``
-    : "fix runtime.python in the config";
-  row("verdict", problem ? `not ready: ${problem}` : "ok: the worker can start with this Python");
-  const width = Math.max(...rows.map(([k]) => k.length)) + 2;
-  process.stdout.write(rows.map(([k, val]) => (val ? k.padEnd(width) + val : k)).join("\n") + "\n");
-  if (problem) {
-    throw new UserError(`the worker cannot start with ${choice.python}: ${fix}`);
+/** What to run when the worker cannot start with the chosen Python. */
+function fixFor(choice: ReturnType<typeof choosePython>, noPython: boolean): string {
+  if (!noPython) {
+    return `run ${setupCommandFor(choice.python)}` +
+      (choice.rule === "KOTARA_PYTHON" ? " (it installs what is missing into KOTARA_PYTHON, keeping its torch), or unset KOTARA_PYTHON" : "");
   }
+  if (choice.rule === "KOTARA_PYTHON") return "fix KOTARA_PYTHON, or unset it and run `kotara setup` (it makes Kotara's own environment)";
+  if (choice.rule === "PATH") return `install Python ≥ ${MIN_PYTHON.join(".")} (or set PYTHON=/path/to/python), then run \`kotara setup\``;
+  return "fix runtime.python in the config";
 }
 
 function devices(t: NonNullable<Probe["torch"]>): string {

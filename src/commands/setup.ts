@@ -33,17 +33,8 @@ export async function setupCommand(opts: SetupOptions = {}): Promise<void> {
   if (target.kind === "venv") await ensureVenv(target.venvDir!, { recreate: opts.recreate ?? false, say });
   say(`checking ${target.python} (${describe(target)})`);
   let p = await probeTarget(target);
-  if (tooOld(p.version)) {
-    throw new UserError(`${target.python} is Python ${p.version}; Kotara's worker needs Python ≥ ${MIN_PYTHON.join(".")}` +
-      (target.kind === "venv" ? " (run `kotara setup --recreate` with PYTHON=/path/to/a newer python)" : ""));
-  }
-
-  if (p.externally_managed) {
-    throw new UserError(`${target.python} is the system's Python, managed by its package manager (PEP 668): pip will not install into it. ` +
-      "Unset KOTARA_PYTHON (then `kotara setup` makes Kotara's own environment), or point it at a venv or conda environment.");
-  }
-  const unmet = () => (p.requirements ?? []).filter((r) => !r.satisfied);
-  if (!p.missing.includes("torch") && unmet().length === 0 && p.missing.length === 0) {
+  refuseUnusable(p, target);
+  if (!p.missing.includes("torch") && unmetOf(p).length === 0 && p.missing.length === 0) {
     say(`nothing to install: ${target.python} has torch ${p.versions.torch}, transformers ${p.versions.transformers}, ` +
       `pyzmq ${p.versions.pyzmq}, msgpack ${p.versions.msgpack}, jsonschema ${p.versions.jsonschema}`);
     hint(target, say);
@@ -53,40 +44,61 @@ export async function setupCommand(opts: SetupOptions = {}): Promise<void> {
     throw new UserError(`${target.python} has no pip to install Kotara's requirements with. ` +
       `Add it (\`${target.python} -m ensurepip --upgrade\`)${target.kind === "venv" ? ", or run `kotara setup --recreate`" : ", or unset KOTARA_PYTHON to let `kotara setup` make Kotara's own environment"}.`);
   }
-
-  // 1. torch, when none is there (a torch that is there is never replaced).
-  if (p.missing.includes("torch")) {
-    say(`installing ${TORCH_PIN} into ${target.python} (it has no torch; this downloads a large wheel)`);
-    await pip(target.python, [TORCH_PIN], opts.quiet ?? false, `could not install ${TORCH_PIN} into ${target.python}`);
-    p = await probeTarget(target);
-  }
-  const torch = p.versions.torch;
-  if (!torch) throw new UserError(`torch is still not importable in ${target.python} after installing it; \`kotara doctor\` shows what it has`);
-  const oldTorch = unmet().find((r) => r.name === "torch");
-  if (oldTorch) {
-    throw new UserError(`${target.python} has torch ${torch}, Kotara needs ${oldTorch.line}. \`kotara setup\` never replaces a torch ` +
-      `(it is often a CUDA build chosen with care): upgrade it yourself, or unset KOTARA_PYTHON to use Kotara's own environment.`);
-  }
-
-  // 2. what requirements.txt lists and this Python lacks, with its torch pinned in place.
-  const lines = unmet().map((r) => r.line);
-  if (lines.length > 0) {
-    say(`installing ${lines.join(", ")} into ${target.python} (keeping torch ${torch})`);
-    const dir = mkdtempSync(join(tmpdir(), "kotara-setup-"));
-    try {
-      const constraints = join(dir, "constraints.txt");
-      writeFileSync(constraints, `torch==${torch}\n`);
-      await pip(target.python, ["-c", constraints, ...lines], opts.quiet ?? false, `could not install Kotara's requirements into ${target.python}`);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-    p = await probeTarget(target);
-  }
+  p = await installTorch(p, target, opts.quiet ?? false, say);
+  const torch = p.versions.torch!;
+  p = await installRequirements(p, target, torch, opts.quiet ?? false, say);
   const left = missingSummary(p);
   if (left) throw new UserError(`${target.python} still lacks ${left} after installing; \`kotara doctor\` shows what it has`);
   if (p.versions.torch !== torch) throw new UserError(`pip replaced torch ${torch} with ${p.versions.torch} in ${target.python} (a bug: please report it)`);
   say(`ready: ${target.python} has torch ${p.versions.torch}, transformers ${p.versions.transformers}`);
   hint(target, say);
+}
+
+const unmetOf = (p: Probe) => (p.requirements ?? []).filter((r) => !r.satisfied);
+
+/** A Python pip cannot or must not install into, or too old to run the worker. */
+function refuseUnusable(p: Probe, target: SetupTarget): void {
+  if (tooOld(p.version)) {
+    throw new UserError(`${target.python} is Python ${p.version}; Kotara's worker needs Python ≥ ${MIN_PYTHON.join(".")}` +
+      (target.kind === "venv" ? " (run `kotara setup --recreate` with PYTHON=/path/to/a newer python)" : ""));
+  }
+  if (p.externally_managed) {
+    throw new UserError(`${target.python} is the system's Python, managed by its package manager (PEP 668): pip will not install into it. ` +
+      "Unset KOTARA_PYTHON (then `kotara setup` makes Kotara's own environment), or point it at a venv or conda environment.");
+  }
+}
+
+/** 1. torch, when none is there (a torch that is there is never replaced, only checked). */
+async function installTorch(p: Probe, target: SetupTarget, quiet: boolean, say: (m: string) => void): Promise<Probe> {
+  if (p.missing.includes("torch")) {
+    say(`installing ${TORCH_PIN} into ${target.python} (it has no torch; this downloads a large wheel)`);
+    await pip(target.python, [TORCH_PIN], quiet, `could not install ${TORCH_PIN} into ${target.python}`);
+    p = await probeTarget(target);
+  }
+  const torch = p.versions.torch;
+  if (!torch) throw new UserError(`torch is still not importable in ${target.python} after installing it; \`kotara doctor\` shows what it has`);
+  const oldTorch = unmetOf(p).find((r) => r.name === "torch");
+  if (oldTorch) {
+    throw new UserError(`${target.python} has torch ${torch}, Kotara needs ${oldTorch.line}. \`kotara setup\` never replaces a torch ` +
+      `(it is often a CUDA build chosen with care): upgrade it yourself, or unset KOTARA_PYTHON to use Kotara's own environment.`);
+  }
+  return p;
+}
+
+/** 2. what requirements.txt lists and this Python lacks, with its torch pinned in place. */
+async function installRequirements(p: Probe, target: SetupTarget, torch: string, quiet: boolean, say: (m: string) => void): Promise<Probe> {
+  const lines = unmetOf(p).map((r) => r.line);
+  if (lines.length === 0) return p;
+  say(`installing ${lines.join(", ")} into ${target.python} (keeping torch ${torch})`);
+  const dir = mkdtempSync(join(tmpdir(), "kotara-setup-"));
+  try {
+    const constraints = join(dir, "constraints.txt");
+    writeFileSync(constraints, `torch==${torch}\n`);
+    await pip(target.python, ["-c", constraints, ...lines], quiet, `could not install Kotara's requirements into ${target.python}`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return probeTarget(target);
 }
 
 function describe(t: SetupTarget): string {
