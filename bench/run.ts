@@ -19,6 +19,8 @@
 //      every figure with its target, PASS/MISS, and a JSON dump (results/bench.json).
 //   5. on a machine where the worker's torch sees CUDA: bf16 throughput and MFU of
 //      GPT-2 small/medium/large-shaped pairs; elsewhere it says it skipped that.
+//   6. with --memory-probe: bench/memory_probe.py, in-process, takes the worker's request
+//      path apart to see which piece of a request's peak memory grows with the text.
 //
 // main() runs these as named steps; each step is one function below.
 import { spawnSync } from "node:child_process";
@@ -54,6 +56,7 @@ interface Options {
   out: string;
   modelsDir: string;
   gpu: boolean;
+  memoryProbe: boolean;
 }
 
 const HELP = `usage: npm run bench -- [options]
@@ -74,6 +77,9 @@ prints every figure with its target and writes a JSON report (docs/benchmarks.md
   --out FILE         the JSON report (default results/bench.json; --quick results/bench-quick.json)
   --models-dir DIR   where the bench models are cached (default .kotara/bench-models)
   --no-gpu           skip the GPU part even where the worker's torch sees CUDA
+  --memory-probe     also run bench/memory_probe.py: the worker's request path in-process,
+                     piece by piece, at 1×, 4× and 16× the memory check's 2× text
+                     (several minutes at the defaults)
   -h, --help         this text
 `;
 
@@ -88,6 +94,7 @@ const OPTION_SPEC = {
   out: { type: "string" },
   "models-dir": { type: "string" },
   "no-gpu": { type: "boolean" },
+  "memory-probe": { type: "boolean" },
   help: { type: "boolean", short: "h" },
 } as const satisfies ParseArgsConfig["options"];
 
@@ -125,6 +132,7 @@ function parseOptions(argv: string[]): Options | null {
     out: values.out !== undefined ? resolve(values.out) : join(ROOT, "results", quick ? "bench-quick.json" : "bench.json"),
     modelsDir: values["models-dir"] !== undefined ? resolve(values["models-dir"]) : join(ROOT, ".kotara", "bench-models"),
     gpu: !values["no-gpu"],
+    memoryProbe: values["memory-probe"] ?? false,
   };
   if (o.stride > o.maxLength) throw new UsageError("--stride must be <= --max-length");
   if (o.naiveSubset !== null && o.naiveSubset >= SWEEP_SIZE) o.naiveSubset = null;
@@ -670,7 +678,24 @@ async function gpuShape(o: Options, shape: string, source: string, peak: number 
   }
 }
 
-// ---------------------------------------------------------------------------- step 7: report
+// ---------------------------------------------------------------------------- step 7: the memory probe (optional)
+
+/**
+ * bench/memory_probe.py on the memory check's 2× text at 1×, 4× and 16× its length, with
+ * the memory check's settings and batch size: which piece of a request's peak grows with the text.
+ */
+function memoryProbe(o: Options, inputs: Inputs, four: Setting[], work: string): unknown {
+  log("memory probe: bench/memory_probe.py (the worker's request path in-process; several minutes)");
+  writeFileSync(join(work, "probe-settings.json"), JSON.stringify(four));
+  const probe = python("memory_probe.py", ["--models", ...inputs.built.models.slice(0, 2), "--source", inputs.built.source,
+    "--tokens", String(2 * o.tokens), "--multiples", "1", "4", "16", "--max-length", String(o.maxLength),
+    "--stride", String(o.stride), "--batch-size", String(Math.min(2, o.batchSize)), "--rounds", String(MEMORY_ROUNDS),
+    "--settings", join(work, "probe-settings.json"), "--work", work]);
+  for (const r of probe.table as { figure: string; value: string }[]) row(`memory probe: ${r.figure}`, r.value, "", "info");
+  return probe;
+}
+
+// ---------------------------------------------------------------------------- step 8: report
 
 interface Measured {
   machine: Machine;
@@ -684,6 +709,7 @@ interface Measured {
   memory: MemoryFigures;
   bridge: BridgeFigures;
   gpu: unknown;
+  probe: unknown;
 }
 
 function buildReport(o: Options, m: Measured, totalSeconds: number) {
@@ -712,6 +738,7 @@ function buildReport(o: Options, m: Measured, totalSeconds: number) {
         text_2x: m.memory.peaks2, text_8x: m.memory.peaks8, band_bytes: m.memory.slack, growth_bytes_per_token: m.memory.growthPerToken },
     },
     gpu: m.gpu,
+    memory_probe: m.probe,
     table: rows,
     total_seconds: totalSeconds,
   };
@@ -753,7 +780,8 @@ async function measure(o: Options, work: string): Promise<Measured> {
   memoryRows(mem, memory, inputs);
   bridgeRows(kotara, bridge, naive.naive, speed);
   const gpu = await gpuPart(o, kotara.hello, inputs);
-  return { machine, inputs, settings, kotara, mem, naive, agree, speed, memory, bridge, gpu };
+  const probe = o.memoryProbe ? memoryProbe(o, inputs, settings.four, work) : null;
+  return { machine, inputs, settings, kotara, mem, naive, agree, speed, memory, bridge, gpu, probe };
 }
 
 async function main(): Promise<number> {
