@@ -306,7 +306,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--settings", default=None, help="a JSON list of wire settings (default: every worker strategy at T = 1)")
-    p.add_argument("--no-pass", action="store_true", help="only the tokenizing pieces (seconds, no forward passes)")
+    p.add_argument("--no-pass", action="store_true", help="only the tokenizing pieces (after the one warm-up request; under a minute)")
     p.add_argument("--variants", nargs="+", default=None,
                    help="only these requests (1x always runs): 4x 4x_trim 1x_tiled_m 16x_first_k 16x_first_k_trim")
     p.add_argument("--work", default=None, help="where the texts are cut (default: a temp dir)")
@@ -324,19 +324,29 @@ def main() -> None:
         settings = json.loads(Path(o.settings).read_text())
     else:
         settings = [{"id": t, "type": t, "temperatures": [1.0, 1.0], "betas": None} for t in STRATEGIES]
+    import shutil
     import tempfile
     work = Path(o.work or tempfile.mkdtemp(prefix="kotara-probe-"))
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        run(o, models, settings, work)
+    finally:
+        if not o.work:
+            shutil.rmtree(work, ignore_errors=True)
 
+
+def run(o, models: list[str], settings: list[dict], work: Path) -> None:
     sizes = [m * o.tokens for m in sorted(set(o.multiples))]
     texts = cut_texts(Path(models[0]).parent, o.source, sizes, work)
     log(f"texts: {', '.join(str(t['tokens']) for t in texts.values())} tokens; models {', '.join(Path(m).name for m in models)}")
     srv, channel = open_server(models, o.max_length)
     log(f"loaded; resident {proc_status()['VmRSS'] / MiB:.0f} MiB; torch threads {torch.get_num_threads()}")
-    request(srv, channel, texts[o.tokens]["path"], lambda ws: ws, settings, o)   # warm-up, as the worker's first request
+    # a warm-up request first, as in the worker: tokenizing is then measured in the heap a pass leaves
+    # (in a fresh process without one, glibc hands back part of what tokenizing frees by itself)
+    request(srv, channel, texts[o.tokens]["path"], lambda ws: ws, settings, o)
 
     pieces, traces = {}, {}
-    for rep in range(3):   # the transient figures: the median of three; the first round also warms the tokenizer's caches
+    for _ in range(3):   # the transient figures: the median of three; the first round also warms the tokenizer's caches
         for mult, size in zip(sorted(set(o.multiples)), sizes):
             r = tokenize_pieces(srv, texts[size]["path"], o.max_length, o.stride)
             pieces.setdefault(mult, []).append(r)
