@@ -3,32 +3,42 @@
 //   npm run bench                         # the full benchmark (≈ 11–12 min on 2 cores)
 //   npm run bench -- --quick              # a smoke run of the harness (tiny models, seconds)
 //   npm run bench -- --tokens 1024 --max-length 512 --stride 256 --naive-subset 20 --out results/bench.json
+//   npm run bench -- --help               # every option
 //
 // What it does, in one process, on the same models, text, max_length and stride:
 //   1. builds (once, cached in .kotara/bench-models/) two GPT-2-small-shaped models with
 //      random weights and a 50257-entry word-level tokenizer (bench/make_models.py);
 //   2. Kotara (src/session.ts, the library API): one session, a warm-up, then evaluate()
-//      with 1 setting, the 4 strategies, and the 100-setting sweep (4 strategies × a 5×5
-//      temperature grid); then one session measures peak memory: the text once, then a 2× and
-//      an 8× longer text (the same batch shapes), three times each, interleaved;
+//      with 1 setting, every strategy of the registry (src/strategies.ts) at its defaults,
+//      and the sweep (every strategy × a 5×5 temperature grid: 100 settings for the 4
+//      strategies); then one session measures peak memory: the text once, then a 2× and an
+//      8× longer text (the same batch shapes), three times each, interleaved;
 //   3. the naive reference (bench/naive.py): each base model in its own pass, then one pass
 //      per setting running both models with full logits, batch 1;
 //   4. checks that both give the same perplexities (fails loudly otherwise), and prints
 //      every figure with its target, PASS/MISS, and a JSON dump (results/bench.json).
 //   5. on a machine where the worker's torch sees CUDA: bf16 throughput and MFU of
 //      GPT-2 small/medium/large-shaped pairs; elsewhere it says it skipped that.
+//   6. with --memory-probe: bench/memory_probe.py, in-process, takes the worker's request
+//      path apart to see which piece of a request's peak memory grows with the text.
+//
+// main() runs these as named steps; each step is one function below.
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import type { ResultMsg, Setting } from "../src/protocol.js";
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { fmtInt, table } from "../src/format.js";
+import type { HelloMsg, ModelSpec, ResultMsg, Setting } from "../src/protocol.js";
 import { openSession, resolvePython, toSettings, type Evaluation, type Session } from "../src/session.js";
-import { settingKey } from "../src/strategies.js";
+import { KNOWN_STRATEGIES, settingKey } from "../src/strategies.js";
 import { temperatureGrid } from "../src/sweep.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const GRID = [0.7, 0.85, 1.0, 1.15, 1.3];
+/** Every strategy × GRID for each of the two models: 100 settings for the 4 strategies. */
+const SWEEP_SIZE = KNOWN_STRATEGIES.length * GRID.length ** 2;
 const MEMORY_ROUNDS = 3;  // requests of each of the 2× and 8× texts, interleaved
 const MEMORY_BAND = 0.02; // of the 2× peak: the allocator's request-to-request spread
 const PPL_RTOL = 1e-4;
@@ -42,62 +52,101 @@ interface Options {
   maxLength: number;
   stride: number;
   batchSize: number;
-  naiveSubset: number | null; // time only this many of the 100 sweep settings in the naive run, and scale
+  naiveSubset: number | null; // time only this many of the sweep settings in the naive run, and scale
   out: string;
   modelsDir: string;
   gpu: boolean;
+  memoryProbe: boolean;
 }
 
-function parseArgs(argv: string[]): Options {
-  const quick = argv.includes("--quick");
+const HELP = `usage: npm run bench -- [options]
+
+Kotara against a naive reference on the same models, text, max_length and stride;
+prints every figure with its target and writes a JSON report (docs/benchmarks.md).
+
+  --quick            a smoke run of the harness: tiny models, 160 tokens, L64/S32,
+                     8 naive sweep passes (seconds; not a benchmark)
+  --tokens N         the text: a prefix of N tokens (default 768; --quick 160);
+                     the memory check also uses 2N and 8N
+  --max-length N     window length (default 512; --quick 64)
+  --stride N         window stride, at most --max-length (default 256; --quick 32)
+  --batch-size N     windows per forward (default 8)
+  --naive-subset N   time only N of the ${SWEEP_SIZE} naive sweep passes and scale their mean
+                     (the output says so; default: all, --quick 8)
+  --naive-full       time every naive sweep pass (the default without --quick)
+  --out FILE         the JSON report (default results/bench.json; --quick results/bench-quick.json)
+  --models-dir DIR   where the bench models are cached (default .kotara/bench-models)
+  --no-gpu           skip the GPU part even where the worker's torch sees CUDA
+  --memory-probe     also run bench/memory_probe.py: the worker's request path in-process,
+                     piece by piece, at 1×, 4× and 16× the memory check's 2× text
+                     (several minutes at the defaults)
+  -h, --help         this text
+`;
+
+const OPTION_SPEC = {
+  quick: { type: "boolean" },
+  tokens: { type: "string" },
+  "max-length": { type: "string" },
+  stride: { type: "string" },
+  "batch-size": { type: "string" },
+  "naive-subset": { type: "string" },
+  "naive-full": { type: "boolean" },
+  out: { type: "string" },
+  "models-dir": { type: "string" },
+  "no-gpu": { type: "boolean" },
+  "memory-probe": { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const satisfies ParseArgsConfig["options"];
+
+/** A bad command line: reported as one line and exit status 2, without a stack. */
+class UsageError extends Error {}
+
+function positiveInt(flag: string, v: string | undefined, fallback: number): number {
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new UsageError(`--${flag} needs a positive integer, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+/** The options, or null after --help has been printed. */
+function parseOptions(argv: string[]): Options | null {
+  let values;
+  try {
+    ({ values } = parseArgs({ args: argv, options: OPTION_SPEC, strict: true, allowPositionals: false }));
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message} (see --help)`);
+  }
+  if (values.help) {
+    process.stdout.write(HELP);
+    return null;
+  }
+  if (values["naive-subset"] !== undefined && values["naive-full"]) throw new UsageError("--naive-subset and --naive-full exclude each other");
+  const quick = values.quick ?? false;
   const o: Options = {
     quick,
-    tokens: quick ? 160 : 768,
-    maxLength: quick ? 64 : 512,
-    stride: quick ? 32 : 256,
-    batchSize: 8,
-    naiveSubset: quick ? 8 : null,
-    out: join(ROOT, "results", quick ? "bench-quick.json" : "bench.json"),
-    modelsDir: join(ROOT, ".kotara", "bench-models"),
-    gpu: true,
+    tokens: positiveInt("tokens", values.tokens, quick ? 160 : 768),
+    maxLength: positiveInt("max-length", values["max-length"], quick ? 64 : 512),
+    stride: positiveInt("stride", values.stride, quick ? 32 : 256),
+    batchSize: positiveInt("batch-size", values["batch-size"], 8),
+    naiveSubset: values["naive-full"] ? null : positiveInt("naive-subset", values["naive-subset"], quick ? 8 : SWEEP_SIZE),
+    out: values.out !== undefined ? resolve(values.out) : join(ROOT, "results", quick ? "bench-quick.json" : "bench.json"),
+    modelsDir: values["models-dir"] !== undefined ? resolve(values["models-dir"]) : join(ROOT, ".kotara", "bench-models"),
+    gpu: !values["no-gpu"],
+    memoryProbe: values["memory-probe"] ?? false,
   };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const next = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    const int = () => {
-      const v = Number(next());
-      if (!Number.isInteger(v) || v <= 0) throw new Error(`${a} needs a positive integer`);
-      return v;
-    };
-    if (a === "--quick") continue;
-    else if (a === "--tokens") o.tokens = int();
-    else if (a === "--max-length") o.maxLength = int();
-    else if (a === "--stride") o.stride = int();
-    else if (a === "--batch-size") o.batchSize = int();
-    else if (a === "--naive-subset") o.naiveSubset = int();
-    else if (a === "--naive-full") o.naiveSubset = null;
-    else if (a === "--out") o.out = resolve(next());
-    else if (a === "--models-dir") o.modelsDir = resolve(next());
-    else if (a === "--no-gpu") o.gpu = false;
-    else if (a === "--help" || a === "-h") {
-      console.log(readFileSync(fileURLToPath(import.meta.url), "utf8").split("\n").filter((l) => l.startsWith("//")).join("\n"));
-      process.exit(0);
-    } else throw new Error(`unknown option ${a} (see --help)`);
-  }
-  if (o.stride > o.maxLength) throw new Error("--stride must be <= --max-length");
-  if (o.naiveSubset !== null && o.naiveSubset >= 100) o.naiveSubset = null;
+  if (o.stride > o.maxLength) throw new UsageError("--stride must be <= --max-length");
+  if (o.naiveSubset !== null && o.naiveSubset >= SWEEP_SIZE) o.naiveSubset = null;
   return o;
 }
 
 // ---------------------------------------------------------------------------- helpers
 
 const log = (msg: string) => process.stderr.write(`[bench] ${msg}\n`);
+/** Fixed decimals (format.ts has no fixed-digit format; its fmtNum drops trailing zeros). */
 const fmt = (x: number, digits = 2) => (Number.isFinite(x) ? x.toFixed(digits) : String(x));
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+const sum = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0);
+const round2 = (xs: readonly number[]) => xs.map((x) => Math.round(x * 100) / 100);
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
@@ -174,17 +223,395 @@ const row = (figure: string, value: string, target = "", status: Row["status"] =
 const check = (ok: boolean): Row["status"] => (ok ? "PASS" : "MISS");
 
 function printTable(title: string) {
-  const w0 = Math.max(...rows.map((r) => r.figure.length), 6);
-  const w1 = Math.max(...rows.map((r) => r.value.length), 5);
-  const w2 = Math.max(...rows.map((r) => r.target.length), 6);
-  const line = (a: string, b: string, c: string, d: string) => `${a.padEnd(w0)}  ${b.padStart(w1)}  ${c.padEnd(w2)}  ${d}`;
+  const head = ["figure", "value", "target", "status"];
+  const cells = rows.map((r) => [r.figure, r.value, r.target, r.status]);
+  const rule = head.map((h, c) => "-".repeat(Math.max(h.length, ...cells.map((r) => r[c].length))));
   console.log(`\n${title}\n`);
-  console.log(line("figure", "value", "target", "status"));
-  console.log(line("-".repeat(w0), "-".repeat(w1), "-".repeat(w2), "------"));
-  for (const r of rows) console.log(line(r.figure, r.value, r.target, r.status));
+  for (const line of table(head, [rule, ...cells], ["l", "r", "l", "l"], "")) console.log(line);
 }
 
-// ---------------------------------------------------------------------------- GPU part
+// ---------------------------------------------------------------------------- step 1: machine, models, texts
+
+interface Machine {
+  nproc: number;
+  cpu_model: string;
+  memory_bytes: number;
+  node: string;
+  loadavg_start: number[];
+}
+
+function machineInfo(): Machine {
+  const machine = { nproc: availableParallelism(), cpu_model: cpuModel(), memory_bytes: totalmem(), node: process.version, loadavg_start: loadavg() };
+  log(`machine: ${machine.nproc} cores, ${machine.cpu_model}, load ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+  if (loadavg()[0] > 0.5) {
+    log(`WARNING: the machine is busy (1-min load ${loadavg()[0].toFixed(2)} on ${machine.nproc} cores): other processes ` +
+      "share the cores, and small multi-threaded ops then wait on the scheduler; timings will not be representative");
+  }
+  return machine;
+}
+
+/** What make_models.py `text` prints. */
+interface TextFile {
+  path: string;
+  tokens: number;
+  bytes: number;
+  words: number;
+  unk_tokens: number;
+  source: string;
+}
+
+/** What make_models.py `models` prints. */
+interface BuiltModels {
+  models: string[];
+  tokenizer: string;
+  source: string;
+  vocab: number;
+  shape: string;
+  config: Record<string, number>;
+  parameters: number[];
+}
+
+interface Inputs {
+  wikitext: string;
+  haveWiki: boolean;
+  shape: string;
+  built: BuiltModels;
+  /** The CPU float32 specs of the two bench models. */
+  models: { ref: string; device: string; dtype: ModelSpec["dtype"] }[];
+  text1: TextFile;
+  text2: TextFile;
+  text8: TextFile;
+  warm: TextFile;
+}
+
+function prepareInputs(o: Options, work: string): Inputs {
+  const wikitext = resolve(ROOT, "..", "shared", "data", "wikitext-2-raw-test.txt");
+  const haveWiki = existsSync(wikitext);
+  const shape = o.quick ? "tiny" : "small";
+  log(`models: GPT-2 ${shape} shape ×2 (cached in ${relative(ROOT, o.modelsDir)})`);
+  const built: BuiltModels = python("make_models.py", ["models", "--out", o.modelsDir, "--shape", shape, ...(haveWiki ? ["--source", wikitext] : [])]);
+  const [modelA] = built.models;
+  const cut = (tokens: number, name: string): TextFile =>
+    python("make_models.py", ["text", "--tokenizer", modelA, "--source", built.source, "--tokens", String(tokens), "--out", join(work, name)]);
+  const text1 = cut(o.tokens, "text-1x.txt");
+  const text2 = cut(2 * o.tokens, "text-2x.txt");
+  const text8 = cut(8 * o.tokens, "text-8x.txt");
+  const warm = cut(Math.min(o.maxLength, o.tokens), "warm.txt");
+  log(`text: ${haveWiki ? "WikiText-2 raw test" : "synthetic"} prefix of ${text1.tokens} tokens (${text1.unk_tokens} [UNK]); ` +
+    `2× and 8× texts ${text2.tokens} and ${text8.tokens} tokens; max_length ${o.maxLength}, stride ${o.stride}, batch ${o.batchSize}`);
+  const models = built.models.slice(0, 2).map((ref) => ({ ref, device: "cpu", dtype: "float32" as const }));
+  return { wikitext, haveWiki, shape, built, models, text1, text2, text8, warm };
+}
+
+interface SettingsUnderTest {
+  /** 1 setting: entropy at its defaults. */
+  one: Setting[];
+  /** Every strategy of the registry at its defaults. */
+  four: Setting[];
+  /** Every strategy × GRID × GRID. */
+  sweep: Setting[];
+}
+
+function settingsUnderTest(): SettingsUnderTest {
+  const one = toSettings(["entropy"], 2);
+  const four = toSettings([...KNOWN_STRATEGIES], 2);
+  const sweep = temperatureGrid({ temperatures: GRID }, 2);
+  if (sweep.length !== SWEEP_SIZE) throw new Error(`the sweep has ${sweep.length} settings, expected ${SWEEP_SIZE}`);
+  return { one, four, sweep };
+}
+
+// ---------------------------------------------------------------------------- step 2: Kotara
+
+interface KotaraRuns {
+  hello: HelloMsg;
+  params: number[];
+  openSeconds: number;
+  loadSeconds: number;
+  closeSeconds: number;
+  /** open to close */
+  totalSeconds: number;
+  warmRun: Timed;
+  t1: Timed;
+  t4: Timed;
+  t100: Timed;
+}
+
+async function kotaraRuns(o: Options, inputs: Inputs, s: SettingsUnderTest): Promise<KotaraRuns> {
+  const tOpen = performance.now();
+  const session = await openSession({ models: inputs.models, maxLength: o.maxLength, onStatus: (m) => log(`worker: ${m}`) });
+  const openSeconds = (performance.now() - tOpen) / 1000;
+  const hello = session.hello;
+  const loadSeconds = session.loaded.seconds;
+  const params = session.loaded.models.map((m) => m.parameters);
+  log(`kotara: session open in ${fmt(openSeconds)}s (load ${fmt(loadSeconds)}s); torch ${hello.torch}, ` +
+    `head paths ${session.loaded.models.map((m) => m.head_path).join(",")}`);
+  let timed: Timed[];
+  let closeSeconds: number;
+  try {
+    timed = [
+      await timedEvaluate(session, "warm-up (not timed)", inputs.warm.path, s.four, o),
+      await timedEvaluate(session, "1 setting", inputs.text1.path, s.one, o),
+      await timedEvaluate(session, `${s.four.length} strategies`, inputs.text1.path, s.four, o),
+      await timedEvaluate(session, `${s.sweep.length}-setting sweep`, inputs.text1.path, s.sweep, o),
+    ];
+  } finally {
+    const tClose = performance.now();
+    await session.close();
+    closeSeconds = (performance.now() - tClose) / 1000;
+  }
+  const [warmRun, t1, t4, t100] = timed;
+  const totalSeconds = (performance.now() - tOpen) / 1000;
+  return { hello, params, openSeconds, loadSeconds, closeSeconds, totalSeconds, warmRun, t1, t4, t100 };
+}
+
+const allRuns = (k: KotaraRuns) => [k.warmRun, k.t1, k.t4, k.t100];
+
+interface MemoryRuns {
+  batchSize: number;
+  once: Timed;
+  x2: Timed[];
+  x8: Timed[];
+}
+
+// Peak memory: the worker hands freed memory back to the OS and resets its high-water
+// mark (VmHWM on Linux, the CUDA allocator's peak on a GPU) at every request, so one
+// session measures each text. A warm-up request first: the allocator's first-use growth
+// is not the text's. batch_size 2 and L512/S256 give the 2× and the 8× text exactly the
+// same batch shapes (a first pair, full pairs, a last single window), so the only
+// difference between them is the length. Each runs MEMORY_ROUNDS times, interleaved,
+// and is judged on its median: a resident peak still moves by tens of MiB now and then
+// with where glibc places a request's temporaries, and a median of 3 ignores one such.
+async function memoryRuns(o: Options, inputs: Inputs, four: Setting[]): Promise<MemoryRuns> {
+  const memOpts = { ...o, batchSize: Math.min(2, o.batchSize) };
+  const x2: Timed[] = [];
+  const x8: Timed[] = [];
+  const s = await openSession({ models: inputs.models, maxLength: o.maxLength });
+  try {
+    await timedEvaluate(s, "memory warm-up (not counted)", inputs.text1.path, four, memOpts);
+    const once = await timedEvaluate(s, "memory, 1x text", inputs.text1.path, four, memOpts);
+    for (let round = 1; round <= MEMORY_ROUNDS; round++) {
+      x2.push(await timedEvaluate(s, `memory, 2x text (round ${round}/${MEMORY_ROUNDS})`, inputs.text2.path, four, memOpts));
+      x8.push(await timedEvaluate(s, `memory, 8x text (round ${round}/${MEMORY_ROUNDS})`, inputs.text8.path, four, memOpts));
+    }
+    return { batchSize: memOpts.batchSize, once, x2, x8 };
+  } finally {
+    await s.close();
+  }
+}
+
+// ---------------------------------------------------------------------------- step 3: the naive reference
+
+/** What bench/naive.py writes. */
+interface NaiveOutput {
+  tokens: number;
+  windows: number;
+  scored_tokens: number;
+  vocab: number;
+  tokenize_seconds: number;
+  base: { model: string; nll_sum: number; seconds: number }[];
+  fusions: (Setting & { nll_sum: number; weights_sum: number[]; seconds: number })[];
+  [more: string]: unknown;
+}
+
+interface NaiveRun {
+  naive: NaiveOutput;
+  wall: number;
+}
+
+function naiveRun(o: Options, work: string, inputs: Inputs, s: SettingsUnderTest): NaiveRun {
+  const pick = (x: Setting) => s.sweep.findIndex((y) => settingKey(y) === settingKey(x));
+  const extra = [...s.one, ...s.four].filter((x) => pick(x) < 0);
+  if (extra.length) throw new Error(`the defaults ${extra.map((x) => x.id).join(", ")} are not in the sweep grid`);
+  let naiveSettings = s.sweep;
+  if (o.naiveSubset !== null) {
+    // the defaults, then settings spread evenly over the grid
+    const keep = new Set(s.four.map(pick));
+    const n = s.sweep.length;
+    for (let i = 0; keep.size < o.naiveSubset && i < n; i++) keep.add(Math.floor((i * n) / o.naiveSubset) % n);
+    naiveSettings = s.sweep.filter((_, i) => keep.has(i));
+  }
+  writeFileSync(join(work, "settings.json"), JSON.stringify(naiveSettings));
+  log(`naive: ${naiveSettings.length} setting passes${o.naiveSubset !== null ? ` (a SUBSET of the ${s.sweep.length}; the sweep time is SCALED)` : ""}`);
+  const t0 = performance.now();
+  const [modelA, modelB] = inputs.built.models;
+  python("naive.py", ["--models", modelA, modelB, "--text", inputs.text1.path, "--max-length", String(o.maxLength),
+    "--stride", String(o.stride), "--settings", join(work, "settings.json"), "--out", join(work, "naive.json")]);
+  const wall = (performance.now() - t0) / 1000;
+  return { naive: JSON.parse(readFileSync(join(work, "naive.json"), "utf8")), wall };
+}
+
+// ---------------------------------------------------------------------------- step 4: agreement
+
+interface Agreement {
+  mismatches: string[];
+  maxRel: number;
+  maxW: number;
+  compared: number;
+}
+
+function agreement(k: KotaraRuns, naive: NaiveOutput): Agreement {
+  const naivePpl = (nllSum: number) => Math.exp(nllSum / naive.scored_tokens);
+  const byKey = new Map(naive.fusions.map((f) => [settingKey(f), f]));
+  const a: Agreement = { mismatches: [], maxRel: 0, maxW: 0, compared: 0 };
+  const ppl = (label: string, what: string, got: number, ref: number) => {
+    const rel = Math.abs(got / ref - 1);
+    a.maxRel = Math.max(a.maxRel, rel);
+    a.compared++;
+    if (!(rel <= PPL_RTOL)) a.mismatches.push(`${label}: ${what} PPL ${got} vs naive ${ref} (rel ${rel.toExponential(2)})`);
+  };
+  for (const t of [k.t1, k.t4, k.t100]) {
+    const m = t.evaluation.metrics;
+    if (t.scored !== naive.scored_tokens || t.windows !== naive.windows) {
+      a.mismatches.push(`${t.label}: Kotara scored ${t.scored} tokens in ${t.windows} windows, naive ${naive.scored_tokens} in ${naive.windows}`);
+    }
+    m.models.forEach((mm, i) => ppl(t.label, `model ${i}`, mm.ppl, naivePpl(naive.base[i].nll_sum)));
+    m.fusions.forEach((f, j) => {
+      const nf = byKey.get(settingKey(t.evaluation.settings[j]));
+      if (!nf) return; // not in the naive subset
+      ppl(t.label, f.id, f.ppl, naivePpl(nf.nll_sum));
+      f.weights_mean.forEach((w, m) => {
+        const ref = nf.weights_sum[m] / naive.scored_tokens;
+        const d = Math.abs(w - ref);
+        a.maxW = Math.max(a.maxW, d);
+        if (!(d <= WEIGHT_ATOL)) a.mismatches.push(`${t.label}: ${f.id} mean weight ${m} ${w} vs naive ${ref}`);
+      });
+    });
+  }
+  return a;
+}
+
+// ---------------------------------------------------------------------------- step 5: figures
+
+interface SpeedFigures {
+  sweepSize: number;
+  sweepRatio: number;
+  fusionMsPer1k: number;
+  fusionComputeMsPer1k: number;
+  naiveA: number;
+  naiveB: number;
+  naiveC: number;
+  ratioA: number;
+  ratioB: number;
+  ratioC: number;
+  /** The naive sweep timed a subset and scaled it. */
+  scaled: boolean;
+  baseSeconds: number;
+  measuredPasses: number;
+}
+
+function speedFigures(k: KotaraRuns, naive: NaiveOutput, s: SettingsUnderTest): SpeedFigures {
+  const { t1, t4, t100 } = k;
+  const n = s.sweep.length;
+  const baseSeconds = sum(naive.base.map((b) => b.seconds));
+  const passSeconds = (x: Setting) => naive.fusions.find((f) => settingKey(f) === settingKey(x))!.seconds;
+  const naiveA = naive.tokenize_seconds + baseSeconds + passSeconds(s.one[0]);
+  const naiveB = naive.tokenize_seconds + baseSeconds + sum(s.four.map(passSeconds));
+  const measuredPasses = sum(naive.fusions.map((f) => f.seconds));
+  const scaled = naive.fusions.length < n;
+  const naiveC = naive.tokenize_seconds + baseSeconds + (scaled ? (measuredPasses / naive.fusions.length) * n : measuredPasses);
+  return {
+    sweepSize: n,
+    sweepRatio: t100.wall / t1.wall,
+    fusionMsPer1k: (((t100.wall - t1.wall) / (n - 1)) / (t100.scored / 1000)) * 1000,
+    fusionComputeMsPer1k: (((t100.compute - t1.compute) / (n - 1)) / (t100.scored / 1000)) * 1000,
+    naiveA, naiveB, naiveC,
+    ratioA: naiveA / t1.wall, ratioB: naiveB / t4.wall, ratioC: naiveC / t100.wall,
+    scaled, baseSeconds, measuredPasses,
+  };
+}
+
+interface MemoryFigures {
+  peak1: number;
+  peaks2: number[];
+  peaks8: number[];
+  peak2: number;
+  peak8: number;
+  /** What the 8× median may exceed the 2× median by. */
+  slack: number;
+  growthPerToken: number;
+}
+
+// Growth with the text: the 8× text may hold only its extra token ids more than the 2×
+// one, within the allocator's noise. The band, 2 % of the peak (≈ 30 MiB here), is
+// about half of what repeated requests of one text have spread by (up to 66 MiB, see
+// docs/benchmarks.md), which the medians narrow; the leak this bench once caught (a
+// reference cycle keeping chunk logits alive) added 335 MiB per doubling of the text.
+function memoryFigures(mem: MemoryRuns, inputs: Inputs): MemoryFigures {
+  const extraTokens = inputs.text8.tokens - inputs.text2.tokens;
+  const idsBytes = 8 * extraTokens; // the extra token ids (int64)
+  const peaks2 = mem.x2.map((t) => t.peak);
+  const peaks8 = mem.x8.map((t) => t.peak);
+  const peak2 = median(peaks2);
+  const peak8 = median(peaks8);
+  return {
+    peak1: mem.once.peak, peaks2, peaks8, peak2, peak8,
+    slack: Math.max(idsBytes, MEMORY_BAND * peak2),
+    growthPerToken: (peak8 - peak2) / extraTokens,
+  };
+}
+
+function bridgeFigures(k: KotaraRuns, mem: MemoryRuns) {
+  const runs = allRuns(k);
+  const evals = [k.t1, k.t4, k.t100];
+  const computeTotal = sum(runs.map((t) => t.compute));
+  return {
+    open_s: k.openSeconds, spawn_imports_s: k.openSeconds - k.loadSeconds, load_s: k.loadSeconds, close_s: k.closeSeconds,
+    tokenize_s: sum(runs.map((t) => t.tokenize)),
+    messages_and_report_s: sum(runs.map((t) => t.outside)),
+    // an upper bound: everything outside compute on the longest text, per window (its
+    // per-request costs included; a slope between texts is below timer noise)
+    messaging_ms_per_window: median(mem.x8.map((t) => (t.outside / t.windows) * 1000)),
+    share_of_evaluate_wall_outside_compute: sum(evals.map((t) => t.outside + t.tokenize)) / sum(evals.map((t) => t.wall)),
+    session_total_s: k.totalSeconds, worker_compute_s: computeTotal, outside_compute_s: k.totalSeconds - computeTotal,
+  };
+}
+type BridgeFigures = ReturnType<typeof bridgeFigures>;
+
+function speedRows(k: KotaraRuns, f: SpeedFigures, naive: NaiveOutput, agree: Agreement, s: SettingsUnderTest) {
+  const { t1, t4, t100 } = k;
+  const n = f.sweepSize;
+  row(`sweep: t${n} / t1 (evaluate() wall)`, `${fmt(f.sweepRatio)}  (${fmt(t100.wall)}s / ${fmt(t1.wall)}s)`, "<= 2.0", check(f.sweepRatio <= 2.0));
+  row("fusion cost per setting per 1000 positions", `${fmt(f.fusionMsPer1k, 1)} ms`, `(t${n}−t1)/${n - 1} per 1k scored`, "info");
+  row("  same, from worker compute times", `${fmt(f.fusionComputeMsPer1k, 1)} ms`, "", "info");
+  const est = f.scaled ? ` ESTIMATED: ${naive.fusions.length}/${n} passes timed, scaled` : "";
+  row("naive ÷ Kotara (a) 2 models, 1 strategy", `${fmt(f.ratioA)}×  (${fmt(f.naiveA)}s / ${fmt(t1.wall)}s)`, ">= 1.8", check(f.ratioA >= 1.8));
+  row(`naive ÷ Kotara (b) 2 models, ${s.four.length} strategies`, `${fmt(f.ratioB)}×  (${fmt(f.naiveB)}s / ${fmt(t4.wall)}s)`, ">= 4", check(f.ratioB >= 4));
+  row(`naive ÷ Kotara (c) ${n}-setting sweep${est}`, `${fmt(f.ratioC, 1)}×  (${fmt(f.naiveC, 1)}s / ${fmt(t100.wall)}s)`, ">= 40", check(f.ratioC >= 40));
+  row("PPL agreement, max relative difference", `${agree.maxRel.toExponential(2)} (${agree.compared} PPLs)`, `<= ${PPL_RTOL}`, agree.mismatches.length ? "FAIL" : "PASS");
+  row("mean fusion weights, max abs difference", agree.maxW.toExponential(2), `<= ${WEIGHT_ATOL}`, agree.maxW <= WEIGHT_ATOL ? "PASS" : "FAIL");
+}
+
+function memoryRows(mem: MemoryRuns, f: MemoryFigures, inputs: Inputs) {
+  const mibs = (xs: number[]) => xs.map((b) => (b / 2 ** 20).toFixed(0)).join(" / ");
+  const diff = `${f.peak8 >= f.peak2 ? "+" : "−"}${mib(Math.abs(f.peak8 - f.peak2))} vs 2×`;
+  row(`peak memory (worker, per request), ${mem.once.tokens} tok text`, mib(f.peak1), "", "info");
+  row(`peak memory, ${inputs.text2.tokens} tok (2×) text, median of ${MEMORY_ROUNDS}`, `${mib(f.peak2)}  (${mibs(f.peaks2)})`, "", "info");
+  row(`peak memory, ${inputs.text8.tokens} tok (8×) text, median of ${MEMORY_ROUNDS}`, `${mib(f.peak8)}  (${mibs(f.peaks8)}; ${diff})`,
+    `<= 2× + max(ids, ${100 * MEMORY_BAND}% noise) = ${mib(f.peak2 + f.slack)}`, check(f.peak8 <= f.peak2 + f.slack));
+  // tokenizing's freed heap: the fast tokenizer's Rust encoding, ~0.9 KB a token, stays resident
+  // through the pass until the worker trims after tokenizing (docs/benchmarks.md, bench/memory_probe.py)
+  row("  peak growth per extra token (2× → 8×)", `${fmt(f.growthPerToken, 0)} B`,
+    "ids: 8 B; tokenizer's freed heap: < 900 B; float32 logits: 201,028 B", "info");
+}
+
+function bridgeRows(k: KotaraRuns, b: BridgeFigures, naive: NaiveOutput, f: SpeedFigures) {
+  const { t1, t4, t100 } = k;
+  row("bridge: spawn + imports (open − load)", `${fmt(b.spawn_imports_s)} s`, "", "info");
+  row("bridge: loading 2 models", `${fmt(k.loadSeconds)} s`, "", "info");
+  row("bridge: tokenizing (all evaluations)", `${fmt(b.tokenize_s, 3)} s`, "", "info");
+  row("bridge: messages + metrics (all evaluations)", `${fmt(b.messages_and_report_s, 3)} s`, "", "info");
+  row("bridge: close", `${fmt(k.closeSeconds, 3)} s`, "", "info");
+  row("bridge: messaging per window", `${fmt(b.messaging_ms_per_window, 2)} ms`, "< 1 ms: (wall − compute − tokenize) / windows, 8× text",
+    check(b.messaging_ms_per_window < 1));
+  row(`bridge: outside compute per evaluate(), 1 / ${t4.settings} / ${t100.settings} settings`,
+    `${fmt(1000 * t1.outside, 1)} / ${fmt(1000 * t4.outside, 1)} / ${fmt(1000 * t100.outside, 1)} ms`, "", "info");
+  row("bridge: evaluate() wall outside compute", `${fmt(100 * b.share_of_evaluate_wall_outside_compute, 2)} %`, "<= 1 % (bench's own bar)",
+    check(b.share_of_evaluate_wall_outside_compute <= 0.01));
+  row(`Kotara compute: 1 / ${t4.settings} / ${t100.settings} settings`, `${fmt(t1.compute)} / ${fmt(t4.compute)} / ${fmt(t100.compute)} s`, "", "info");
+  row("naive: each base pass / each setting pass (mean)", `${fmt(f.baseSeconds / naive.base.length)} / ${fmt(f.measuredPasses / naive.fusions.length)} s`, "", "info");
+}
+
+// ---------------------------------------------------------------------------- step 6: GPU
 
 // Dense bf16 peak (no sparsity), by device name.
 const PEAK_BF16: [RegExp, number][] = [
@@ -192,323 +619,205 @@ const PEAK_BF16: [RegExp, number][] = [
   [/L40S/, 362e12], [/L4\b/, 121e12], [/A10G?\b/, 125e12], [/B200/, 2250e12],
 ];
 
+/** The GPU part, or why it did not run (a row says so either way). */
+async function gpuPart(o: Options, hello: HelloMsg, inputs: Inputs): Promise<unknown> {
+  if (!o.gpu) {
+    row("GPU bf16 throughput + MFU", "skipped (--no-gpu)", "", "skipped");
+    return null;
+  }
+  if (hello.cuda_devices === 0) {
+    row("GPU bf16 throughput + MFU", "skipped: no CUDA device (torch.cuda.is_available() is false)", "", "skipped");
+    return { skipped: "torch.cuda.is_available() is false in the worker's python" };
+  }
+  try {
+    return await gpuBench(o, inputs.haveWiki ? inputs.wikitext : inputs.built.source);
+  } catch (e) {
+    row("GPU bf16 throughput + MFU", `FAILED: ${String(e).split("\n")[0]}`, "", "FAIL");
+    return { error: String(e) };
+  }
+}
+
 async function gpuBench(o: Options, source: string) {
   const info = spawnSync(resolvePython(), ["-c", "import torch; print(torch.cuda.get_device_name(0))"], { encoding: "utf8" });
   const name = info.stdout.trim();
   const peak = PEAK_BF16.find(([re]) => re.test(name))?.[1] ?? null;
   log(`gpu: ${name} (bf16 peak ${peak ? `${peak / 1e12} TFLOP/s` : "unknown"})`);
-  const out: any = { device: name, peak_bf16_flops: peak, runs: [] };
-  const sweep = temperatureGrid({ temperatures: GRID }, 2);
-  for (const shape of ["small", "medium", "large"]) {
-    const built = python("make_models.py", ["models", "--out", o.modelsDir, "--shape", shape, "--dtype", "bfloat16",
-      ...(source ? ["--source", source] : [])]);
-    const models = built.models.map((ref: string) => ({ ref, device: "cuda", dtype: "bfloat16" as const }));
-    const t0 = performance.now();
-    const session = await openSession({ models, maxLength: 1024, onStatus: (m) => log(`worker: ${m}`) });
-    const open = (performance.now() - t0) / 1000;
-    try {
-      const text = built.source as string; // the whole text
-      const gpuOpts = { ...o, maxLength: 1024, stride: 1024, batchSize: 16 };
-      const one = toSettings(["entropy"], 2);
-      await timedEvaluate(session, `gpu ${shape} warm-up`, text, one, { ...gpuOpts }); // compiles kernels, fills caches
-      const t1 = await timedEvaluate(session, `gpu ${shape} 1 setting`, text, one, gpuOpts);
-      const t100 = await timedEvaluate(session, `gpu ${shape} 100 settings`, text, sweep, gpuOpts);
-      const params = (session.loaded.models as { parameters: number }[]).map((m) => m.parameters);
-      const tokenForwards = t1.tokens; // stride == max_length: each token goes through each model once
-      const perModel = tokenForwards / t1.compute;
-      const flops = 2 * params.reduce((a, b) => a + b, 0) * tokenForwards;
-      const mfu = (t: Timed) => (peak ? flops / t.compute / peak : null);
-      const r = {
-        shape, parameters: params, open_s: open, tokens: tokenForwards, one: summary(t1), sweep: summary(t100),
-        tokens_per_s_per_model: perModel, mfu_1: mfu(t1), mfu_100: mfu(t100), sweep_ratio: t100.wall / t1.wall,
-      };
-      out.runs.push(r);
-      row(`GPU ${shape} (${(params[0] / 1e6).toFixed(0)}M ×2) tokens/s per model, 1 setting`, fmt(perModel, 0), "", "info");
-      row(`GPU ${shape} MFU (2·params·tokens/time/peak), 1 / 100 settings`,
-        r.mfu_1 === null ? "n/a (unknown peak)" : `${fmt(100 * r.mfu_1, 1)}% / ${fmt(100 * r.mfu_100!, 1)}%`, "", "info");
-      row(`GPU ${shape} sweep ratio t100/t1`, fmt(r.sweep_ratio), "", "info");
-    } finally {
-      await session.close();
-    }
-  }
+  const out = { device: name, peak_bf16_flops: peak, runs: [] as unknown[] };
+  for (const shape of ["small", "medium", "large"]) out.runs.push(await gpuShape(o, shape, source, peak));
   return out;
+}
+
+async function gpuShape(o: Options, shape: string, source: string, peak: number | null) {
+  const sweep = temperatureGrid({ temperatures: GRID }, 2);
+  const built = python("make_models.py", ["models", "--out", o.modelsDir, "--shape", shape, "--dtype", "bfloat16",
+    ...(source ? ["--source", source] : [])]);
+  const models = built.models.map((ref: string) => ({ ref, device: "cuda", dtype: "bfloat16" as const }));
+  const t0 = performance.now();
+  const session = await openSession({ models, maxLength: 1024, onStatus: (m) => log(`worker: ${m}`) });
+  const open = (performance.now() - t0) / 1000;
+  try {
+    const text = built.source as string; // the whole text
+    const gpuOpts = { ...o, maxLength: 1024, stride: 1024, batchSize: 16 };
+    const one = toSettings(["entropy"], 2);
+    await timedEvaluate(session, `gpu ${shape} warm-up`, text, one, { ...gpuOpts }); // compiles kernels, fills caches
+    const t1 = await timedEvaluate(session, `gpu ${shape} 1 setting`, text, one, gpuOpts);
+    const t100 = await timedEvaluate(session, `gpu ${shape} ${sweep.length} settings`, text, sweep, gpuOpts);
+    const params = (session.loaded.models as { parameters: number }[]).map((m) => m.parameters);
+    const tokenForwards = t1.tokens; // stride == max_length: each token goes through each model once
+    const perModel = tokenForwards / t1.compute;
+    const flops = 2 * sum(params) * tokenForwards;
+    const mfu = (t: Timed) => (peak ? flops / t.compute / peak : null);
+    const r = {
+      shape, parameters: params, open_s: open, tokens: tokenForwards, one: summary(t1), sweep: summary(t100),
+      tokens_per_s_per_model: perModel, mfu_1: mfu(t1), mfu_100: mfu(t100), sweep_ratio: t100.wall / t1.wall,
+    };
+    row(`GPU ${shape} (${(params[0] / 1e6).toFixed(0)}M ×2) tokens/s per model, 1 setting`, fmtInt(perModel), "", "info");
+    row(`GPU ${shape} MFU (2·params·tokens/time/peak), 1 / ${sweep.length} settings`,
+      r.mfu_1 === null ? "n/a (unknown peak)" : `${fmt(100 * r.mfu_1, 1)}% / ${fmt(100 * r.mfu_100!, 1)}%`, "", "info");
+    row(`GPU ${shape} sweep ratio t${sweep.length}/t1`, fmt(r.sweep_ratio), "", "info");
+    return r;
+  } finally {
+    await session.close();
+  }
+}
+
+// ---------------------------------------------------------------------------- step 7: the memory probe (optional)
+
+/**
+ * bench/memory_probe.py on the memory check's 2× text at 1×, 4× and 16× its length, with
+ * the memory check's settings and batch size: which piece of a request's peak grows with the text.
+ */
+function memoryProbe(o: Options, inputs: Inputs, four: Setting[], work: string): unknown {
+  log("memory probe: bench/memory_probe.py (the worker's request path in-process; several minutes)");
+  writeFileSync(join(work, "probe-settings.json"), JSON.stringify(four));
+  const probe = python("memory_probe.py", ["--models", ...inputs.built.models.slice(0, 2), "--source", inputs.built.source,
+    "--tokens", String(2 * o.tokens), "--multiples", "1", "4", "16", "--max-length", String(o.maxLength),
+    "--stride", String(o.stride), "--batch-size", String(Math.min(2, o.batchSize)), "--rounds", String(MEMORY_ROUNDS),
+    "--settings", join(work, "probe-settings.json"), "--work", work]);
+  for (const r of probe.table as { figure: string; value: string }[]) row(`memory probe: ${r.figure}`, r.value, "", "info");
+  return probe;
+}
+
+// ---------------------------------------------------------------------------- step 8: report
+
+interface Measured {
+  machine: Machine;
+  inputs: Inputs;
+  settings: SettingsUnderTest;
+  kotara: KotaraRuns;
+  mem: MemoryRuns;
+  naive: NaiveRun;
+  agree: Agreement;
+  speed: SpeedFigures;
+  memory: MemoryFigures;
+  bridge: BridgeFigures;
+  gpu: unknown;
+  probe: unknown;
+}
+
+function buildReport(o: Options, m: Measured, totalSeconds: number) {
+  const { inputs, kotara: k, speed: f } = m;
+  const noPath = (t: TextFile) => ({ ...t, path: undefined });
+  return {
+    kind: o.quick ? "quick smoke run (tiny models): not a benchmark" : "full",
+    machine: { ...m.machine, loadavg_start: round2(m.machine.loadavg_start), loadavg_end: round2(loadavg()),
+      torch: k.hello.torch, transformers: k.hello.transformers, python: k.hello.python },
+    config: { max_length: o.maxLength, stride: o.stride, batch_size: o.batchSize, grid: GRID, models: inputs.built.models, parameters: k.params,
+      model_shape: inputs.built.config, vocab: inputs.built.vocab,
+      // `source` is the text file's path (make_models.py's field); what kind of text it is goes beside it
+      text: { ...noPath(inputs.text1), source_kind: inputs.haveWiki ? "wikitext-2-raw-test prefix" : "synthetic" },
+      text_2x: noPath(inputs.text2), text_8x: noPath(inputs.text8), naive_subset: o.naiveSubset },
+    kotara: { runs: allRuns(k).map(summary), warmup_excluded: summary(k.warmRun), bridge: m.bridge,
+      memory_runs: { text_1x: summary(m.mem.once), text_2x: m.mem.x2.map(summary), text_8x: m.mem.x8.map(summary) },
+      memory_batch_size: m.mem.batchSize },
+    naive: { ...m.naive.naive, wall_s: m.naive.wall },
+    figures: {
+      sweep_ratio: f.sweepRatio, fusion_ms_per_setting_per_1k_positions: f.fusionMsPer1k,
+      fusion_compute_ms_per_setting_per_1k_positions: f.fusionComputeMsPer1k,
+      naive_over_kotara: { a_one_strategy: f.ratioA, b_four_strategies: f.ratioB, c_sweep_100: f.ratioC, c_scaled_from_subset: f.scaled },
+      naive_seconds: { a: f.naiveA, b: f.naiveB, c: f.naiveC }, kotara_seconds: { a: k.t1.wall, b: k.t4.wall, c: k.t100.wall },
+      ppl_max_rel_diff: m.agree.maxRel, weights_max_abs_diff: m.agree.maxW, mismatches: m.agree.mismatches,
+      peak_memory_bytes: { text_1x: m.memory.peak1, text_2x_median: m.memory.peak2, text_8x_median: m.memory.peak8,
+        text_2x: m.memory.peaks2, text_8x: m.memory.peaks8, band_bytes: m.memory.slack, growth_bytes_per_token: m.memory.growthPerToken },
+    },
+    gpu: m.gpu,
+    memory_probe: m.probe,
+    table: rows,
+    total_seconds: totalSeconds,
+  };
+}
+
+function printSummary(o: Options, m: Measured, report: ReturnType<typeof buildReport>) {
+  const { inputs, kotara: k } = m;
+  const t1 = k.t1;
+  const textDesc = `${inputs.haveWiki ? "WikiText-2" : "synthetic"} ${t1.tokens} tok, L${o.maxLength}/S${o.stride}, ${t1.windows} win`;
+  printTable(
+    `Kotara benchmark${o.quick ? " (QUICK SMOKE RUN: tiny models, not a benchmark)" : ""} — ${m.machine.nproc} cores, ${m.machine.cpu_model}, ` +
+      `torch ${k.hello.torch}; 2 × GPT-2 ${inputs.shape} shape (${(k.params[0] / 1e6).toFixed(1)}M params each), ${textDesc}, batch ${o.batchSize}`,
+  );
+  const naive = m.naive.naive;
+  if (m.speed.scaled) {
+    console.log(`\nNOTE: the naive sweep timed ${naive.fusions.length} of the ${m.speed.sweepSize} setting passes and SCALED their mean ` +
+      `to ${m.speed.sweepSize}; (a) and (b) are measured.`);
+  }
+  const start = report.machine.loadavg_start;
+  console.log(`\nload average: ${start.join(" ")} at start, ${report.machine.loadavg_end.join(" ")} at end` +
+    (start[0] > 0.5 ? "  (WARNING: a busy machine; timings are not representative)" : ""));
+  console.log(`total bench time ${fmt(report.total_seconds, 0)} s; JSON: ${relative(process.cwd(), o.out)}`);
 }
 
 // ---------------------------------------------------------------------------- main
 
-async function main() {
-  const o = parseArgs(process.argv.slice(2));
+async function measure(o: Options, work: string): Promise<Measured> {
+  const machine = machineInfo();
+  const inputs = prepareInputs(o, work);
+  const settings = settingsUnderTest();
+  const kotara = await kotaraRuns(o, inputs, settings);
+  const mem = await memoryRuns(o, inputs, settings.four);
+  const naive = naiveRun(o, work, inputs, settings);
+  const agree = agreement(kotara, naive.naive);
+  const speed = speedFigures(kotara, naive.naive, settings);
+  const memory = memoryFigures(mem, inputs);
+  const bridge = bridgeFigures(kotara, mem);
+  speedRows(kotara, speed, naive.naive, agree, settings);
+  memoryRows(mem, memory, inputs);
+  bridgeRows(kotara, bridge, naive.naive, speed);
+  const gpu = await gpuPart(o, kotara.hello, inputs);
+  const probe = o.memoryProbe ? memoryProbe(o, inputs, settings.four, work) : null;
+  return { machine, inputs, settings, kotara, mem, naive, agree, speed, memory, bridge, gpu, probe };
+}
+
+async function main(): Promise<number> {
+  const o = parseOptions(process.argv.slice(2));
+  if (!o) return 0;
   const started = performance.now();
   const work = mkdtempSync(join(tmpdir(), "kotara-bench-"));
-  const machine = {
-    nproc: availableParallelism(), cpu_model: cpuModel(), memory_bytes: totalmem(), node: process.version,
-    loadavg_start: loadavg(),
-  };
-  log(`machine: ${machine.nproc} cores, ${machine.cpu_model}, load ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
-  if (loadavg()[0] > 0.5) {
-    log(`WARNING: the machine is busy (1-min load ${loadavg()[0].toFixed(2)} on ${machine.nproc} cores): other processes ` +
-      "share the cores, and small multi-threaded ops then wait on the scheduler; timings will not be representative");
-  }
-
-  // 1. models and texts
-  const wikitext = resolve(ROOT, "..", "shared", "data", "wikitext-2-raw-test.txt");
-  const haveWiki = existsSync(wikitext);
-  const shape = o.quick ? "tiny" : "small";
-  log(`models: GPT-2 ${shape} shape ×2 (cached in ${relative(ROOT, o.modelsDir)})`);
-  const built = python("make_models.py", ["models", "--out", o.modelsDir, "--shape", shape, ...(haveWiki ? ["--source", wikitext] : [])]);
-  const source: string = built.source;
-  const [modelA, modelB] = built.models as string[];
-  const text1 = python("make_models.py", ["text", "--tokenizer", modelA, "--source", source, "--tokens", String(o.tokens), "--out", join(work, "text-1x.txt")]);
-  const text2 = python("make_models.py", ["text", "--tokenizer", modelA, "--source", source, "--tokens", String(2 * o.tokens), "--out", join(work, "text-2x.txt")]);
-  const text8 = python("make_models.py", ["text", "--tokenizer", modelA, "--source", source, "--tokens", String(8 * o.tokens), "--out", join(work, "text-8x.txt")]);
-  const warm = python("make_models.py", ["text", "--tokenizer", modelA, "--source", source, "--tokens", String(Math.min(o.maxLength, o.tokens)), "--out", join(work, "warm.txt")]);
-  log(`text: ${haveWiki ? "WikiText-2 raw test" : "synthetic"} prefix of ${text1.tokens} tokens (${text1.unk_tokens} [UNK]); ` +
-    `2× and 8× texts ${text2.tokens} and ${text8.tokens} tokens; max_length ${o.maxLength}, stride ${o.stride}, batch ${o.batchSize}`);
-
-  // settings: 1 (entropy), the 4 strategies at their defaults, and the 100-setting sweep
-  const one = toSettings(["entropy"], 2);
-  const four = toSettings(["average", "poe", "entropy", "gap"], 2);
-  const sweep = temperatureGrid({ temperatures: GRID }, 2);
-  if (sweep.length !== 100) throw new Error(`the sweep has ${sweep.length} settings, expected 100`);
-
-  // 2. Kotara
-  const models = [modelA, modelB].map((ref) => ({ ref, device: "cpu", dtype: "float32" as const }));
-  const tOpen = performance.now();
-  const session = await openSession({ models, maxLength: o.maxLength, onStatus: (m) => log(`worker: ${m}`) });
-  const openSeconds = (performance.now() - tOpen) / 1000;
-  const hello = session.hello;
-  const loadSeconds = session.loaded.seconds;
-  const params = session.loaded.models.map((m) => m.parameters);
-  log(`kotara: session open in ${fmt(openSeconds)}s (load ${fmt(loadSeconds)}s); torch ${hello.torch}, ` +
-    `head paths ${session.loaded.models.map((m) => m.head_path).join(",")}`);
-  let runs: Timed[];
-  let closeSeconds: number;
   try {
-    const warmRun = await timedEvaluate(session, "warm-up (not timed)", warm.path, four, o);
-    const t1 = await timedEvaluate(session, "1 setting", text1.path, one, o);
-    const t4 = await timedEvaluate(session, "4 strategies", text1.path, four, o);
-    const t100 = await timedEvaluate(session, "100-setting sweep", text1.path, sweep, o);
-    runs = [warmRun, t1, t4, t100];
+    const m = await measure(o, work);
+    const report = buildReport(o, m, (performance.now() - started) / 1000);
+    mkdirSync(dirname(o.out), { recursive: true });
+    writeFileSync(o.out, JSON.stringify(report, null, 2) + "\n");
+    printSummary(o, m, report);
+    if (m.agree.mismatches.length) {
+      console.error(`\nFAIL: Kotara and the naive reference disagree:\n  ${m.agree.mismatches.slice(0, 20).join("\n  ")}`);
+      return 1;
+    }
+    return 0;
   } finally {
-    const tClose = performance.now();
-    await session.close();
-    closeSeconds = (performance.now() - tClose) / 1000;
-  }
-  const [warmRun, t1, t4, t100] = runs;
-  const kotaraTotal = (performance.now() - tOpen) / 1000;
-
-  // Peak memory: the worker hands freed memory back to the OS and resets its high-water
-  // mark (VmHWM on Linux, the CUDA allocator's peak on a GPU) at every request, so one
-  // session measures each text. A warm-up request first: the allocator's first-use growth
-  // is not the text's. batch_size 2 and L512/S256 give the 2× and the 8× text exactly the
-  // same batch shapes (a first pair, full pairs, a last single window), so the only
-  // difference between them is the length. Each runs MEMORY_ROUNDS times, interleaved,
-  // and is judged on its median: a resident peak still moves by tens of MiB now and then
-  // with where glibc places a request's temporaries, and a median of 3 ignores one such.
-  const memOpts = { ...o, batchSize: Math.min(2, o.batchSize) };
-  let memOnce!: Timed;
-  const memX2: Timed[] = [];
-  const memX8: Timed[] = [];
-  {
-    const s = await openSession({ models, maxLength: o.maxLength });
-    try {
-      await timedEvaluate(s, "memory warm-up (not counted)", text1.path, four, memOpts);
-      memOnce = await timedEvaluate(s, "memory, 1x text", text1.path, four, memOpts);
-      for (let round = 1; round <= MEMORY_ROUNDS; round++) {
-        memX2.push(await timedEvaluate(s, `memory, 2x text (round ${round}/${MEMORY_ROUNDS})`, text2.path, four, memOpts));
-        memX8.push(await timedEvaluate(s, `memory, 8x text (round ${round}/${MEMORY_ROUNDS})`, text8.path, four, memOpts));
-      }
-    } finally {
-      await s.close();
-    }
-  }
-
-  // 3. the naive reference
-  const pick = (s: Setting) => sweep.findIndex((x) => settingKey(x) === settingKey(s));
-  const extra = [...one, ...four].filter((s) => pick(s) < 0);
-  if (extra.length) throw new Error(`the defaults ${extra.map((s) => s.id).join(", ")} are not in the sweep grid`);
-  let naiveSettings = sweep;
-  if (o.naiveSubset !== null) {
-    // the 4 defaults, then settings spread evenly over the grid
-    const keep = new Set(four.map(pick));
-    for (let i = 0; keep.size < o.naiveSubset && i < sweep.length; i++) keep.add(Math.floor((i * sweep.length) / o.naiveSubset) % sweep.length);
-    naiveSettings = sweep.filter((_, i) => keep.has(i));
-  }
-  writeFileSync(join(work, "settings.json"), JSON.stringify(naiveSettings));
-  log(`naive: ${naiveSettings.length} setting passes${o.naiveSubset !== null ? ` (a SUBSET of the 100; the sweep time is SCALED)` : ""}`);
-  const tNaive = performance.now();
-  python("naive.py", ["--models", modelA, modelB, "--text", text1.path, "--max-length", String(o.maxLength),
-    "--stride", String(o.stride), "--settings", join(work, "settings.json"), "--out", join(work, "naive.json")]);
-  const naiveWall = (performance.now() - tNaive) / 1000;
-  const naive = JSON.parse(readFileSync(join(work, "naive.json"), "utf8"));
-
-  // 4. agreement
-  const naivePpl = (nllSum: number) => Math.exp(nllSum / naive.scored_tokens);
-  const byKey = new Map<string, any>(naive.fusions.map((f: any) => [settingKey(f), f]));
-  const mismatches: string[] = [];
-  let maxRel = 0;
-  let maxW = 0;
-  let compared = 0;
-  for (const t of [t1, t4, t100]) {
-    const m = t.evaluation.metrics;
-    if (t.scored !== naive.scored_tokens || t.windows !== naive.windows) {
-      mismatches.push(`${t.label}: Kotara scored ${t.scored} tokens in ${t.windows} windows, naive ${naive.scored_tokens} in ${naive.windows}`);
-    }
-    m.models.forEach((mm, i) => {
-      const ref = naivePpl(naive.base[i].nll_sum);
-      const rel = Math.abs(mm.ppl / ref - 1);
-      maxRel = Math.max(maxRel, rel);
-      compared++;
-      if (!(rel <= PPL_RTOL)) mismatches.push(`${t.label}: model ${i} PPL ${mm.ppl} vs naive ${ref} (rel ${rel.toExponential(2)})`);
-    });
-    m.fusions.forEach((f, k) => {
-      const nf = byKey.get(settingKey(t.evaluation.settings[k]));
-      if (!nf) return; // not in the naive subset
-      const ref = naivePpl(nf.nll_sum);
-      const rel = Math.abs(f.ppl / ref - 1);
-      maxRel = Math.max(maxRel, rel);
-      compared++;
-      if (!(rel <= PPL_RTOL)) mismatches.push(`${t.label}: ${f.id} PPL ${f.ppl} vs naive ${ref} (rel ${rel.toExponential(2)})`);
-      f.weights_mean.forEach((w, j) => {
-        const d = Math.abs(w - nf.weights_sum[j] / naive.scored_tokens);
-        maxW = Math.max(maxW, d);
-        if (!(d <= WEIGHT_ATOL)) mismatches.push(`${t.label}: ${f.id} mean weight ${j} ${w} vs naive ${nf.weights_sum[j] / naive.scored_tokens}`);
-      });
-    });
-  }
-
-  // 5. figures
-  const baseSeconds = naive.base.reduce((a: number, b: any) => a + b.seconds, 0);
-  const passSeconds = (s: Setting) => naive.fusions.find((f: any) => settingKey(f) === settingKey(s)).seconds as number;
-  const naiveA = naive.tokenize_seconds + baseSeconds + passSeconds(one[0]);
-  const naiveB = naive.tokenize_seconds + baseSeconds + four.reduce((a, s) => a + passSeconds(s), 0);
-  const measuredPasses = naive.fusions.reduce((a: number, f: any) => a + f.seconds, 0);
-  const scaled = naive.fusions.length < 100;
-  const naiveC = naive.tokenize_seconds + baseSeconds + (scaled ? (measuredPasses / naive.fusions.length) * 100 : measuredPasses);
-  const ratioA = naiveA / t1.wall;
-  const ratioB = naiveB / t4.wall;
-  const ratioC = naiveC / t100.wall;
-  const sweepRatio = t100.wall / t1.wall;
-  const fusionMsPer1k = (((t100.wall - t1.wall) / 99) / (t100.scored / 1000)) * 1000;
-  const fusionComputeMsPer1k = (((t100.compute - t1.compute) / 99) / (t100.scored / 1000)) * 1000;
-  // Growth with the text: the 8× text may hold only its extra token ids more than the 2×
-  // one, within the allocator's noise. The band, 2 % of the peak (≈ 30 MiB here), is
-  // about half of what repeated requests of one text have spread by (up to 66 MiB, see
-  // docs/benchmarks.md), which the medians narrow; the leak this bench once caught (a
-  // reference cycle keeping chunk logits alive) added 335 MiB per doubling of the text.
-  const idsBytes = 8 * (text8.tokens - text2.tokens); // the extra token ids (int64)
-  const peak1 = memOnce.peak;
-  const peaks2 = memX2.map((t) => t.peak);
-  const peaks8 = memX8.map((t) => t.peak);
-  const peak2 = median(peaks2);
-  const peak8 = median(peaks8);
-  const memSlack = Math.max(idsBytes, MEMORY_BAND * peak2);
-  const growthPerToken = (peak8 - peak2) / (text8.tokens - text2.tokens);
-  const evals = [t1, t4, t100];
-  const evalOutside = evals.reduce((a, t) => a + t.outside, 0);
-  const evalWall = evals.reduce((a, t) => a + t.wall, 0);
-  // an upper bound: everything outside compute on the longest text, per window (its
-  // per-request costs included; a slope between texts is below timer noise)
-  const perWindowMs = median(memX8.map((t) => (t.outside / t.windows) * 1000));
-  const computeTotal = runs.reduce((a, t) => a + t.compute, 0);
-  const bridge = {
-    open_s: openSeconds, spawn_imports_s: openSeconds - loadSeconds, load_s: loadSeconds, close_s: closeSeconds,
-    tokenize_s: runs.reduce((a, t) => a + t.tokenize, 0),
-    messages_and_report_s: runs.reduce((a, t) => a + t.outside, 0),
-    messaging_ms_per_window: perWindowMs,
-    share_of_evaluate_wall_outside_compute: (evalOutside + evals.reduce((a, t) => a + t.tokenize, 0)) / evalWall,
-    session_total_s: kotaraTotal, worker_compute_s: computeTotal, outside_compute_s: kotaraTotal - computeTotal,
-  };
-
-  const textDesc = `${haveWiki ? "WikiText-2" : "synthetic"} ${t1.tokens} tok, L${o.maxLength}/S${o.stride}, ${t1.windows} win`;
-  row("sweep: t100 / t1 (evaluate() wall)", `${fmt(sweepRatio)}  (${fmt(t100.wall)}s / ${fmt(t1.wall)}s)`, "<= 2.0", check(sweepRatio <= 2.0));
-  row("fusion cost per setting per 1000 positions", `${fmt(fusionMsPer1k, 1)} ms`, "(t100−t1)/99 per 1k scored", "info");
-  row("  same, from worker compute times", `${fmt(fusionComputeMsPer1k, 1)} ms`, "", "info");
-  const est = scaled ? ` ESTIMATED: ${naive.fusions.length}/100 passes timed, scaled` : "";
-  row("naive ÷ Kotara (a) 2 models, 1 strategy", `${fmt(ratioA)}×  (${fmt(naiveA)}s / ${fmt(t1.wall)}s)`, ">= 1.8", check(ratioA >= 1.8));
-  row("naive ÷ Kotara (b) 2 models, 4 strategies", `${fmt(ratioB)}×  (${fmt(naiveB)}s / ${fmt(t4.wall)}s)`, ">= 4", check(ratioB >= 4));
-  row(`naive ÷ Kotara (c) 100-setting sweep${est}`, `${fmt(ratioC, 1)}×  (${fmt(naiveC, 1)}s / ${fmt(t100.wall)}s)`, ">= 40", check(ratioC >= 40));
-  row("PPL agreement, max relative difference", `${maxRel.toExponential(2)} (${compared} PPLs)`, `<= ${PPL_RTOL}`, mismatches.length ? "FAIL" : "PASS");
-  row("mean fusion weights, max abs difference", maxW.toExponential(2), `<= ${WEIGHT_ATOL}`, maxW <= WEIGHT_ATOL ? "PASS" : "FAIL");
-  const mibs = (xs: number[]) => xs.map((b) => (b / 2 ** 20).toFixed(0)).join(" / ");
-  row(`peak memory (worker, per request), ${memOnce.tokens} tok text`, mib(peak1), "", "info");
-  row(`peak memory, ${text2.tokens} tok (2×) text, median of ${MEMORY_ROUNDS}`, `${mib(peak2)}  (${mibs(peaks2)})`, "", "info");
-  row(`peak memory, ${text8.tokens} tok (8×) text, median of ${MEMORY_ROUNDS}`, `${mib(peak8)}  (${mibs(peaks8)}; ${peak8 >= peak2 ? "+" : "−"}${mib(Math.abs(peak8 - peak2))} vs 2×)`,
-    `<= 2× + max(ids, ${100 * MEMORY_BAND}% noise) = ${mib(peak2 + memSlack)}`, check(peak8 <= peak2 + memSlack));
-  row("  peak growth per extra token (2× → 8×)", `${fmt(growthPerToken, 0)} B`, "ids: 8 B; float32 logits: 201,028 B", "info");
-  row("bridge: spawn + imports (open − load)", `${fmt(bridge.spawn_imports_s)} s`, "", "info");
-  row("bridge: loading 2 models", `${fmt(loadSeconds)} s`, "", "info");
-  row("bridge: tokenizing (all evaluations)", `${fmt(bridge.tokenize_s, 3)} s`, "", "info");
-  row("bridge: messages + metrics (all evaluations)", `${fmt(bridge.messages_and_report_s, 3)} s`, "", "info");
-  row("bridge: close", `${fmt(closeSeconds, 3)} s`, "", "info");
-  row("bridge: messaging per window", `${fmt(perWindowMs, 2)} ms`, "< 1 ms: (wall − compute − tokenize) / windows, 8× text", check(perWindowMs < 1));
-  row("bridge: outside compute per evaluate(), 1 / 4 / 100 settings",
-    `${fmt(1000 * t1.outside, 1)} / ${fmt(1000 * t4.outside, 1)} / ${fmt(1000 * t100.outside, 1)} ms`, "", "info");
-  row("bridge: evaluate() wall outside compute", `${fmt(100 * bridge.share_of_evaluate_wall_outside_compute, 2)} %`, "<= 1 % (bench's own bar)",
-    check(bridge.share_of_evaluate_wall_outside_compute <= 0.01));
-  row("Kotara compute: 1 / 4 / 100 settings", `${fmt(t1.compute)} / ${fmt(t4.compute)} / ${fmt(t100.compute)} s`, "", "info");
-  row("naive: each base pass / each setting pass (mean)", `${fmt(baseSeconds / naive.base.length)} / ${fmt(measuredPasses / naive.fusions.length)} s`, "", "info");
-
-  // 6. GPU
-  let gpu: any = null;
-  if (!o.gpu) {
-    row("GPU bf16 throughput + MFU", "skipped (--no-gpu)", "", "skipped");
-  } else if (hello.cuda_devices > 0) {
-    try {
-      gpu = await gpuBench(o, haveWiki ? wikitext : source);
-    } catch (e) {
-      gpu = { error: String(e) };
-      row("GPU bf16 throughput + MFU", `FAILED: ${String(e).split("\n")[0]}`, "", "FAIL");
-    }
-  } else {
-    gpu = { skipped: "torch.cuda.is_available() is false in the worker's python" };
-    row("GPU bf16 throughput + MFU", "skipped: no CUDA device (torch.cuda.is_available() is false)", "", "skipped");
-  }
-
-  const total = (performance.now() - started) / 1000;
-  machine.loadavg_start = machine.loadavg_start.map((x) => Math.round(x * 100) / 100);
-  const report = {
-    kind: o.quick ? "quick smoke run (tiny models): not a benchmark" : "full",
-    machine: { ...machine, loadavg_end: loadavg().map((x) => Math.round(x * 100) / 100), torch: hello.torch, transformers: hello.transformers, python: hello.python },
-    config: { max_length: o.maxLength, stride: o.stride, batch_size: o.batchSize, grid: GRID, models: built.models, parameters: params,
-      model_shape: built.config, vocab: built.vocab, text: { source: haveWiki ? "wikitext-2-raw-test prefix" : "synthetic", ...text1, path: undefined },
-      text_2x: { ...text2, path: undefined }, text_8x: { ...text8, path: undefined }, naive_subset: o.naiveSubset },
-    kotara: { runs: runs.map(summary), warmup_excluded: summary(warmRun), bridge,
-      memory_runs: { text_1x: summary(memOnce), text_2x: memX2.map(summary), text_8x: memX8.map(summary) },
-      memory_batch_size: memOpts.batchSize },
-    naive: { ...naive, wall_s: naiveWall },
-    figures: {
-      sweep_ratio: sweepRatio, fusion_ms_per_setting_per_1k_positions: fusionMsPer1k,
-      fusion_compute_ms_per_setting_per_1k_positions: fusionComputeMsPer1k,
-      naive_over_kotara: { a_one_strategy: ratioA, b_four_strategies: ratioB, c_sweep_100: ratioC, c_scaled_from_subset: scaled },
-      naive_seconds: { a: naiveA, b: naiveB, c: naiveC }, kotara_seconds: { a: t1.wall, b: t4.wall, c: t100.wall },
-      ppl_max_rel_diff: maxRel, weights_max_abs_diff: maxW, mismatches,
-      peak_memory_bytes: { text_1x: peak1, text_2x_median: peak2, text_8x_median: peak8, text_2x: peaks2, text_8x: peaks8,
-        band_bytes: memSlack, growth_bytes_per_token: growthPerToken },
-    },
-    gpu,
-    table: rows,
-    total_seconds: total,
-  };
-  mkdirSync(dirname(o.out), { recursive: true });
-  writeFileSync(o.out, JSON.stringify(report, null, 2) + "\n");
-
-  printTable(
-    `Kotara benchmark${o.quick ? " (QUICK SMOKE RUN: tiny models, not a benchmark)" : ""} — ${machine.nproc} cores, ${machine.cpu_model}, ` +
-      `torch ${hello.torch}; 2 × GPT-2 ${shape} shape (${(params[0] / 1e6).toFixed(1)}M params each), ${textDesc}, batch ${o.batchSize}`,
-  );
-  if (scaled) console.log(`\nNOTE: the naive sweep timed ${naive.fusions.length} of the 100 setting passes and SCALED their mean to 100; (a) and (b) are measured.`);
-  console.log(`\nload average: ${machine.loadavg_start.join(" ")} at start, ${report.machine.loadavg_end.join(" ")} at end` +
-    (machine.loadavg_start[0] > 0.5 ? "  (WARNING: a busy machine; timings are not representative)" : ""));
-  console.log(`total bench time ${fmt(total, 0)} s; JSON: ${relative(process.cwd(), o.out)}`);
-  rmSync(work, { recursive: true, force: true });
-  if (mismatches.length) {
-    console.error(`\nFAIL: Kotara and the naive reference disagree:\n  ${mismatches.slice(0, 20).join("\n  ")}`);
-    process.exit(1);
+    rmSync(work, { recursive: true, force: true });
   }
 }
 
-main().catch((e) => {
-  console.error(`bench failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
-  process.exit(1);
-});
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e) => {
+    if (e instanceof UsageError) {
+      console.error(`bench: ${e.message}`);
+      process.exit(2);
+    }
+    console.error(`bench failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    process.exit(1);
+  },
+);

@@ -5,6 +5,7 @@
 //   npm run experiments -- --no-run       # rewrite the page from the metrics already in results/experiments/
 //   npm run experiments -- --only twins   # run one experiment (repeatable); the page uses the others' last results
 //   nice -n 5 npm run experiments         # on a shared machine (the worker inherits the niceness)
+//   npm run experiments -- --help         # every option
 //
 // Each experiment is one committed config, configs/experiments/<name>.yaml, run by the real
 // CLI exactly as the page's rows say (`./bin/kotara run configs/experiments/<name>.yaml`,
@@ -24,6 +25,10 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSy
 import { cpus, loadavg, release, totalmem, type as osType } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { fmtInt, fmtNum, fmtPct, fmtPpl, fmtWeights } from "../src/format.js";
+import type { StrategyType } from "../src/protocol.js";
+import { KNOWN_STRATEGIES, STRATEGIES, isKnownStrategy } from "../src/strategies.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -55,8 +60,26 @@ export const HEURISTIC_TEXT: Record<Heuristic, string> = {
   distant: "a pair from distant domains gains little or loses",
 };
 
-export const STRATEGY_TYPES = ["average", "poe", "entropy", "gap"] as const;
-export type StrategyType = (typeof STRATEGY_TYPES)[number];
+// What the page knows about strategies beyond the registry (src/strategies.ts declares
+// each type's parameters and default betas, not these facts of their arithmetic); the
+// names are checked against the registry when this module loads.
+/**
+ * Pairs [a, b] where a at its default parameters is b: poe with betas 1/N each is
+ * average (Σ β_m log p_m and Σ y_m / N differ by a constant per position, which the
+ * softmax removes). The page measures it (Analysis.poeVsAverage) and counts the two as one.
+ */
+export const SAME_AT_DEFAULTS: readonly (readonly [StrategyType, StrategyType])[] = [["poe", "average"]];
+/** Types whose fusion weights α_m change from position to position (data-dependent). */
+export const PER_POSITION_WEIGHTS: readonly StrategyType[] = ["entropy", "gap"];
+for (const t of [...SAME_AT_DEFAULTS.flat(), ...PER_POSITION_WEIGHTS]) {
+  if (!isKnownStrategy(t)) throw new Error(`scripts/experiments.ts names strategy "${t}", which src/strategies.ts does not declare`);
+}
+const [SAME_A, SAME_B] = SAME_AT_DEFAULTS[0];
+
+/** The type's default betas for n models (the registry's), or null: it takes none. */
+const registryBetas = (type: string, n: number): number[] | null => (isKnownStrategy(type) ? STRATEGIES[type].defaultBetas(n) : null);
+/** Types with betas (the registry gives them default betas). */
+const takesBetas = (type: string) => registryBetas(type, 2) !== null;
 
 export function commandFor(name: string): string {
   return `./bin/kotara run configs/experiments/${name}.yaml`;
@@ -131,11 +154,17 @@ export interface Analysis {
 
 const pct = (ppl: number, ref: number) => (ppl / ref - 1) * 100;
 const allOnes = (ts: number[]) => ts.every((t) => t === 1);
-const defaultBetas = (betas: number[] | null, n: number) => betas === null || betas.every((b) => Math.abs(b - 1 / n) < 1e-12);
+/** The betas are the type's defaults (the registry's), to float tolerance; null when the type takes none. */
+const defaultBetas = (type: string, betas: number[] | null, n: number) => {
+  const want = registryBetas(type, n);
+  if (betas === null || want === null) return betas === want;
+  return betas.length === want.length && betas.every((b, i) => Math.abs(b - want[i]) < 1e-12);
+};
+const lowest = (ps: FusionPoint[]) => ps.reduce((a, b) => (b.ppl < a.ppl ? b : a));
 
-/** A poe setting with exactly one nonzero beta is that model alone at its temperature. */
+/** A setting with betas (poe: f = Σ β_m log p_m) and exactly one nonzero beta is that model alone at its temperature. */
 export function aloneModel(f: MetricsInput["fusions"][number]): number | null {
-  if (f.strategy.type !== "poe" || !f.strategy.betas) return null;
+  if (!takesBetas(f.strategy.type) || !f.strategy.betas) return null;
   const nz = f.strategy.betas.map((b, i) => (b > 0 ? i : -1)).filter((i) => i >= 0);
   return nz.length === 1 ? nz[0] : null;
 }
@@ -144,19 +173,23 @@ export function modelName(ref: string): string {
   return basename(ref.replace(/[\\/]+$/, ""));
 }
 
-export function analyse(m: MetricsInput): Analysis {
-  const n = m.models.length;
-  const models = m.models.map((x) => ({ name: modelName(x.ref), ppl: x.ppl }));
-  let bestModel = 0;
-  models.forEach((x, i) => { if (x.ppl < models[bestModel].ppl) bestModel = i; });
-  const ref = models[bestModel].ppl;
-  const grid = m.sweep?.temperatures ?? null;
-  const edge = (ts: number[]) => grid !== null && ts.some((t, i) => grid[i] && grid[i].length > 1 && (t === Math.min(...grid[i]) || t === Math.max(...grid[i])));
+/** Is t at an end of a swept grid (with more than one point)? */
+const atGridEdge = (t: number, g: number[] | undefined) => !!g && g.length > 1 && (t === Math.min(...g) || t === Math.max(...g));
 
+interface Points {
+  atT1: Analysis["atT1"];
+  swept: Analysis["swept"];
+  temperedPerModel: TemperedModel[];
+  /** "type|temps" → ppl of the SAME_AT_DEFAULTS types at their default betas */
+  sameAtDefaults: Map<string, number>;
+}
+
+/** The fusions sorted out: the strategies at T = 1, the best swept setting per strategy, the single-model baselines. */
+function collectPoints(m: MetricsInput, models: Analysis["models"], ref: number): Points {
+  const n = m.models.length;
+  const grid = m.sweep?.temperatures ?? null;
   const temperedPerModel: TemperedModel[] = models.map((x, i) => ({ model: i, name: x.name, t: 1, ppl: x.ppl }));
-  const atT1: Analysis["atT1"] = {};
-  const swept: Analysis["swept"] = {};
-  const byKey = new Map<string, number>(); // "type|temps" → ppl, for poe vs average
+  const p: Points = { atT1: {}, swept: {}, temperedPerModel, sameAtDefaults: new Map() };
   for (const f of m.fusions) {
     const alone = aloneModel(f);
     if (alone !== null) {
@@ -164,52 +197,64 @@ export function analyse(m: MetricsInput): Analysis {
       if (f.ppl < temperedPerModel[alone].ppl) temperedPerModel[alone] = { model: alone, name: models[alone].name, t, ppl: f.ppl };
       continue;
     }
-    const type = f.strategy.type as StrategyType;
-    if (!STRATEGY_TYPES.includes(type)) continue;
-    const isDefault = defaultBetas(f.strategy.betas, n);
+    const type = f.strategy.type;
+    if (!isKnownStrategy(type)) continue;
+    const isDefault = defaultBetas(type, f.strategy.betas, n);
     const point: FusionPoint = {
       id: f.id, type, temperatures: f.strategy.temperatures, ppl: f.ppl, delta: pct(f.ppl, ref), weights: f.weights_mean,
-      atEdge: edge(f.strategy.temperatures),
+      atEdge: grid !== null && f.strategy.temperatures.some((t, i) => atGridEdge(t, grid[i])),
     };
-    if (isDefault && allOnes(f.strategy.temperatures) && !atT1[type]) atT1[type] = { ...point, atEdge: false };
-    if (!swept[type] || f.ppl < swept[type]!.ppl) swept[type] = point;
-    if (isDefault && (type === "average" || type === "poe")) byKey.set(`${type}|${f.strategy.temperatures.join(",")}`, f.ppl);
+    if (isDefault && allOnes(f.strategy.temperatures) && !p.atT1[type]) p.atT1[type] = { ...point, atEdge: false };
+    if (!p.swept[type] || f.ppl < p.swept[type]!.ppl) p.swept[type] = point;
+    if (isDefault && (type === SAME_A || type === SAME_B)) p.sameAtDefaults.set(`${type}|${f.strategy.temperatures.join(",")}`, f.ppl);
   }
-  // The identical pair: "average@t=T,T" is the model alone at T, so it counts as a tempered baseline too.
-  const same = new Set(m.models.map((x) => resolve(x.ref))).size === 1;
-  if (same) {
-    for (const f of m.fusions) {
-      const ts = f.strategy.temperatures;
-      if (aloneModel(f) === null && ts.every((t) => t === ts[0]) && f.ppl < temperedPerModel[0].ppl) {
-        temperedPerModel[0] = { model: 0, name: models[0].name, t: ts[0], ppl: f.ppl };
-      }
+  return p;
+}
+
+/** The identical pair: "average@t=T,T" is the model alone at T, so it counts as a tempered baseline too. */
+function identicalPairBaselines(m: MetricsInput, models: Analysis["models"], tempered: TemperedModel[]): void {
+  for (const f of m.fusions) {
+    const ts = f.strategy.temperatures;
+    if (aloneModel(f) === null && ts.every((t) => t === ts[0]) && f.ppl < tempered[0].ppl) {
+      tempered[0] = { model: 0, name: models[0].name, t: ts[0], ppl: f.ppl };
     }
   }
-  const present = STRATEGY_TYPES.filter((t) => atT1[t]);
-  if (present.length === 0) throw new Error("the metrics have none of the four strategies at their defaults (T = 1)");
-  const bestT1 = present.map((t) => atT1[t]!).reduce((a, b) => (b.ppl < a.ppl ? b : a));
-  const bestSwept = STRATEGY_TYPES.filter((t) => swept[t]).map((t) => swept[t]!).reduce((a, b) => (b.ppl < a.ppl ? b : a));
-  for (const t of temperedPerModel) {
-    const g = grid?.[t.model];
-    t.atEdge = !!g && g.length > 1 && (t.t === Math.min(...g) || t.t === Math.max(...g));
-  }
-  const bestTempered = temperedPerModel.reduce((a, b) => (b.ppl < a.ppl ? b : a));
+}
 
-  let poeVsAverage: number | null = null;
+/** Largest |ppl_a / ppl_b − 1| of SAME_AT_DEFAULTS at the same temperatures; null if none pair up. */
+function sameAtDefaultsDeviation(byKey: Map<string, number>): number | null {
+  let worst: number | null = null;
   for (const [k, ppl] of byKey) {
-    if (!k.startsWith("poe|")) continue;
-    const avg = byKey.get(`average|${k.slice(4)}`);
-    if (avg === undefined) continue;
-    const d = Math.abs(ppl / avg - 1);
-    poeVsAverage = poeVsAverage === null ? d : Math.max(poeVsAverage, d);
+    if (!k.startsWith(`${SAME_A}|`)) continue;
+    const other = byKey.get(`${SAME_B}|${k.slice(SAME_A.length + 1)}`);
+    if (other === undefined) continue;
+    const d = Math.abs(ppl / other - 1);
+    worst = worst === null ? d : Math.max(worst, d);
   }
+  return worst;
+}
+
+export function analyse(m: MetricsInput): Analysis {
+  const models = m.models.map((x) => ({ name: modelName(x.ref), ppl: x.ppl }));
+  let bestModel = 0;
+  models.forEach((x, i) => { if (x.ppl < models[bestModel].ppl) bestModel = i; });
+  const ref = models[bestModel].ppl;
+  const { atT1, swept, temperedPerModel, sameAtDefaults } = collectPoints(m, models, ref);
+  const same = new Set(m.models.map((x) => resolve(x.ref))).size === 1;
+  if (same) identicalPairBaselines(m, models, temperedPerModel);
+  const present = KNOWN_STRATEGIES.filter((t) => atT1[t]);
+  if (present.length === 0) throw new Error(`the metrics have none of the strategies (${KNOWN_STRATEGIES.join(", ")}) at their defaults (T = 1)`);
+  const bestT1 = lowest(present.map((t) => atT1[t]!));
+  const bestSwept = lowest(KNOWN_STRATEGIES.filter((t) => swept[t]).map((t) => swept[t]!));
+  for (const t of temperedPerModel) t.atEdge = atGridEdge(t.t, m.sweep?.temperatures?.[t.model]);
+  const bestTempered = temperedPerModel.reduce((a, b) => (b.ppl < a.ppl ? b : a));
   const identicalT1Deviation = same ? Math.max(...present.map((t) => Math.abs(atT1[t]!.ppl / models[0].ppl - 1))) : null;
   return {
     models, bestModel, bestModelPpl: ref, atT1, swept, bestT1, bestSwept, bestTempered, temperedPerModel,
     gainT1: bestT1.delta,
     gainSweptRaw: bestSwept.delta,
     gainSweptVsTempered: pct(bestSwept.ppl, bestTempered.ppl),
-    poeVsAverage, identicalT1Deviation,
+    poeVsAverage: sameAtDefaultsDeviation(sameAtDefaults), identicalT1Deviation,
   };
 }
 
@@ -239,21 +284,11 @@ export function verdicts(h: Heuristic, a: Analysis): { t1: Verdict; tuned: Verdi
 
 // ---------------------------------------------------------------------------- formatting
 
-export function fmtNum(x: number): string {
-  return String(Number(x.toFixed(4)));
-}
-export function fmtPpl(x: number): string {
-  return x.toFixed(2);
-}
+// Numbers: src/format.ts (fmtPpl, fmtPct, fmtNum, fmtWeights), as in the report.
 /** "… PPLs ${fmtSame(x)}": a largest relative difference that may be exactly 0. */
 export function fmtSame(x: number): string {
   return x === 0 ? "are identical to the last bit" : `differ by at most ${x.toExponential(1)} (relative)`;
 }
-export function fmtPct(x: number): string {
-  const s = x.toFixed(2);
-  return (x >= 0 && s !== "-0.00" ? "+" : "") + (s === "-0.00" ? "0.00" : s) + "%";
-}
-const fmtWeights = (w: number[]) => w.map((x) => x.toFixed(2)).join(" / ");
 const holdText = (v: Verdict) => (v.holds ? "**holds**" : "**does not hold**");
 const esc = (s: string) => s.replace(/\|/g, "\\|");
 
@@ -310,7 +345,7 @@ export function detailSection(r: RunRecord): string {
   out.push("");
   out.push(`Heuristic: *${HEURISTIC_TEXT[r.experiment.heuristic]}*. Command: \`${commandFor(r.experiment.name)}\` ` +
     `(config [configs/experiments/${r.experiment.name}.yaml](../configs/experiments/${r.experiment.name}.yaml)). ` +
-    `${d.scored_tokens.toLocaleString("en-US")} scored tokens (${d.bytes.toLocaleString("en-US")} bytes) in ${d.windows} windows of ${d.max_length}, stride ${d.stride}; ` +
+    `${fmtInt(d.scored_tokens)} scored tokens (${fmtInt(d.bytes)} bytes) in ${d.windows} windows of ${d.max_length}, stride ${d.stride}; ` +
     `${r.metrics.fusions.length} settings in one pass; wall time ${wallText(r)}.`);
   out.push("");
   out.push("| model alone | PPL at T=1 | best PPL over T (grid) | at T |");
@@ -325,7 +360,7 @@ export function detailSection(r: RunRecord): string {
   out.push("");
   out.push(`| strategy | PPL at T=1 | Δ vs ${a.models[a.bestModel].name} | mean weights at T=1 | best swept setting | PPL | Δ vs ${a.models[a.bestModel].name} | Δ vs best tempered model |`);
   out.push("| --- | --- | --- | --- | --- | --- | --- | --- |");
-  for (const t of STRATEGY_TYPES) {
+  for (const t of KNOWN_STRATEGIES) {
     const p = a.atT1[t];
     const s = a.swept[t];
     out.push("| " + [
@@ -347,154 +382,205 @@ export function detailSection(r: RunRecord): string {
   return out.join("\n");
 }
 
-/** "Where the measurements disagree with the heuristics": sentences built from the numbers. */
-export function findings(records: RunRecord[]): string[] {
-  const out: string[] = [];
-  const rows = records.map((r) => ({ r, a: analyse(r.metrics), v: verdicts(r.experiment.heuristic, analyse(r.metrics)) }));
-  const name = (r: RunRecord) => `**${r.experiment.name}** (${r.experiment.pair}, held-out ${r.experiment.text})`;
+// ---------------------------------------------------------------------------- findings
 
-  // Outright disagreements first.
+/** One experiment, analysed and judged. */
+interface Judged {
+  r: RunRecord;
+  a: Analysis;
+  v: { t1: Verdict; tuned: Verdict };
+}
+
+const nameOf = (r: RunRecord) => `**${r.experiment.name}** (${r.experiment.pair}, held-out ${r.experiment.text})`;
+const ofHeuristic = (rows: Judged[], h: Heuristic) => rows.filter((x) => x.r.experiment.heuristic === h);
+/** "average -9.67%, poe -9.67%, …": the strategies at T = 1 vs the best model. */
+const atT1List = (a: Analysis) => KNOWN_STRATEGIES.filter((t) => a.atT1[t]).map((t) => `${t} ${fmtPct(a.atT1[t]!.delta)}`).join(", ");
+
+/**
+ * "Where the measurements disagree with the heuristics": sentences built from the numbers,
+ * in this order: outright disagreements, then per heuristic (identical, similar, distant),
+ * then across experiments (ordering, which strategy wins, poe = average, grid edges, scale).
+ */
+export function findings(records: RunRecord[]): string[] {
+  const rows: Judged[] = records.map((r) => {
+    const a = analyse(r.metrics);
+    return { r, a, v: verdicts(r.experiment.heuristic, a) };
+  });
+  return [
+    ...disagreements(rows),
+    ...ofHeuristic(rows, "identical").map(identicalFinding),
+    ...ofHeuristic(rows, "similar").map(similarFinding),
+    ...similarPairsCompared(ofHeuristic(rows, "similar")),
+    ...distantFindings(ofHeuristic(rows, "distant")),
+    ...orderingFinding(ofHeuristic(rows, "similar"), ofHeuristic(rows, "distant")),
+    ...strategyCounts(rows.filter((x) => x.r.experiment.heuristic !== "identical")),
+    ...sameAtDefaultsFinding(rows),
+    gridEdgesFinding(rows),
+    scaleFinding(records),
+  ];
+}
+
+/** Outright disagreements first (or a line saying there are none). */
+function disagreements(rows: Judged[]): string[] {
   const disagree = rows.filter((x) => !x.v.t1.holds || !x.v.tuned.holds);
   if (disagree.length === 0) {
-    out.push(`No outright disagreement: every experiment agrees with its heuristic both at T = 1 and with temperatures tuned ` +
-      `(a gain means a PPL at least ${GAIN_PCT}% below the reference). The points below are where the agreement needs qualifying.`);
+    return [`No outright disagreement: every experiment agrees with its heuristic both at T = 1 and with temperatures tuned ` +
+      `(a gain means a PPL at least ${GAIN_PCT}% below the reference). The points below are where the agreement needs qualifying.`];
   }
-  for (const { r, a, v } of disagree) {
+  return disagree.map(({ r, a, v }) => {
     const parts: string[] = [];
     if (!v.t1.holds) parts.push(`at T = 1 the best fusion (${a.bestT1.id}, PPL ${fmtPpl(a.bestT1.ppl)}) is ${fmtPct(a.gainT1)} vs the best model`);
     if (!v.tuned.holds) parts.push(`with temperatures tuned the best fusion (${a.bestSwept.id}, PPL ${fmtPpl(a.bestSwept.ppl)}) is ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model`);
     const agrees = v.t1.holds ? ` At T = 1 it agrees (${v.t1.because}).` : v.tuned.holds ? ` With temperatures tuned it agrees (${v.tuned.because}).` : "";
-    out.push(`${name(r)} disagrees with "${HEURISTIC_TEXT[r.experiment.heuristic]}": ${parts.join("; and ")}.${agrees}`);
-  }
-
-  // Heuristic 1: the identical pair's swept "gain" is temperature, not fusion.
-  for (const { r, a } of rows.filter((x) => x.r.experiment.heuristic === "identical")) {
-    const dev = a.identicalT1Deviation;
-    let s = `${name(r)}: at T = 1 all four strategies give the model itself` +
-      (dev !== null ? ` (their PPLs and the model's ${fmtSame(dev)})` : "") + ", as they must: fusing a model with itself changes nothing.";
-    if (a.gainSweptRaw <= -GAIN_PCT) {
-      const ts = a.bestSwept.temperatures;
-      const teff = 1 / (ts.reduce((x, t) => x + 1 / t, 0) / ts.length);
-      const same = a.bestSwept.type === "average" || a.bestSwept.type === "poe"
-        ? ` (${a.bestSwept.type} of one model at temperatures ${ts.map(fmtNum).join(" and ")} is that model at T = 1 / mean(1/T) = ${teff.toFixed(3)}, a temperature between the grid's points)`
-        : ` (${a.bestSwept.type} of one model at two temperatures is that model at a per-position temperature)`;
-      s += ` With temperatures swept the pair seems to gain: ${a.bestSwept.id} is ${fmtPct(a.gainSweptRaw)} vs the model at T = 1${same}. But ${a.bestTempered.name} alone at ` +
-        `T = ${fmtNum(a.bestTempered.t)} already reaches ${fmtPpl(a.bestTempered.ppl)} (${fmtPct(pct(a.bestTempered.ppl, a.bestModelPpl))}); ` +
-        `the fusion is ${fmtPct(a.gainSweptVsTempered)} from that. The apparent gain is the model being ${a.bestTempered.t > 1 ? "too confident" : "not confident enough"} ` +
-        `at T = 1, fixed by a temperature; it is not a gain from fusing. Read swept gains against the best tempered single model, not against T = 1.`;
-    }
-    out.push(s);
-  }
-
-  // Heuristic 2: how much of the similar pairs' gain survives tempering; which strategies fail to gain.
-  for (const { r, a } of rows.filter((x) => x.r.experiment.heuristic === "similar")) {
-    const t1s = STRATEGY_TYPES.filter((t) => a.atT1[t]).map((t) => `${t} ${fmtPct(a.atT1[t]!.delta)}`).join(", ");
-    const noGain = STRATEGY_TYPES.filter((t) => a.atT1[t] && a.atT1[t]!.delta > -GAIN_PCT);
-    const temperOnly = pct(a.bestTempered.ppl, a.bestModelPpl);
-    let s = `${name(r)}: at T = 1 ${t1s}.`;
-    if (noGain.length) s += ` ${noGain.join(" and ")} ${noGain.length > 1 ? "do" : "does"} not gain at T = 1.`;
-    s += ` Tempering the best single model alone is worth ${fmtPct(temperOnly)}; the best swept fusion is ${fmtPct(a.gainSweptRaw)} vs the model at T = 1 ` +
-      `and ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model, so ` +
-      (a.gainSweptRaw < 0 ? `${Math.round((a.gainSweptVsTempered / a.gainSweptRaw) * 100)}% of the swept gain is fusion and the rest temperature.` : "the sweep finds no gain.");
-    out.push(s);
-  }
-  const sim = rows.filter((x) => x.r.experiment.heuristic === "similar");
-  if (sim.length >= 2) {
-    const [x, y] = [...sim].sort((p, q) => p.a.gainT1 - q.a.gainT1);
-    out.push(`Of the similar pairs, **${x.r.experiment.name}** gains more at T = 1 (${fmtPct(x.a.gainT1)}) than **${y.r.experiment.name}** (${fmtPct(y.a.gainT1)})` +
-      (x.r.experiment.name === "siblings" ? ": the pair with *different* architectures (same data) gains more than the same-architecture twins. " +
-        "On these models a different architecture helps rather than hurts; what makes a pair \"similar\" enough to gain is the data. " +
-        "(The two pairs also differ in quality: the gain is measured against each pair's better model.)" : "."));
-  }
-
-  // Heuristic 3: per text, and what the data-dependent weights do.
-  let overlapNoted = false;
-  for (const { r, a } of rows.filter((x) => x.r.experiment.heuristic === "distant")) {
-    const best = a.models[a.bestModel];
-    const other = a.models.find((_, i) => i !== a.bestModel)!;
-    const ratio = other.ppl / best.ppl;
-    const t1s = STRATEGY_TYPES.filter((t) => a.atT1[t]).map((t) => `${t} ${fmtPct(a.atT1[t]!.delta)}`).join(", ");
-    const dynTypes = (["entropy", "gap"] as const).filter((t) => a.atT1[t]);
-    const dynW = dynTypes.map((t) => a.atT1[t]!.weights[a.bestModel]);
-    const dyn = dynTypes.map((t, k) => `${t} gives ${best.name} a mean weight of ${dynW[k].toFixed(2)}`);
-    let s = `${name(r)}: ${best.name} is the in-domain model (PPL ${fmtPpl(best.ppl)}; ${other.name} ${fmtPpl(other.ppl)}, ${ratio.toFixed(1)}× worse). ` +
-      `At T = 1: ${t1s}.`;
-    if (dyn.length) {
-      const even = 1 / a.models.length;
-      s += dynW.every((w) => w > even)
-        ? ` The per-position weights of entropy and gap lean toward the in-domain model, but only partly (${dyn.join("; ")}).`
-        : dynW.every((w) => w <= even)
-          ? ` The per-position weights of entropy and gap do not favour the in-domain model at all (${dyn.join("; ")}: at most an even share): ` +
-            `a confident model is not a model that knows the domain.`
-          : ` The per-position weights disagree about the in-domain model (${dyn.join("; ")}).`;
-    }
-    s += a.gainT1 <= -GAIN_PCT
-      ? ` The best fusion still gains ${fmtPct(a.gainT1)}, against the heuristic.`
-      : a.gainT1 < 0 ? ` The best fusion gains only ${fmtPct(a.gainT1)}: "gains little", as the heuristic says.`
-        : ` Every strategy loses at T = 1, as the heuristic says.`;
-    if (a.gainSweptVsTempered <= -GAIN_PCT) {
-      const ts = a.bestSwept.temperatures;
-      const tb = ts[a.bestModel], to = ts[a.models.indexOf(other)];
-      const how = `${best.name} at T = ${fmtNum(tb)} (${tb < 1 ? "sharpened" : tb > 1 ? "flattened" : "as is"}) and ${other.name} at T = ${fmtNum(to)} (${to < 1 ? "sharpened" : to > 1 ? "flattened" : "as is"})`;
-      s += ` With temperatures tuned the best fusion, ${a.bestSwept.id} (${how}), is ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model ` +
-        `(${a.bestTempered.name} at T = ${fmtNum(a.bestTempered.t)}): ${a.gainT1 > 0 ? "the loss at T = 1 becomes a gain" : "a gain"}, against "gains little or loses". ` +
-        `The out-of-domain model still helps once its temperature is tuned${a.bestSwept.atEdge ? " (and the best setting is at the grid's edge, so perhaps more)" : ""}` +
-        (overlapNoted ? "." : `. (A possible reason, not measured here: Python docs and Python source share keywords, identifiers and code examples, so these "distant" domains overlap.)`);
-      overlapNoted = true;
-    } else {
-      s += ` With temperatures tuned the best fusion (${a.bestSwept.id}) is ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model.`;
-    }
-    out.push(s);
-  }
-  const dist = rows.filter((x) => x.r.experiment.heuristic === "distant");
-  if (dist.length && sim.length) {
-    const worstSim = Math.max(...sim.map((x) => x.a.gainT1));
-    const bestDist = Math.min(...dist.map((x) => x.a.gainT1));
-    out.push(bestDist > worstSim
-      ? `Ordering: every distant experiment gains less at T = 1 (best ${fmtPct(bestDist)}) than every similar pair (worst ${fmtPct(worstSim)}), as the heuristics order them.`
-      : `Ordering: a distant experiment gains at least as much at T = 1 (${fmtPct(bestDist)}) as a similar pair (${fmtPct(worstSim)}), against the heuristics' ordering.`);
-  }
-
-  // Which strategy wins, across the pairs of two different models.
-  const diff = rows.filter((x) => x.r.experiment.heuristic !== "identical");
-  if (diff.length) {
-    const count = (pick: (a: Analysis) => StrategyType) => {
-      const c = new Map<string, number>();
-      for (const x of diff) {
-        const t = pick(x.a);
-        const k = t === "poe" ? "average" : t; // the same distribution (see below)
-        c.set(k, (c.get(k) ?? 0) + 1);
-      }
-      return [...c.entries()].sort((p, q) => q[1] - p[1]).map(([k, n]) => `${k === "average" ? "average/poe" : k} ${n}`).join(", ");
-    };
-    const worstT1 = (a: Analysis) => STRATEGY_TYPES.filter((t) => a.atT1[t]).map((t) => a.atT1[t]!).reduce((p, q) => (q.ppl > p.ppl ? q : p)).type;
-    out.push(`Strategies, over the ${diff.length} experiments with two different models: best at T = 1: ${count((a) => a.bestT1.type)}; ` +
-      `worst at T = 1: ${count(worstT1)}; best with temperatures swept: ${count((a) => a.bestSwept.type)} (experiments counted).`);
-  }
-
-  // poe with default betas is average.
-  const pv = rows.map((x) => x.a.poeVsAverage).filter((x): x is number => x !== null);
-  if (pv.length) {
-    out.push(`\`poe\` with its default betas (1/N each) is \`average\`: over every pair of settings with the same temperatures, in every experiment, ` +
-      `their PPLs ${fmtSame(Math.max(...pv))}. Σ β_m log p_m and Σ y_m / N differ by a constant per position, which the ` +
-      `softmax removes. Its rows are not a fourth independent test; poe differs only with other betas (not swept here).`);
-  }
-  // Edges.
-  const edges = rows.filter((x) => x.a.bestSwept.atEdge || x.a.bestTempered.atEdge);
-  if (edges.length) {
-    const what = (x: (typeof rows)[number]) => [
-      x.a.bestSwept.atEdge ? `the best fusion ${x.a.bestSwept.id}` : "",
-      x.a.bestTempered.atEdge ? `the best tempered model (${x.a.bestTempered.name} at T = ${fmtNum(x.a.bestTempered.t)})` : "",
-    ].filter(Boolean).join(" and ");
-    out.push(`Grid edges: in ${edges.map((x) => `**${x.r.experiment.name}** ${what(x)}`).join("; in ")} ` +
-      `${edges.length > 1 ? "sit" : "sits"} at the end of the temperature grid. A wider grid contains this one, so it could only lower those PPLs further.`);
-  } else {
-    out.push(`Every best setting lies inside the temperature grid (none at its ends), so the swept numbers are not cut short by the grid.`);
-  }
-  out.push(`Scale: each experiment is one held-out text of ${[...new Set(records.map((r) => r.metrics.dataset.scored_tokens))].map((x) => x.toLocaleString("en-US")).join(" or ")} ` +
-    `scored tokens and one training seed per model, on ~1M-parameter toy models; differences of a fraction of a percent are not meaningful.`);
-  return out;
+    return `${nameOf(r)} disagrees with "${HEURISTIC_TEXT[r.experiment.heuristic]}": ${parts.join("; and ")}.${agrees}`;
+  });
 }
+
+/** Heuristic 1: the identical pair's swept "gain" is temperature, not fusion. */
+function identicalFinding({ r, a }: Judged): string {
+  const dev = a.identicalT1Deviation;
+  let s = `${nameOf(r)}: at T = 1 all four strategies give the model itself` +
+    (dev !== null ? ` (their PPLs and the model's ${fmtSame(dev)})` : "") + ", as they must: fusing a model with itself changes nothing.";
+  if (a.gainSweptRaw > -GAIN_PCT) return s;
+  const ts = a.bestSwept.temperatures;
+  const teff = 1 / (ts.reduce((x, t) => x + 1 / t, 0) / ts.length);
+  // the plain mean of one model's tempered logits (and what equals it at its defaults) is that model at one temperature
+  const same = a.bestSwept.type === SAME_B || a.bestSwept.type === SAME_A
+    ? ` (${a.bestSwept.type} of one model at temperatures ${ts.map(fmtNum).join(" and ")} is that model at T = 1 / mean(1/T) = ${teff.toFixed(3)}, a temperature between the grid's points)`
+    : ` (${a.bestSwept.type} of one model at two temperatures is that model at a per-position temperature)`;
+  s += ` With temperatures swept the pair seems to gain: ${a.bestSwept.id} is ${fmtPct(a.gainSweptRaw)} vs the model at T = 1${same}. But ${a.bestTempered.name} alone at ` +
+    `T = ${fmtNum(a.bestTempered.t)} already reaches ${fmtPpl(a.bestTempered.ppl)} (${fmtPct(pct(a.bestTempered.ppl, a.bestModelPpl))}); ` +
+    `the fusion is ${fmtPct(a.gainSweptVsTempered)} from that. The apparent gain is the model being ${a.bestTempered.t > 1 ? "too confident" : "not confident enough"} ` +
+    `at T = 1, fixed by a temperature; it is not a gain from fusing. Read swept gains against the best tempered single model, not against T = 1.`;
+  return s;
+}
+
+/** Heuristic 2: how much of a similar pair's gain survives tempering; which strategies fail to gain. */
+function similarFinding({ r, a }: Judged): string {
+  const noGain = KNOWN_STRATEGIES.filter((t) => a.atT1[t] && a.atT1[t]!.delta > -GAIN_PCT);
+  const temperOnly = pct(a.bestTempered.ppl, a.bestModelPpl);
+  let s = `${nameOf(r)}: at T = 1 ${atT1List(a)}.`;
+  if (noGain.length) s += ` ${noGain.join(" and ")} ${noGain.length > 1 ? "do" : "does"} not gain at T = 1.`;
+  s += ` Tempering the best single model alone is worth ${fmtPct(temperOnly)}; the best swept fusion is ${fmtPct(a.gainSweptRaw)} vs the model at T = 1 ` +
+    `and ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model, so ` +
+    (a.gainSweptRaw < 0 ? `${Math.round((a.gainSweptVsTempered / a.gainSweptRaw) * 100)}% of the swept gain is fusion and the rest temperature.` : "the sweep finds no gain.");
+  return s;
+}
+
+/** Of two similar pairs, which gains more at T = 1. */
+function similarPairsCompared(sim: Judged[]): string[] {
+  if (sim.length < 2) return [];
+  const [x, y] = [...sim].sort((p, q) => p.a.gainT1 - q.a.gainT1);
+  return [`Of the similar pairs, **${x.r.experiment.name}** gains more at T = 1 (${fmtPct(x.a.gainT1)}) than **${y.r.experiment.name}** (${fmtPct(y.a.gainT1)})` +
+    (x.r.experiment.name === "siblings" ? ": the pair with *different* architectures (same data) gains more than the same-architecture twins. " +
+      "On these models a different architecture helps rather than hurts; what makes a pair \"similar\" enough to gain is the data. " +
+      "(The two pairs also differ in quality: the gain is measured against each pair's better model.)" : ".")];
+}
+
+/** Heuristic 3: per text, and what the data-dependent weights do. The overlap remark comes once. */
+function distantFindings(dist: Judged[]): string[] {
+  let overlapNoted = false;
+  return dist.map((x) => {
+    const s = distantFinding(x, overlapNoted);
+    if (x.a.gainSweptVsTempered <= -GAIN_PCT) overlapNoted = true;
+    return s;
+  });
+}
+
+function distantFinding({ r, a }: Judged, overlapNoted: boolean): string {
+  const best = a.models[a.bestModel];
+  const other = a.models.find((_, i) => i !== a.bestModel)!;
+  let s = `${nameOf(r)}: ${best.name} is the in-domain model (PPL ${fmtPpl(best.ppl)}; ${other.name} ${fmtPpl(other.ppl)}, ${(other.ppl / best.ppl).toFixed(1)}× worse). ` +
+    `At T = 1: ${atT1List(a)}.` + perPositionWeights(a);
+  s += a.gainT1 <= -GAIN_PCT
+    ? ` The best fusion still gains ${fmtPct(a.gainT1)}, against the heuristic.`
+    : a.gainT1 < 0 ? ` The best fusion gains only ${fmtPct(a.gainT1)}: "gains little", as the heuristic says.`
+      : ` Every strategy loses at T = 1, as the heuristic says.`;
+  if (a.gainSweptVsTempered > -GAIN_PCT) {
+    return s + ` With temperatures tuned the best fusion (${a.bestSwept.id}) is ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model.`;
+  }
+  const ts = a.bestSwept.temperatures;
+  const at = (m: { name: string }, t: number) => `${m.name} at T = ${fmtNum(t)} (${t < 1 ? "sharpened" : t > 1 ? "flattened" : "as is"})`;
+  const how = `${at(best, ts[a.bestModel])} and ${at(other, ts[a.models.indexOf(other)])}`;
+  return s + ` With temperatures tuned the best fusion, ${a.bestSwept.id} (${how}), is ${fmtPct(a.gainSweptVsTempered)} vs the best tempered model ` +
+    `(${a.bestTempered.name} at T = ${fmtNum(a.bestTempered.t)}): ${a.gainT1 > 0 ? "the loss at T = 1 becomes a gain" : "a gain"}, against "gains little or loses". ` +
+    `The out-of-domain model still helps once its temperature is tuned${a.bestSwept.atEdge ? " (and the best setting is at the grid's edge, so perhaps more)" : ""}` +
+    (overlapNoted ? "." : `. (A possible reason, not measured here: Python docs and Python source share keywords, identifiers and code examples, so these "distant" domains overlap.)`);
+}
+
+/** Do the data-dependent weights (PER_POSITION_WEIGHTS) favour the in-domain (best) model? */
+function perPositionWeights(a: Analysis): string {
+  const best = a.models[a.bestModel];
+  const types = PER_POSITION_WEIGHTS.filter((t) => a.atT1[t]);
+  if (!types.length) return "";
+  const w = types.map((t) => a.atT1[t]!.weights[a.bestModel]);
+  const each = types.map((t, k) => `${t} gives ${best.name} a mean weight of ${w[k].toFixed(2)}`).join("; ");
+  const even = 1 / a.models.length;
+  const of = types.join(" and ");
+  if (w.every((x) => x > even)) return ` The per-position weights of ${of} lean toward the in-domain model, but only partly (${each}).`;
+  if (w.every((x) => x <= even)) {
+    return ` The per-position weights of ${of} do not favour the in-domain model at all (${each}: at most an even share): ` +
+      `a confident model is not a model that knows the domain.`;
+  }
+  return ` The per-position weights disagree about the in-domain model (${each}).`;
+}
+
+/** Does every distant experiment gain less at T = 1 than every similar pair? */
+function orderingFinding(sim: Judged[], dist: Judged[]): string[] {
+  if (!dist.length || !sim.length) return [];
+  const worstSim = Math.max(...sim.map((x) => x.a.gainT1));
+  const bestDist = Math.min(...dist.map((x) => x.a.gainT1));
+  return [bestDist > worstSim
+    ? `Ordering: every distant experiment gains less at T = 1 (best ${fmtPct(bestDist)}) than every similar pair (worst ${fmtPct(worstSim)}), as the heuristics order them.`
+    : `Ordering: a distant experiment gains at least as much at T = 1 (${fmtPct(bestDist)}) as a similar pair (${fmtPct(worstSim)}), against the heuristics' ordering.`];
+}
+
+/** Which strategy wins, across the pairs of two different models (SAME_AT_DEFAULTS counted as one). */
+function strategyCounts(diff: Judged[]): string[] {
+  if (!diff.length) return [];
+  const count = (pick: (a: Analysis) => StrategyType) => {
+    const c = new Map<string, number>();
+    for (const x of diff) {
+      const t = pick(x.a);
+      const k = t === SAME_A ? SAME_B : t; // the same distribution (see sameAtDefaultsFinding)
+      c.set(k, (c.get(k) ?? 0) + 1);
+    }
+    return [...c.entries()].sort((p, q) => q[1] - p[1]).map(([k, n]) => `${k === SAME_B ? `${SAME_B}/${SAME_A}` : k} ${n}`).join(", ");
+  };
+  const worstT1 = (a: Analysis) => KNOWN_STRATEGIES.filter((t) => a.atT1[t]).map((t) => a.atT1[t]!).reduce((p, q) => (q.ppl > p.ppl ? q : p)).type;
+  return [`Strategies, over the ${diff.length} experiments with two different models: best at T = 1: ${count((a) => a.bestT1.type)}; ` +
+    `worst at T = 1: ${count(worstT1)}; best with temperatures swept: ${count((a) => a.bestSwept.type)} (experiments counted).`];
+}
+
+/** poe with default betas is average, measured. */
+function sameAtDefaultsFinding(rows: Judged[]): string[] {
+  const pv = rows.map((x) => x.a.poeVsAverage).filter((x): x is number => x !== null);
+  if (!pv.length) return [];
+  return [`\`${SAME_A}\` with its default betas (1/N each) is \`${SAME_B}\`: over every pair of settings with the same temperatures, in every experiment, ` +
+    `their PPLs ${fmtSame(Math.max(...pv))}. Σ β_m log p_m and Σ y_m / N differ by a constant per position, which the ` +
+    `softmax removes. Its rows are not a fourth independent test; ${SAME_A} differs only with other betas (not swept here).`];
+}
+
+/** Best settings at an end of the temperature grid (the optimum may lie beyond it). */
+function gridEdgesFinding(rows: Judged[]): string {
+  const edges = rows.filter((x) => x.a.bestSwept.atEdge || x.a.bestTempered.atEdge);
+  if (!edges.length) {
+    return `Every best setting lies inside the temperature grid (none at its ends), so the swept numbers are not cut short by the grid.`;
+  }
+  const what = (x: Judged) => [
+    x.a.bestSwept.atEdge ? `the best fusion ${x.a.bestSwept.id}` : "",
+    x.a.bestTempered.atEdge ? `the best tempered model (${x.a.bestTempered.name} at T = ${fmtNum(x.a.bestTempered.t)})` : "",
+  ].filter(Boolean).join(" and ");
+  return `Grid edges: in ${edges.map((x) => `**${x.r.experiment.name}** ${what(x)}`).join("; in ")} ` +
+    `${edges.length > 1 ? "sit" : "sits"} at the end of the temperature grid. A wider grid contains this one, so it could only lower those PPLs further.`;
+}
+
+function scaleFinding(records: RunRecord[]): string {
+  return `Scale: each experiment is one held-out text of ${[...new Set(records.map((r) => r.metrics.dataset.scored_tokens))].map(fmtInt).join(" or ")} ` +
+    `scored tokens and one training seed per model, on ~1M-parameter toy models; differences of a fraction of a percent are not meaningful.`;
+}
+
+// ---------------------------------------------------------------------------- the page
 
 export function machineSection(records: RunRecord[], startedAt: Date | null, loadAtStart: number[] | null, totalSeconds: number | null): string {
   const rt = records[0]?.metrics.runtime;
@@ -571,25 +657,45 @@ interface Options {
   out: string;
 }
 
-function parseArgs(argv: string[]): Options {
-  const o: Options = { run: true, only: [], out: join(ROOT, "docs", "experiments.md") };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === "--no-run") o.run = false;
-    else if (a === "--only") {
-      const v = argv[++i];
-      if (!v || !EXPERIMENTS.some((e) => e.name === v)) throw new Error(`--only needs one of: ${EXPERIMENTS.map((e) => e.name).join(", ")}`);
-      o.only.push(v);
-    } else if (a === "--out") {
-      const v = argv[++i];
-      if (!v) throw new Error("--out needs a file");
-      o.out = resolve(v);
-    } else if (a === "--help" || a === "-h") {
-      process.stdout.write("usage: npm run experiments [-- --no-run] [--only NAME]... [--out FILE]\n");
-      process.exit(0);
-    } else throw new Error(`unknown option ${a} (try --help)`);
+const HELP = () => `usage: npm run experiments -- [--no-run] [--only NAME]... [--out FILE]
+
+Runs each experiment's committed config (configs/experiments/NAME.yaml) with the real CLI,
+then writes the page (docs/experiments.md) from the metrics in results/experiments/.
+
+  --no-run       run nothing: rewrite the page from the metrics already in results/experiments/
+  --only NAME    run only this experiment (repeatable); the page uses the others' last metrics.
+                 NAME is one of: ${EXPERIMENTS.map((e) => e.name).join(", ")}
+  --out FILE     where to write the page (default docs/experiments.md)
+  -h, --help     this text
+`;
+
+const OPTION_SPEC = {
+  "no-run": { type: "boolean" },
+  only: { type: "string", multiple: true },
+  out: { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const satisfies ParseArgsConfig["options"];
+
+/** A bad command line: reported as one line, exit status 2. */
+class UsageError extends Error {}
+
+/** The options, or null after --help has been printed. */
+function parseOptions(argv: string[]): Options | null {
+  let values;
+  try {
+    ({ values } = parseArgs({ args: argv, options: OPTION_SPEC, strict: true, allowPositionals: false }));
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message} (see --help)`);
   }
-  return o;
+  if (values.help) {
+    process.stdout.write(HELP());
+    return null;
+  }
+  const only = values.only ?? [];
+  for (const v of only) {
+    if (!EXPERIMENTS.some((e) => e.name === v)) throw new UsageError(`--only needs one of: ${EXPERIMENTS.map((e) => e.name).join(", ")}; got ${JSON.stringify(v)}`);
+  }
+  return { run: !values["no-run"], only, out: values.out !== undefined ? resolve(values.out) : join(ROOT, "docs", "experiments.md") };
 }
 
 const metricsPath = (name: string) => join(ROOT, "results", "experiments", `${name}.json`);
@@ -628,7 +734,8 @@ function runOne(e: Experiment): number {
 }
 
 async function main(): Promise<void> {
-  const o = parseArgs(process.argv.slice(2));
+  const o = parseOptions(process.argv.slice(2));
+  if (!o) return;
   const startedAt = new Date();
   const loadAtStart = loadavg();
   const toRun = o.run ? EXPERIMENTS.filter((e) => o.only.length === 0 || o.only.includes(e.name)) : [];
@@ -660,6 +767,6 @@ async function main(): Promise<void> {
 if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
   main().catch((e: unknown) => {
     process.stderr.write(`experiments: ${(e as Error).message}\n`);
-    process.exit(1);
+    process.exit(e instanceof UsageError ? 2 : 1);
   });
 }

@@ -12,11 +12,11 @@ import {
   buildPage,
   commandFor,
   findings,
-  fmtPct,
   judge,
   summaryTable,
   verdicts,
 } from "../scripts/experiments.js";
+import { fmtPct } from "../src/format.js";
 
 const GRID = [0.8, 1, 1.25];
 type F = MetricsInput["fusions"][number];
@@ -132,11 +132,13 @@ describe("verdicts", () => {
     assert.match(v.tuned.because, /-4\.04% PPL vs twin-a at T=1\.25/);
   });
 
-  test("percentages: signed, and no negative zero", () => {
+  test("percentages (src/format.ts): signed; one that rounds to zero, exactly 0 included, is unsigned", () => {
     assert.equal(fmtPct(-5.583), "-5.58%");
     assert.equal(fmtPct(2.5), "+2.50%");
     assert.equal(fmtPct(-0.0001), "0.00%");
-    assert.equal(fmtPct(0), "+0.00%");
+    assert.equal(fmtPct(0.0001), "0.00%");
+    assert.equal(fmtPct(0), "0.00%");
+    assert.match(judge("identical", 0, "x").because, /^0\.00% PPL vs x \(no change\)/);
   });
 });
 
@@ -149,6 +151,7 @@ describe("the page", () => {
     for (const [i, r] of records.entries()) assert.ok(rows[i].includes(`\`${commandFor(r.experiment.name)}\``), rows[i]);
     assert.match(rows[0], /\*\*holds\*\* .*\*\*holds\*\*/);
     assert.match(rows[0], /17\.3 s \(12\.5 s eval\)/);
+    assert.match(rows[0], /\| 0\.00% \| \*\*holds\*\* \|/); // the identical pair's Δ at T = 1: exactly 0, unsigned
     assert.match(rows[1], /\| 12\.5 s eval \|/);
     assert.match(rows[2], /\*\*holds\*\* .*\*\*does not hold\*\*/);
   });
