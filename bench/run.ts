@@ -31,8 +31,8 @@ import { fileURLToPath } from "node:url";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { fmtInt, table } from "../src/format.js";
 import type { HelloMsg, ModelSpec, ResultMsg, Setting } from "../src/protocol.js";
-import { openSession, resolvePython, toSettings, type Evaluation, type Session } from "../src/session.js";
-import { KNOWN_STRATEGIES, settingKey } from "../src/strategies.js";
+import { openSession, resolvePython, type Evaluation, type Session } from "../src/session.js";
+import { KNOWN_STRATEGIES, resolveStrategies, settingKey } from "../src/strategies.js";
 import { temperatureGrid } from "../src/sweep.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -313,8 +313,8 @@ interface SettingsUnderTest {
 }
 
 function settingsUnderTest(): SettingsUnderTest {
-  const one = toSettings(["entropy"], 2);
-  const four = toSettings([...KNOWN_STRATEGIES], 2);
+  const one = resolveStrategies(["entropy"], 2);
+  const four = resolveStrategies([...KNOWN_STRATEGIES], 2);
   const sweep = temperatureGrid({ temperatures: GRID }, 2);
   if (sweep.length !== SWEEP_SIZE) throw new Error(`the sweep has ${sweep.length} settings, expected ${SWEEP_SIZE}`);
   return { one, four, sweep };
@@ -658,7 +658,7 @@ async function gpuShape(o: Options, shape: string, source: string, peak: number 
   try {
     const text = built.source as string; // the whole text
     const gpuOpts = { ...o, maxLength: 1024, stride: 1024, batchSize: 16 };
-    const one = toSettings(["entropy"], 2);
+    const one = resolveStrategies(["entropy"], 2);
     await timedEvaluate(session, `gpu ${shape} warm-up`, text, one, { ...gpuOpts }); // compiles kernels, fills caches
     const t1 = await timedEvaluate(session, `gpu ${shape} 1 setting`, text, one, gpuOpts);
     const t100 = await timedEvaluate(session, `gpu ${shape} ${sweep.length} settings`, text, sweep, gpuOpts);

@@ -28,7 +28,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { fmtInt, fmtNum, fmtPct, fmtPpl, fmtWeights } from "../src/format.js";
 import type { StrategyType } from "../src/protocol.js";
-import { KNOWN_STRATEGIES, STRATEGIES, isKnownStrategy } from "../src/strategies.js";
+import { KNOWN_STRATEGIES, defaultParam, isKnownStrategy, paramsOf } from "../src/strategies.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -77,9 +77,9 @@ for (const t of [...SAME_AT_DEFAULTS.flat(), ...PER_POSITION_WEIGHTS]) {
 const [SAME_A, SAME_B] = SAME_AT_DEFAULTS[0];
 
 /** The type's default betas for n models (the registry's), or null: it takes none. */
-const registryBetas = (type: string, n: number): number[] | null => (isKnownStrategy(type) ? STRATEGIES[type].defaultBetas(n) : null);
-/** Types with betas (the registry gives them default betas). */
-const takesBetas = (type: string) => registryBetas(type, 2) !== null;
+const registryBetas = (type: string, n: number): number[] | null => (isKnownStrategy(type) ? defaultParam(type, "betas", n) : null);
+/** Types that take betas (the registry declares them). */
+const takesBetas = (type: string) => isKnownStrategy(type) && paramsOf(type).includes("betas");
 
 export function commandFor(name: string): string {
   return `./bin/kotara run configs/experiments/${name}.yaml`;
