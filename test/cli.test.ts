@@ -1,10 +1,11 @@
 // The CLI end to end through the real worker, on tiny models built offline
 // (GPT-2 and Llama architectures), checked against independent computations.
+// "progress goes to stderr" checks only the controller, on the fake worker (test/fake-worker/).
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { before, test } from "node:test";
-import { kotara, referencePpl, tempDir, tinyModels, writeFile } from "./helpers.js";
+import { FAKE_PYTHON, kotara, referencePpl, tempDir, tinyModels, writeFile } from "./helpers.js";
 
 let models: string;
 let work: string;
@@ -110,7 +111,7 @@ test("a Hub id that is not cached says where it looked (exit 2)", async () => {
 
 test("progress goes to stderr, the report to stdout", async () => {
   const cfg = writeFile(work, "progress.yaml", config(`strategies: [gap]\n`));
-  const r = await kotara(["run", cfg, "--metrics", join(work, "progress.json")]);
+  const r = await kotara(["run", cfg, "--metrics", join(work, "progress.json")], { env: { KOTARA_PYTHON: FAKE_PYTHON } });
   assert.equal(r.exitCode, 0, r.stderr);
   assert.match(r.stderr, /windows \d+\/\d+ \| \d+ tok\/s \| ETA/);
   assert.doesNotMatch(r.stdout, /windows \d+\/\d+/);

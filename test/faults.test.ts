@@ -1,13 +1,14 @@
 // Faults against the real worker: each asserts what the user is told and that no
-// process is left behind.
+// process is left behind. Two are controller checks that run on the fake worker
+// (test/fake-worker/): a checkpoint of another text, and a protocol version mismatch.
 import assert from "node:assert/strict";
-import { chmodSync, existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { before, test } from "node:test";
 import { encode } from "@msgpack/msgpack";
 import { execa } from "execa";
 import { Worker } from "../src/worker.js";
-import { KOTARA, PYTHON, alive, childPids, kotara, tempDir, tinyModels, waitFor, writeFile } from "./helpers.js";
+import { FAKE_PYTHON, KOTARA, PYTHON, alive, childPids, kotara, tempDir, tinyModels, waitFor, writeFile } from "./helpers.js";
 
 let models: string;
 let work: string;
@@ -83,16 +84,18 @@ test("Ctrl-C mid-run exits 130, saves a checkpoint, leaves no worker; --resume g
 });
 
 test("--resume refuses a checkpoint of another text, and says why (exit 2)", async () => {
-  const { child } = await startLongRun("changed");
+  // controller bookkeeping: the fake worker (20 ms a batch, so that there is time to interrupt it)
+  const fake = { KOTARA_PYTHON: FAKE_PYTHON, KOTARA_FAKE_DELAY_MS: "20" };
+  const { child } = await startLongRun("changed", fake);
   const checkpoint = join(work, "changed.json.checkpoint.json");
   await waitFor(() => existsSync(checkpoint), 60_000, "a first checkpoint");
   child.kill("SIGINT");
   assert.equal((await child).exitCode, 130);
   writeFile(work, "long.txt", readFileSync(longText, "utf8") + " one more line\n");
-  const r = await kotara(["run", join(work, "changed.yaml"), "--resume", "--quiet"]);
+  const r = await kotara(["run", join(work, "changed.yaml"), "--resume", "--quiet"], { env: fake });
   assert.equal(r.exitCode, 2);
   assert.match(r.stderr, /cannot resume from .*: the text file changed/);
-  const none = await kotara(["run", longConfig("never-ran"), "--resume", "--quiet"]);
+  const none = await kotara(["run", longConfig("never-ran"), "--resume", "--quiet"], { env: fake });
   assert.equal(none.exitCode, 2);
   assert.match(none.stderr, /no usable checkpoint .* there is none/);
 });
@@ -131,10 +134,8 @@ test("forged and replayed messages are dropped; the worker keeps serving", async
 });
 
 test("a worker that speaks another protocol version is refused, and stopped", async () => {
-  const fake = writeFile(work, "old-worker.sh",
-    `#!/bin/sh\nshift 2\nexec "${PYTHON}" -c "import sys, runpy, kotara_worker.protocol as p; p.PROTOCOL_VERSION = 999; sys.argv[0] = 'kotara_worker'; runpy.run_module('kotara_worker', run_name='__main__')" "$@"\n`);
-  chmodSync(fake, 0o755);
-  const r = await kotara(["run", longConfig("version"), "--quiet"], { env: { KOTARA_PYTHON: fake } });
+  // the fake worker, saying hello with protocol version 999
+  const r = await kotara(["run", longConfig("version"), "--quiet"], { env: { KOTARA_PYTHON: FAKE_PYTHON, KOTARA_FAKE_PROTOCOL_VERSION: "999" } });
   assert.equal(r.exitCode, 1, r.stderr);
   assert.match(r.stderr, /protocol version mismatch: the controller speaks 1, the worker .* speaks 999/);
 });

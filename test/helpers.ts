@@ -11,6 +11,8 @@ import { PACKAGE_ROOT } from "../src/worker.js";
 
 export const PYTHON = resolvePython();
 export const KOTARA = join(PACKAGE_ROOT, "bin", "kotara");
+/** The fake worker (test/fake-worker/): the controller's "python" for tests of controller logic, no torch. */
+export const FAKE_PYTHON = join(PACKAGE_ROOT, "test", "fake-worker", "python");
 
 /** OUT/{gpt2-a,gpt2-b,llama,gpt2-padded,gpt2-othertok}, OUT/text.txt — built once per builder version. */
 export function tinyModels(): string {

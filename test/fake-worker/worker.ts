@@ -1,0 +1,495 @@
+// A fake of the Python worker for the controller's tests: the same process interface
+// (`<python> -m kotara_worker --endpoint E [--heartbeat S]`, the session key on the
+// first stdin line), the same wire protocol (src/protocol.ts: a DEALER socket, msgpack
+// bodies, HMAC-SHA256 macs, seq numbers; what it receives is checked with ToWorker and
+// what it sends with FromWorker), and the same behaviour as python/kotara_worker/
+// (server.py, protocol.py, __main__.py) — but no torch: load answers with canned model
+// metadata and evaluate with the closed-form sums of ./canned.ts, in milliseconds.
+//
+// Point the controller at ./python (KOTARA_PYTHON, runtime.python, or openSession's
+// `python:`). What it does:
+//   load      a local model dir must exist (else not_found); vocab_size, context
+//             (max_position_embeddings | n_positions) and bos_token_id come from its
+//             config.json when there is one; a Hub id is a canned model (vocab 50257,
+//             1024 positions, BOS 50256). Checks context and output rows as the worker
+//             does; there is no tokenizer comparison. parameters: 1,000,000 × (i + 1);
+//             device "auto" → cpu, dtype "auto" → float32.
+//   evaluate  the worker's checks (no models, context, BOS, settings, dataset not found
+//             / not UTF-8, too short), windows over the file's bytes, batches as the
+//             worker plans them, progress every progress_every windows, cancel and
+//             shutdown honoured between batches, resume sums continued.
+//             peak_memory_bytes is a canned 64 MiB.
+//   cancel    idle: ignored. shutdown: bye, exit 0.
+//   drops     bad frames, bad signatures, undecodable, off-schema and replayed messages,
+//             with the worker's stderr lines ("kotara-worker: dropped a message: …").
+//
+// Fault injection (read only here; "N windows" counts windows this request evaluated):
+//   KOTARA_FAKE_FAIL=load|evaluate[:code]  answer with an error (code default internal);
+//   KOTARA_FAKE_FAIL_AFTER=N                  …for evaluate, at the first batch after N windows (0)
+//   KOTARA_FAKE_FAIL_MESSAGE=text             …with this message
+//   KOTARA_FAKE_DELAY_MS=ms                   sleep per batch (a slow model)
+//   KOTARA_FAKE_DIE_AFTER=N                   exit abruptly at the first batch after N windows,
+//   KOTARA_FAKE_DIE_SIGNAL=SIGKILL              …by this signal, or KOTARA_FAKE_DIE_EXIT=code (3)
+//   KOTARA_FAKE_HANG_AFTER=N                  go silent (no heartbeats, nothing) after N windows
+//   KOTARA_FAKE_PROTOCOL_VERSION=v            say hello with this protocol version
+//   KOTARA_FAKE_RECORD=file                   append every accepted message as a JSON line
+import { createHmac, timingSafeEqual } from "node:crypto";
+import { appendFileSync, existsSync, readFileSync, statSync } from "node:fs";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { decode, encode } from "@msgpack/msgpack";
+import * as zmq from "zeromq";
+import { FromWorker, PROTOCOL_VERSION, ToWorker, type ErrorMsg, type Setting, type Sums } from "../../src/protocol.js";
+import { addWindow, firstBadUtf8, planBatches, planWindows, rates, zeroSums } from "./canned.js";
+
+const FAKE_WORKER_VERSION = "0.1.0-fake";
+const PEAK_MEMORY_BYTES = 64 * 1024 * 1024;
+const HUB_MODEL = { vocab_size: 50257, max_positions: 1024, bos_token_id: 50256 };
+
+type ToWorkerMsg = ToWorker;
+type Outgoing = FromWorker extends infer T ? (T extends { seq: number } ? Omit<T, "seq"> : never) : never;
+type Code = ErrorMsg["code"];
+
+function log(line: string): void {
+  try {
+    process.stderr.write(line + "\n");
+  } catch {
+    // stderr is a pipe to the controller, which may be gone
+  }
+}
+
+const intEnv = (name: string): number | null => {
+  const v = process.env[name];
+  if (v === undefined || v === "") return null;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer, got ${JSON.stringify(v)}`);
+  return n;
+};
+
+const faults = (() => {
+  const [stage, code] = (process.env.KOTARA_FAKE_FAIL ?? "").split(":");
+  return {
+    fail: stage ? { stage, code: (code || "internal") as Code, message: process.env.KOTARA_FAKE_FAIL_MESSAGE } : null,
+    failAfter: intEnv("KOTARA_FAKE_FAIL_AFTER") ?? 0,
+    delayMs: intEnv("KOTARA_FAKE_DELAY_MS") ?? 0,
+    dieAfter: intEnv("KOTARA_FAKE_DIE_AFTER"),
+    dieSignal: (process.env.KOTARA_FAKE_DIE_SIGNAL || null) as NodeJS.Signals | null,
+    dieExit: intEnv("KOTARA_FAKE_DIE_EXIT") ?? 3,
+    hangAfter: intEnv("KOTARA_FAKE_HANG_AFTER"),
+    protocolVersion: intEnv("KOTARA_FAKE_PROTOCOL_VERSION") ?? PROTOCOL_VERSION,
+    record: process.env.KOTARA_FAKE_RECORD || null,
+  };
+})();
+
+class RequestError extends Error {
+  constructor(readonly code: Code, message: string, readonly detail: string | null = null) {
+    super(message);
+  }
+}
+
+// ---------------------------------------------------------------------------- the channel (protocol.py Channel)
+class Channel {
+  private sendSeq = 0;
+  private lastRecvSeq = -1;
+  private chain: Promise<unknown> = Promise.resolve();
+  /** KOTARA_FAKE_HANG_AFTER: nothing goes out any more. */
+  silent = false;
+
+  constructor(private socket: zmq.Dealer, private key: Buffer) {}
+
+  private sign(body: Uint8Array): Buffer {
+    return createHmac("sha256", this.key).update(body).digest();
+  }
+
+  /** Numbered, checked against FromWorker (an off-schema message here is a bug of the fake), signed, queued. */
+  /** Resolves once everything sent so far is handed to the socket. */
+  flush(): Promise<unknown> {
+    return this.chain;
+  }
+
+  send(message: Outgoing): Promise<unknown> {
+    if (this.silent) return this.chain;
+    const full = FromWorker.parse({ ...message, seq: this.sendSeq++ });
+    const body = encode(full);
+    const frames = [body, this.sign(body)];
+    // one send at a time on a zeromq socket; the chain also keeps the seq order
+    this.chain = this.chain.then(() => this.socket.send(frames)).catch((e) => log(`kotara-worker: send failed: ${String(e)}`));
+    return this.chain;
+  }
+
+  /** protocol.py decode + Channel.recv's replay check: the message, or null (dropped, logged). */
+  accept(frames: Buffer[]): ToWorkerMsg | null {
+    const drop = (why: string) => {
+      log(`kotara-worker: dropped a message: ${why}`);
+      return null;
+    };
+    if (frames.length !== 2) return drop(`expected 2 frames (body, mac), got ${frames.length}`);
+    const [body, mac] = frames;
+    const expected = this.sign(body);
+    if (mac.length !== expected.length || !timingSafeEqual(mac, expected)) return drop("bad signature");
+    let raw: unknown;
+    try {
+      raw = decode(body);
+    } catch (e) {
+      return drop(`undecodable body: ${String(e)}`);
+    }
+    const parsed = ToWorker.safeParse(raw);
+    if (!parsed.success) {
+      return drop("off-schema message: " + parsed.error.issues.slice(0, 5).map((i) => `${i.path.join(".") || "(message)"}: ${i.message}`).join("; "));
+    }
+    const message = parsed.data;
+    if (message.seq <= this.lastRecvSeq) {
+      log(`kotara-worker: dropped a replayed message (seq ${message.seq} after ${this.lastRecvSeq})`);
+      return null;
+    }
+    this.lastRecvSeq = message.seq;
+    return message;
+  }
+}
+
+// ---------------------------------------------------------------------------- load (models.py, canned)
+interface FakeModel {
+  ref: string;
+  device: string;
+  dtype: string;
+  parameters: number;
+  vocab_size: number;
+  max_positions: number | null;
+}
+
+/** models.py _is_local. */
+function isLocal(ref: string): boolean {
+  return isDir(ref) || path.isAbsolute(ref) || ref.startsWith(".") || ref.startsWith("~") || ref.split("/").length - 1 > 1;
+}
+
+function isDir(p: string): boolean {
+  try {
+    return statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** config.json of a local dir ({} for a Hub id); null when a local dir is missing. */
+function readModelConfig(ref: string): Record<string, unknown> | null {
+  if (!isLocal(ref)) return {};
+  if (!isDir(ref)) return null;
+  const file = path.join(ref, "config.json");
+  if (!existsSync(file)) return {};
+  try {
+    return JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
+  } catch {
+    return {};
+  }
+}
+
+const positiveInt = (v: unknown): number | null => (typeof v === "number" && Number.isInteger(v) && v > 0 ? v : null);
+
+function notFound(what: string, ref: string): RequestError {
+  return new RequestError("not_found", `${what} ${ref} not found: looked for the local directory ${path.resolve(ref)}`);
+}
+
+// ---------------------------------------------------------------------------- the server (server.py Server)
+class Server {
+  private models: FakeModel[] = [];
+  private tokenizer: { ref: string; vocab_size: number; bos_token_id: number | null } | null = null;
+  /** The evaluation in progress: what should_stop() would read. */
+  private running: { requestId: string; cancelled: boolean } | null = null;
+  private stopping = false;
+
+  constructor(private channel: Channel, private exit: (code: number) => Promise<void>) {}
+
+  hello(): void {
+    void this.channel.send({
+      type: "hello", protocol_version: faults.protocolVersion, worker_version: FAKE_WORKER_VERSION, pid: process.pid,
+      python: "fake", torch: "fake", transformers: "fake", cuda_devices: 0,
+    });
+  }
+
+  onMessage(message: ToWorkerMsg): void {
+    if (faults.record) appendFileSync(faults.record, JSON.stringify(message) + "\n");
+    if (this.running) {
+      // evaluate.py's should_stop(): a cancel of this request or a shutdown stops it at the
+      // next batch; anything else that arrives meanwhile is read and ignored.
+      if (message.type === "cancel" && message.request_id === this.running.requestId) this.running.cancelled = true;
+      else if (message.type === "shutdown") {
+        this.running.cancelled = true;
+        this.stopping = true;
+      }
+      return;
+    }
+    void this.dispatch(message);
+  }
+
+  private async dispatch(message: ToWorkerMsg): Promise<void> {
+    if (message.type === "shutdown") {
+      await this.channel.send({ type: "bye" });
+      this.stopping = true;
+      await this.exit(0);
+      return;
+    }
+    if (message.type === "cancel") return; // nothing is running
+    const requestId = message.type === "evaluate" ? message.request_id : null;
+    try {
+      if (message.type === "load") this.load(message);
+      else await this.evaluate(message);
+    } catch (e) {
+      if (e instanceof RequestError) this.error(requestId, e.code, e.message, e.detail);
+      else this.error(requestId, "internal", `${(e as Error).name}: ${(e as Error).message}`, (e as Error).stack ?? null);
+    }
+    if (this.stopping) await this.exit(0);
+  }
+
+  private error(requestId: string | null, code: Code, message: string, detail: string | null = null): void {
+    void this.channel.send({ type: "error", request_id: requestId, code, message, detail });
+  }
+
+  private status(message: string): void {
+    void this.channel.send({ type: "status", message });
+  }
+
+  private injected(stage: string): void {
+    const f = faults.fail;
+    if (f && f.stage === stage) {
+      throw new RequestError(f.code, f.message ?? `fake ${stage} failure (KOTARA_FAKE_FAIL=${process.env.KOTARA_FAKE_FAIL})`,
+        f.code === "internal" ? "Traceback (most recent call last):\n  (the fake worker's injected failure)" : null);
+    }
+  }
+
+  private load(message: Extract<ToWorkerMsg, { type: "load" }>): void {
+    const start = performance.now();
+    this.models = [];
+    this.tokenizer = null;
+    const tokRef = message.tokenizer ?? message.models[0].ref;
+    this.status(`loading tokenizer ${tokRef}`);
+    const tokConfig = readModelConfig(tokRef);
+    if (tokConfig === null) throw notFound("tokenizer", tokRef);
+    this.injected("load");
+    const models: FakeModel[] = [];
+    let firstConfig: Record<string, unknown> | null = null;
+    message.models.forEach((spec, i) => {
+      this.status(`loading model ${i + 1}/${message.models.length}: ${spec.ref}`);
+      const config = readModelConfig(spec.ref);
+      if (config === null) throw notFound("model", spec.ref);
+      firstConfig ??= config;
+      const hub = !isLocal(spec.ref);
+      const maxPositions = positiveInt(config.max_position_embeddings) ?? positiveInt(config.n_positions) ?? (hub ? HUB_MODEL.max_positions : null);
+      const need = message.max_length === null ? null : message.max_length + (message.bos_per_window ? 1 : 0);
+      if (need !== null && maxPositions !== null && need > maxPositions) {
+        throw new RequestError("context", `model ${spec.ref} has a context of ${maxPositions} positions; ` +
+          `max_length ${message.max_length}${message.bos_per_window ? " + 1 BOS" : ""} needs ${need}`);
+      }
+      models.push({
+        ref: spec.ref, device: spec.device === "auto" ? "cpu" : spec.device, dtype: spec.dtype === "auto" ? "float32" : spec.dtype,
+        parameters: 1_000_000 * (i + 1), vocab_size: positiveInt(config.vocab_size) ?? HUB_MODEL.vocab_size, max_positions: maxPositions,
+      });
+    });
+    const fromTok = positiveInt(tokConfig.vocab_size) !== null ? tokConfig : firstConfig ?? {};
+    const vocab = positiveInt(fromTok.vocab_size) ?? HUB_MODEL.vocab_size;
+    const bos = "bos_token_id" in fromTok ? (Number.isInteger(fromTok.bos_token_id) ? (fromTok.bos_token_id as number) : null)
+      : isLocal(tokRef) ? null : HUB_MODEL.bos_token_id;
+    for (const m of models) {
+      if (m.vocab_size < vocab) {
+        throw new RequestError("tokenizer_mismatch", `model ${m.ref} has ${m.vocab_size} output rows but the tokenizer ${tokRef} has ${vocab} tokens`);
+      }
+      this.status(`loaded ${m.ref}: ${m.parameters.toLocaleString("en-US")} parameters, ${m.device}, ${m.dtype}, head path scored`);
+    }
+    this.models = models;
+    this.tokenizer = { ref: tokRef, vocab_size: vocab, bos_token_id: bos };
+    void this.channel.send({
+      type: "loaded",
+      models: models.map((m) => ({ ...m, head_path: "scored" as const })),
+      tokenizer: this.tokenizer,
+      seconds: (performance.now() - start) / 1000,
+    });
+  }
+
+  private async evaluate(message: Extract<ToWorkerMsg, { type: "evaluate" }>): Promise<void> {
+    if (!this.models.length || !this.tokenizer) throw new RequestError("bad_request", "no models are loaded (send load first)");
+    const requestId = message.request_id;
+    const { max_length: maxLength, stride, bos_per_window: bos, path: file } = message.dataset;
+    for (const m of this.models) {
+      const need = maxLength + (bos ? 1 : 0);
+      if (m.max_positions !== null && need > m.max_positions) {
+        throw new RequestError("context", `max_length ${maxLength}${bos ? " + BOS" : ""} is over the context of ${m.ref} (${m.max_positions} positions)`);
+      }
+    }
+    if (bos && this.tokenizer.bos_token_id === null) {
+      throw new RequestError("bad_request", "dataset.bos_per_window is true but the tokenizer has no BOS token");
+    }
+    checkSettings(message.settings, this.models.length);
+
+    const tokenizeStarted = performance.now();
+    let bytes: Buffer;
+    try {
+      bytes = readFileSync(file);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") throw new RequestError("not_found", `dataset not found: ${file}`);
+      throw e;
+    }
+    const bad = firstBadUtf8(bytes);
+    if (bad >= 0) throw new RequestError("bad_request", `dataset ${file} is not UTF-8 (first bad byte at offset ${bad})`);
+    this.status(`tokenizing ${file}`);
+    const nTokens = bytes.length; // the fake's tokens are the text's bytes
+    const tokenizeSeconds = (performance.now() - tokenizeStarted) / 1000;
+    let windows;
+    try {
+      windows = planWindows(nTokens, maxLength, stride, bos);
+    } catch (e) {
+      throw new RequestError("bad_request", (e as Error).message);
+    }
+    const nModels = this.models.length;
+    const nSettings = message.settings.length;
+    const sums: Sums = message.resume ? structuredClone(message.resume) : zeroSums(nModels, nSettings);
+    if (sums.model_nll.length !== nModels || sums.fusion_nll.length !== nSettings || sums.fusion_weights.length !== nSettings
+        || sums.fusion_weights.some((r) => r.length !== nModels) || !(sums.windows_done >= 0 && sums.windows_done <= windows.length)) {
+      throw new RequestError("internal", `ValueError: resume sums do not match ${nModels} models, ${nSettings} settings, ${windows.length} windows`);
+    }
+    const r = rates(nModels, message.settings);
+    const started = performance.now();
+    const progress = () => void this.channel.send({
+      type: "progress", request_id: requestId, windows_total: windows.length, tokens_total: nTokens,
+      seconds: (performance.now() - started) / 1000, sums: structuredClone(sums),
+    });
+    const running = { requestId, cancelled: false };
+    this.running = running;
+    try {
+      let reported = sums.windows_done;
+      let evaluated = 0; // windows this request evaluated (the fault counters)
+      for (const [first, stop] of planBatches(windows, message.batch_size)) {
+        if (stop <= sums.windows_done) continue; // done before the checkpoint
+        const start = Math.max(first, sums.windows_done);
+        // read what arrived (heartbeats and messages run while we wait), then should_stop()
+        await (faults.delayMs > 0 ? sleep(faults.delayMs) : new Promise((r) => setImmediate(r)));
+        if (running.cancelled) {
+          progress(); // what was finished reaches the controller before the error
+          throw new RequestError("cancelled", "cancelled by the controller");
+        }
+        await this.faultsAt(evaluated);
+        for (let i = start; i < stop; i++) addWindow(sums, windows[i], r);
+        evaluated += stop - start;
+        sums.windows_done = stop;
+        if (sums.windows_done - reported >= message.progress_every) {
+          reported = sums.windows_done;
+          progress();
+        }
+      }
+    } finally {
+      this.running = null;
+    }
+    const firstModel = this.models[0];
+    void this.channel.send({
+      type: "result", request_id: requestId, tokens: nTokens, windows: windows.length, sums,
+      seconds: (performance.now() - started) / 1000, tokenize_seconds: tokenizeSeconds, peak_memory_bytes: PEAK_MEMORY_BYTES,
+      device: firstModel.device, dtype: firstModel.dtype,
+    });
+    if (this.stopping) await this.channel.send({ type: "bye" });
+  }
+
+  /** The injected faults that fire at a batch boundary, `evaluated` windows into the request. */
+  private async faultsAt(evaluated: number): Promise<void> {
+    if (faults.dieAfter !== null && evaluated >= faults.dieAfter) {
+      log(`kotara-worker: the fake worker dies after ${evaluated} windows (KOTARA_FAKE_DIE_AFTER=${faults.dieAfter})`);
+      if (faults.dieSignal) process.kill(process.pid, faults.dieSignal);
+      process.exit(faults.dieExit);
+    }
+    if (faults.hangAfter !== null && evaluated >= faults.hangAfter) {
+      log(`kotara-worker: the fake worker goes silent after ${evaluated} windows (KOTARA_FAKE_HANG_AFTER=${faults.hangAfter})`);
+      this.channel.silent = true;
+      await new Promise(() => {}); // forever (the controller's watchdog kills it)
+    }
+    if (faults.fail?.stage === "evaluate" && evaluated >= faults.failAfter) this.injected("evaluate");
+  }
+}
+
+/** fusion.py check_settings, with its messages. */
+function checkSettings(settings: Setting[], nModels: number): void {
+  for (const s of settings) {
+    const name = s.id ?? s.type;
+    if (s.temperatures.length !== nModels) throw new RequestError("bad_request", `setting ${name}: needs one temperature per model (${nModels})`);
+    if (!s.temperatures.every((t) => t > 0)) {
+      throw new RequestError("bad_request", `setting ${name}: temperatures must be > 0, got [${s.temperatures.join(", ")}]`);
+    }
+    if (s.betas !== null && s.betas.length !== nModels) throw new RequestError("bad_request", `setting ${name}: needs one beta per model (${nModels})`);
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+// ---------------------------------------------------------------------------- the process (__main__.py)
+/** The first line of stdin; afterwards stdin is watched for EOF (the controller is gone). */
+function readKeyLine(): Promise<string> {
+  return new Promise((resolve) => {
+    let buffered = "";
+    let done = false;
+    process.stdin.setEncoding("utf8");
+    process.stdin.on("data", (chunk: string) => {
+      if (done) return;
+      buffered += chunk;
+      const nl = buffered.indexOf("\n");
+      if (nl >= 0) {
+        done = true;
+        resolve(buffered.slice(0, nl).trim());
+      }
+    });
+    process.stdin.on("end", () => {
+      if (!done) {
+        done = true;
+        resolve(buffered.trim());
+        return;
+      }
+      log("kotara-worker: controller closed stdin; exiting");
+      process.exit(0);
+    });
+  });
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: { m: { type: "string", short: "m" }, endpoint: { type: "string" }, heartbeat: { type: "string" } },
+    strict: true,
+  });
+  if (values.m !== "kotara_worker" || !values.endpoint) {
+    log("usage: python -m kotara_worker --endpoint ENDPOINT [--heartbeat S]  (this is Kotara's fake worker)");
+    return 2;
+  }
+  const heartbeatS = Number(values.heartbeat ?? process.env.KOTARA_HEARTBEAT_S ?? "1.0");
+
+  // Ctrl-C in a terminal reaches the whole process group; the controller decides what it means.
+  process.on("SIGINT", () => {});
+  const parentPid = process.ppid;
+  const keyHex = await readKeyLine();
+  const key = /^([0-9a-fA-F]{2})*$/.test(keyHex) ? Buffer.from(keyHex, "hex") : Buffer.alloc(0);
+  if (key.length < 16) {
+    log("kotara-worker: no session key on stdin (the worker is started by the kotara controller)");
+    return 2;
+  }
+  setInterval(() => {
+    if (process.ppid !== parentPid) {
+      log("kotara-worker: controller process is gone; exiting");
+      process.exit(0);
+    }
+  }, 500).unref();
+
+  const socket = new zmq.Dealer({ linger: 100 });
+  socket.connect(values.endpoint);
+  const channel = new Channel(socket, key);
+  const exit = async (code: number) => {
+    await channel.flush();
+    socket.close(); // linger 100 ms: what was sent (a bye) still goes out
+    process.exit(code);
+  };
+  const server = new Server(channel, exit);
+  server.hello();
+  setInterval(() => void channel.send({ type: "heartbeat" }), heartbeatS * 1000).unref();
+  for await (const frames of socket) {
+    const message = channel.accept(frames as Buffer[]);
+    if (message) server.onMessage(message);
+  }
+  return 0;
+}
+
+process.exitCode = await main();
+if (process.exitCode !== 0) process.exit(process.exitCode);
