@@ -46,7 +46,7 @@ before(() => {
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 const spec = (ref: string) => ({ ref, revision: null, trust_remote_code: false, dtype: "auto", device: "auto" });
-const load = () => ({ type: "load", models: [spec(modelA), spec(modelB)], tokenizer: null, max_length: 32, bos_per_window: false });
+const load = () => ({ type: "load", models: [spec(modelA), spec(modelB)], tokenizer: null, max_length: 32, bos_per_window: false, space: "auto", bytes: { beam: 8, prune: 0 } });
 const evaluate = (request_id: string, extra: Record<string, unknown> = {}) => ({
   type: "evaluate", request_id, dataset: { path: text, max_length: 32, stride: 16, bos_per_window: false },
   settings: [

@@ -260,6 +260,8 @@ class Server {
     const start = performance.now();
     this.models = [];
     this.tokenizer = null;
+    // the fake fuses in token space only; byte space is the real worker's (python/tests)
+    if (message.space === "bytes") throw new RequestError("bad_request", "the fake worker has no byte space");
     const tokRef = message.tokenizer ?? message.models[0].ref;
     this.status(`loading tokenizer ${tokRef}`);
     const tokConfig = readModelConfig(tokRef);
@@ -298,8 +300,10 @@ class Server {
     this.tokenizer = { ref: tokRef, vocab_size: vocab, bos_token_id: bos };
     void this.channel.send({
       type: "loaded",
-      models: models.map((m) => ({ ...m, head_path: "scored" as const })),
+      models: models.map((m) => ({ ...m, head_path: "scored" as const, tokenizer: tokRef })),
       tokenizer: this.tokenizer,
+      space: "tokens",
+      space_reason: message.space === "tokens" ? "asked for" : "every vocabulary agrees",
       seconds: (performance.now() - start) / 1000,
     });
   }
@@ -379,7 +383,7 @@ class Server {
     }
     const firstModel = this.models[0];
     void this.channel.send({
-      type: "result", request_id: requestId, tokens: nTokens, windows: windows.length, sums,
+      type: "result", request_id: requestId, space: "tokens", tokens: nTokens, windows: windows.length, sums, byte_stats: null,
       seconds: (performance.now() - started) / 1000, tokenize_seconds: tokenizeSeconds, peak_memory_bytes: PEAK_MEMORY_BYTES,
       device: firstModel.device, dtype: firstModel.dtype,
     });
