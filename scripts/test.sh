@@ -10,6 +10,8 @@ py="${KOTARA_PYTHON:-.venv/bin/python}"
 # as the worker does (src/worker.ts): spinning OpenMP threads crawl on shared cores
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 status=0
+echo "== TypeScript (tsc: tests, bench and scripts type-check against src) =="
+npx tsc -p test/tsconfig.json && npx tsc -p bench/tsconfig.json && echo "type-check ok" || status=1
 echo "== TypeScript (node:test) =="
 node --import tsx --test --test-concurrency=1 test/*.test.ts || status=1
 

@@ -124,7 +124,7 @@ test("forged and replayed messages are dropped; the worker keeps serving", async
     assert.ok(w.alive, "a forged shutdown does not stop the worker");
     const loaded = await w.load({
       models: ["gpt2-a", "gpt2-b"].map((m) => ({ ref: join(models, m), revision: null, trust_remote_code: false, dtype: "auto" as const, device: "cpu" })),
-      tokenizer: null, max_length: 64, bos_per_window: false,
+      tokenizer: null, max_length: 64, bos_per_window: false, space: "auto", bytes: { beam: 8, prune: 0 },
     });
     assert.equal(loaded.models.length, 2);
   } finally {

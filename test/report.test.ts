@@ -64,6 +64,9 @@ function simulate(plan: RunPlan, seed = 7, better: Record<string, number> = {}):
     seq: 9,
     type: "result",
     request_id: "r1",
+    space: "tokens",
+    byte_stats: null,
+    tokenize_seconds: 0.1,
     tokens: SCORED + 1,
     windows: 3,
     sums: {
@@ -86,8 +89,8 @@ const hello: HelloMsg = {
 };
 function loadedFor(plan: RunPlan): LoadedMsg {
   return {
-    seq: 1, type: "loaded", seconds: 1.25,
-    models: plan.models.map((m) => ({ ref: m.ref, device: "cpu", dtype: "float32", parameters: 1000, vocab_size: 512, max_positions: 1024, head_path: "scored" as const })),
+    seq: 1, type: "loaded", seconds: 1.25, space: "tokens", space_reason: "every vocabulary agrees",
+    models: plan.models.map((m) => ({ ref: m.ref, device: "cpu", dtype: "float32", parameters: 1000, vocab_size: 512, max_positions: 1024, head_path: "scored" as const, tokenizer: plan.models[0].ref })),
     tokenizer: { ref: plan.models[0].ref, vocab_size: 512, bos_token_id: 0 },
   };
 }
