@@ -27,7 +27,9 @@ and every machine with the same Python version; another Python version ships
 slightly different text, hence slightly different (but equally held-out) data.
 
 CLI:  python scripts/demo_text.py [--out data/demo]
-      writes OUT/docs-heldout.txt and OUT/code-heldout.txt (and prints sizes).
+      writes OUT/docs-heldout.txt and OUT/code-heldout.txt (and prints sizes),
+      and OUT/docs-heldout-2k.txt: the held-out docs' first whole lines, at most
+      DOCS_HELDOUT_SHORT_BYTES bytes (for byte space, which is much slower).
       data/demo/ is gitignored: this text must never be committed.
 """
 from __future__ import annotations
@@ -47,6 +49,8 @@ DOCS_HELDOUT_TARGET = 40_000
 DOCS_HELDOUT_MAX = 60_000
 CODE_HELDOUT_TARGET = 40_000
 CODE_HELDOUT_MAX = 60_000
+# The short cut of the held-out docs (UTF-8 bytes; whole lines): docs-heldout-2k.txt.
+DOCS_HELDOUT_SHORT_BYTES = 2_048
 # Cap on the code training text (plenty for a few minutes of CPU training).
 CODE_TRAIN_MAX = 4_000_000
 # Source files larger than this are mostly data tables, not code.
@@ -191,19 +195,42 @@ def domain(name: str) -> Domain:
     raise ValueError(f"unknown domain {name!r} (known: docs, code)")
 
 
+def head_lines(text: str, max_bytes: int) -> str:
+    """The longest run of whole lines at the head of text (each ending in a newline)
+    whose UTF-8 is at most max_bytes; '' when the first line is longer."""
+    out, size = [], 0
+    for line in text.splitlines(keepends=True):
+        n = len(line.encode("utf-8"))
+        if not line.endswith("\n") or size + n > max_bytes:
+            break
+        out.append(line)
+        size += n
+    return "".join(out)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".txt.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_heldout(out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for name in ("docs", "code"):
         d = domain(name)
         path = out_dir / f"{name}-heldout.txt"
-        tmp = path.with_suffix(".txt.tmp")
-        tmp.write_text(d.heldout_text, encoding="utf-8")
-        os.replace(tmp, path)
+        _write(path, d.heldout_text)
         written[name] = path
         print(f"{path}: {len(d.heldout)} held-out {'topics' if name == 'docs' else 'files'}, "
               f"{path.stat().st_size} bytes (training part: {len(d.train)} items, "
               f"{len(d.train_text.encode('utf-8'))} bytes)", file=sys.stderr)
+        if name == "docs":
+            short = out_dir / "docs-heldout-2k.txt"
+            _write(short, head_lines(d.heldout_text, DOCS_HELDOUT_SHORT_BYTES))
+            written["docs-2k"] = short
+            print(f"{short}: the first {short.stat().st_size} bytes of the held-out docs "
+                  f"(whole lines)", file=sys.stderr)
     return written
 
 
@@ -212,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=here / "data" / "demo",
-                    help="directory for docs-heldout.txt and code-heldout.txt (default: data/demo)")
+                    help="directory for docs-heldout.txt, docs-heldout-2k.txt and code-heldout.txt "
+                         "(default: data/demo)")
     ap.add_argument("--list", action="store_true", help="print the held-out keys of each domain")
     args = ap.parse_args(argv)
     if args.list:
