@@ -61,6 +61,17 @@ NEG_INF = float("-inf")
 END = 256   # index of the "end" outcome in a 257-way distribution
 
 
+class NonFiniteLogits(ArithmeticError):
+    """The model gave NaN or +inf logits (-inf is a token it rules out, and is fine)."""
+
+
+def _check_logits(logits: torch.Tensor) -> torch.Tensor:
+    # NaN < inf and inf < inf are both False: one comparison finds either
+    if not bool((logits < float("inf")).all()):
+        raise NonFiniteLogits("NaN or +inf logits")
+    return logits
+
+
 def _log(x: float) -> float:
     """log that gives -inf for 0 (a token the model rules out, e.g. a masked logit)."""
     return math.log(x) if x > 0 else NEG_INF
@@ -234,7 +245,7 @@ class ByteLM:
         use_cache = past is not None or not self.plain
         out = self.model(input_ids=x, use_cache=use_cache, **({self._cache_kw: past} if past is not None else {}))
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        return out.logits[0], (_kv_tensors(cache) if use_cache else None)
+        return _check_logits(out.logits[0]), (_kv_tensors(cache) if use_cache else None)
 
     def _canonical_path(self, canonical: list[int], stats: ByteStats) -> list[Prefix]:
         """Prefix canonical[:k] for k = 0..n, from one forward over [s] + canonical."""
@@ -318,6 +329,7 @@ class ByteLM:
         cache = _cache(data, longest)
         out = self.model(input_ids=x, attention_mask=mask.to(self.device), position_ids=pos,
                          use_cache=True, **{self._cache_kw: cache})
+        _check_logits(out.logits)
         kv = _kv_tensors(getattr(out, "cache", None) or getattr(out, "past_key_values", None))
         # item b's cache: its row, without the padding (views of the batch's tensors)
         return [(out.logits[b, -1], [(k[b:b + 1, :, longest - n:], v[b:b + 1, :, longest - n:]) for k, v in kv])
