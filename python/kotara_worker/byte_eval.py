@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .byte_lm import ByteLM, ByteStats, NonFiniteLogits
+from .byte_lm import ByteLM, ByteStats, Interrupted, NonFiniteLogits
 from .evaluate import Cancelled, Sums, _starting_sums
 from .fusion import ChunkSums, FusionConfig, NumericalError, Setting, score_chunk
 from .models import ByteReader, LoadedModel
@@ -187,18 +187,19 @@ def run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window]
         if should_stop():
             raise Cancelled(copy.deepcopy(sums))
         # every model over the batch's windows: [n_scored, 257] float64 rows per window
+        # (all the batch's windows advance together: their token extensions share forwards)
         rows: list[list[torch.Tensor]] = []
         for mi, m in enumerate(models):
-            per_window = []
-            for i in batch:
-                inp = window_input(m, text, windows[i])
-                try:
-                    r, stats = m.lm.score(inp.data, inp.context, inp.ids)
-                except NonFiniteLogits:
-                    raise _numerical(m.ref, mi, i, windows[i], "NaN or infinite logits") from None
+            inputs = [window_input(m, text, windows[i]) for i in batch]
+            try:
+                scored = m.lm.score_many([(x.data, x.context, x.ids) for x in inputs], should_stop)
+            except NonFiniteLogits:
+                raise _numerical_batch(m.ref, mi, m, text, windows, batch) from None
+            except Interrupted:
+                raise Cancelled(copy.deepcopy(sums)) from None
+            for _, stats in scored:
                 beams[mi].add(stats)
-                per_window.append(r)
-            rows.append(per_window)
+            rows.append([r for r, _ in scored])
         for b, i in enumerate(batch):
             sums.add(_window_sums(models, [r[b] for r in rows], text, i, windows[i], settings, fusion_cfg))
         del rows
@@ -233,6 +234,20 @@ def _window_sums(models: Sequence[ByteModel], rows: Sequence[torch.Tensor], text
         raise _numerical(models[e.model_index].ref, e.model_index, i, w, "non-finite log-probabilities") from None
     part.model_nll = torch.stack(model_nll)                                           # exact, not float32
     return part
+
+
+def _numerical_batch(ref: str, model_index: int, m: ByteModel, text: bytes, windows: Sequence[Window],
+                     batch: range) -> NumericalError:
+    """NaN logits somewhere in a batch of windows that ran together: find the first window
+    whose own pass gives them (the error is rare; the windows are scored again alone)."""
+    for i in batch:
+        x = window_input(m, text, windows[i])
+        try:
+            m.lm.score(x.data, x.context, x.ids)
+        except NonFiniteLogits:
+            return _numerical(ref, model_index, i, windows[i], "NaN or infinite logits")
+    return NumericalError(f"model {ref}: NaN or infinite logits in windows {batch.start}..{batch.stop - 1} "
+                          "(scored together; not alone)", model_index=model_index, model_ref=ref)
 
 
 def _numerical(ref: str, model_index: int, i: int, w: Window, what: str) -> NumericalError:

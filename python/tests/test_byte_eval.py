@@ -258,21 +258,21 @@ def test_resume_from_mid_run_sums_is_bit_identical(tiny, byte_dirs):
     windows = plan_byte_windows(text, 48, 32)
     settings = settings2()
 
-    def run(resume=None, stop_after=None, snapshots=None):
+    def run(resume=None, stop_mid_second_batch=False, snapshots=None):
+        seen: list[Sums] = [] if snapshots is None else snapshots
         calls = [0]
 
-        def should_stop():
-            calls[0] += 1
-            return stop_after is not None and calls[0] > stop_after
-        return byte_eval.run_pass(models, text, windows, settings, 2, resume,
-                                  (snapshots.append if snapshots is not None else quiet), 1, should_stop)
+        def should_stop():            # asked before each batch and after every byte
+            calls[0] += len(seen) > 0
+            return stop_mid_second_batch and calls[0] > 5
+        return byte_eval.run_pass(models, text, windows, settings, 2, resume, seen.append, 1, should_stop)
 
     snapshots: list[Sums] = []
     full = run(snapshots=snapshots).sums
     assert len(windows) > 4 and [s.windows_done for s in snapshots][:2] == [2, 4]
     with pytest.raises(Cancelled) as c:
-        run(stop_after=1)                                             # cancelled before the second batch
-    assert c.value.sums.windows_done == 2
+        run(stop_mid_second_batch=True)                               # a few bytes into the second batch
+    assert c.value.sums.windows_done == 2 and c.value.sums == snapshots[0]   # the finished batches only
     assert run(resume=c.value.sums).sums == full                       # floats compared exactly
     assert run(resume=snapshots[1]).sums == full
     assert run(resume=Sums(**json.loads(json.dumps(snapshots[0].to_dict())))).sums == full   # as the wire carries it
