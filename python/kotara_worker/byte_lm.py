@@ -72,6 +72,17 @@ def _check_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def _logaddexp(a: float, b: float) -> float:
+    if a < b:
+        a, b = b, a
+    return a if b == NEG_INF else a + math.log1p(math.exp(b - a))
+
+
+def _logsumexp(xs: list[float]) -> float:
+    top = max(xs)
+    return top if top == NEG_INF else top + math.log(math.fsum(math.exp(x - top) for x in xs))
+
+
 def _log(x: float) -> float:
     """log that gives -inf for 0 (a token the model rules out, e.g. a masked logit)."""
     return math.log(x) if x > 0 else NEG_INF
@@ -297,6 +308,7 @@ class _Window:
     rows: list[torch.Tensor] = field(default_factory=list)
     sure: dict[tuple[int, int], Prefix] = field(default_factory=dict)   # stepped ahead: (k, t) -> canonical[:k] + t
     sure_upto: int = 0                                # canonical tokens < this have had theirs stepped
+    canon_k: int = 0                                  # the canonical hypothesis' prefix: canonical[:canon_k]
 
 
 class ByteLM:
@@ -542,14 +554,16 @@ class ByteLM:
         for P, _ in w.beam:
             P.own()
         w.stats.positions += 1
-        w.path.forget_before(canon_k)
-        for key in [key for key in w.sure if key[0] < canon_k]:             # asked for, or never will be
-            del w.sure[key]
+        if canon_k != w.canon_k:                                             # the canonical hypothesis moved on
+            w.canon_k = canon_k
+            w.path.forget_before(canon_k)
+            for key in [key for key in w.sure if key[0] < canon_k]:         # asked for, or never will be
+                del w.sure[key]
 
     @staticmethod
     def _add_end(log_q: torch.Tensor, P: Prefix) -> None:
         """log_q[end] ⊕= log p(P) + log p(a token with no bytes | P)."""
-        log_q[END] = torch.logaddexp(log_q[END], torch.tensor(P.logp + P.log_end, dtype=torch.float64))
+        log_q[END] = _logaddexp(float(log_q[END]), P.logp + P.log_end)
 
     def _log_w(self, P: Prefix, r: bytes) -> float:
         node = self.trie.node(r)
@@ -580,8 +594,7 @@ class ByteLM:
         if len(kept) < len(cands):
             ids = {id(c) for c in kept}
             dropped = [c[0] for c in cands if id(c) not in ids]
-            total = torch.logsumexp(torch.tensor([c[0] for c in cands], dtype=torch.float64), 0)
-            share = float(torch.exp(torch.logsumexp(torch.tensor(dropped, dtype=torch.float64), 0) - total))
+            share = math.exp(_logsumexp(dropped) - _logsumexp([c[0] for c in cands]))
             stats.pruned += len(dropped)
             stats.pruned_positions += 1
             stats.max_pruned_share = max(stats.max_pruned_share, share)
