@@ -61,6 +61,28 @@ NEG_INF = float("-inf")
 END = 256   # index of the "end" outcome in a 257-way distribution
 
 
+class NonFiniteLogits(ArithmeticError):
+    """The model gave NaN or +inf logits (-inf is a token it rules out, and is fine)."""
+
+
+def _check_logits(logits: torch.Tensor) -> torch.Tensor:
+    # NaN < inf and inf < inf are both False: one comparison finds either
+    if not bool((logits < float("inf")).all()):
+        raise NonFiniteLogits("NaN or +inf logits")
+    return logits
+
+
+def _logaddexp(a: float, b: float) -> float:
+    if a < b:
+        a, b = b, a
+    return a if b == NEG_INF else a + math.log1p(math.exp(b - a))
+
+
+def _logsumexp(xs: list[float]) -> float:
+    top = max(xs)
+    return top if top == NEG_INF else top + math.log(math.fsum(math.exp(x - top) for x in xs))
+
+
 def _log(x: float) -> float:
     """log that gives -inf for 0 (a token the model rules out, e.g. a masked logit)."""
     return math.log(x) if x > 0 else NEG_INF
@@ -127,28 +149,52 @@ class Prefix:
     cum: torch.Tensor                # [n + 1] float64: cumsum of p in trie order, cum[0] = 0
     log_end: float                   # log p(next token has no bytes)
     canon: int | None = None         # k when tokens == canonical[:k]
-    # (per-layer (k, v), n): the model's KV cache of [s] + tokens is the first n positions
-    # of those tensors (the window's one cache on the canonical path); None in plain mode
-    kv: tuple[list[tuple[torch.Tensor, torch.Tensor]], int] | None = field(default=None, repr=False)
+    # the model's KV cache of [s] + tokens: (base, k0, suffix, last) = the first k0 positions of
+    # the window's canonical cache base [layers, 2, H, Lc, D], then suffix [layers, 2, H, s, D]
+    # (None: nothing past the base), then last [layers, 2, H, 1, D] (None: nothing), a view of
+    # the step that made it until own() joins it to the suffix; None in plain mode
+    kv: tuple[torch.Tensor, int, torch.Tensor | None, torch.Tensor | None] | None = field(default=None, repr=False)
+    view: bool = False               # p, cum (and kv's last) are views of a batch's tensors
 
     def log_mass(self, lo: int, hi: int) -> float:
         m = float(self.cum[hi] - self.cum[lo])
         return _log(m)
 
+    @property
+    def kv_len(self) -> int:
+        _, k0, suffix, last = self.kv
+        return k0 + (0 if suffix is None else suffix.shape[3]) + (0 if last is None else 1)
 
-def _prefix(trie: ByteTrie, tokens: tuple[int, ...], logp: float, logits: torch.Tensor,
-            canon: int | None = None, kv: Any = None) -> Prefix:
-    # the byte algorithm runs on the CPU whatever the model's device (one [V] copy per prefix)
-    p = torch.softmax(logits.double(), dim=-1).cpu()                         # [V] float64
-    cum = torch.nn.functional.pad(torch.cumsum(p[trie.order], 0), (1, 0))   # [n + 1]
-    end = float(p[trie.none_ids].sum()) if trie.none_ids.numel() else 0.0   # summed, not 1 - cum[-1]: exact when small
-    return Prefix(tokens, logp, p, cum, _log(end), canon, kv)
+    def own(self) -> None:
+        """Copy what it holds out of the batch it was computed in (so the batch can be freed)."""
+        if self.view:
+            self.p, self.cum, self.view = self.p.clone(), self.cum.clone(), False
+            if self.kv is not None and self.kv[3] is not None:
+                base, k0, suffix, last = self.kv
+                self.kv = (base, k0, last.clone() if suffix is None else torch.cat((suffix, last), 3), None)
+
+    def suffix(self) -> torch.Tensor | None:
+        """The cache past the base, [layers, 2, H, s, D] (joined once, then kept)."""
+        self.own()
+        return self.kv[2]
+
+
+def _distributions(trie: ByteTrie, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """For logits [B, V]: p [B, V] and cum [B, n + 1] (float64, CPU: the byte algorithm runs
+    on the CPU whatever the model's device) and log p(a token with no bytes) per row."""
+    p = torch.softmax(logits.double(), dim=-1).cpu()                        # [B, V] float64
+    cum = torch.nn.functional.pad(torch.cumsum(p[:, trie.order], 1), (1, 0))  # [B, n + 1]
+    if trie.none_ids.numel():
+        end = p[:, trie.none_ids].sum(1).tolist()                           # summed, not 1 - cum[-1]: exact when small
+    else:
+        end = [0.0] * p.shape[0]
+    return p, cum, [_log(e) for e in end]
 
 
 # ----------------------------------------------------------------------------- KV caches across transformers versions
 
 def _kv_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A model's past_key_values as per-layer (k [1, H, L, D], v [1, H, L, D])."""
+    """A model's past_key_values as per-layer (k [B, H, L, D], v [B, H, L, D])."""
     if hasattr(cache, "layers"):                                             # transformers ≥ 4.56
         return [(layer.keys, layer.values) for layer in cache.layers]
     if hasattr(cache, "key_cache"):
@@ -156,15 +202,23 @@ def _kv_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(k, v) for k, v in cache]                                        # legacy tuples
 
 
-def _cache(kv: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> Any:
-    """A fresh DynamicCache over the first `length` positions. The forward appends to the
-    cache it is given, so each step gets its own; the tensors are shared, never written."""
+def _stacked(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Per-layer (k, v) [1, H, L, D] as one tensor [layers, 2, H, L, D] (one copy per window)."""
+    shapes = {tuple(t.shape) for pair in kv for t in pair}
+    if len(shapes) != 1:
+        raise ValueError(f"byte space needs every layer's KV cache in one shape, got {sorted(shapes)}: "
+                         "use plain=True for this model")
+    return torch.stack([torch.stack((k[0], v[0])) for k, v in kv])
+
+
+def _cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """A fresh DynamicCache over per-layer (k, v). The forward appends to the cache it is
+    given (into new tensors: the ones given are never written)."""
     from transformers import DynamicCache
-    data = [(k[:, :, :length], v[:, :, :length]) for k, v in kv]
     try:
-        return DynamicCache(ddp_cache_data=data)
+        return DynamicCache(ddp_cache_data=layers)
     except TypeError:                                                        # transformers 4.x before ddp_cache_data
-        return DynamicCache.from_legacy_cache(tuple(data))
+        return DynamicCache.from_legacy_cache(tuple(layers))
 
 
 # ----------------------------------------------------------------------------- the byte LM
@@ -184,11 +238,77 @@ class ByteStats:
     max_pruned_share: float = 0.0    # largest share of Q(x[:i+1]) dropped at one position
     skipped_extensions: int = 0      # token extensions under the prune threshold, not run
     max_hypotheses: int = 0          # most hypotheses before pruning (K ≥ this is exact)
-    forwards: int = 0                # model calls: the window's one + one per batch of extension steps
+    forwards: int = 0                # model calls this window took part in
     too_long: int = 0                # extensions dropped for passing the model's context
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
+
+
+class Interrupted(Exception):
+    """score_many's should_stop() said so (between two bytes)."""
+
+
+PATH_BLOCK = 32        # canonical prefixes whose distributions are computed together
+LOOKAHEAD = 32         # canonical tokens whose sure extensions are stepped together (prune = 0)
+
+
+class _Path:
+    """The canonical prefixes canonical[:k], k = 0..n, of one window, from the window's one
+    forward: their log p and KV cache at once, their distributions (p, cum: 2 × V float64
+    each) in blocks of PATH_BLOCK when first asked for, and forgotten behind the beam (a
+    forgotten block is computed again from the logits if it is asked for again)."""
+
+    def __init__(self, trie: ByteTrie, canonical: list[int], logits: torch.Tensor, kv: torch.Tensor | None):
+        self.trie, self.canonical, self.logits, self.kv = trie, canonical, logits, kv
+        self.blocks: dict[int, list[Prefix]] = {}
+        self.logp = [0.0]
+        for b in range(0, len(canonical) + 1, PATH_BLOCK):
+            block = self._block(b // PATH_BLOCK)
+            for P in block:
+                if P.canon < len(canonical):
+                    self.logp.append(self.logp[-1] + _log(float(P.p[canonical[P.canon]])))
+            if b >= PATH_BLOCK:
+                del self.blocks[b // PATH_BLOCK - 1]
+        for block in self.blocks.values():                # logp is known only now
+            for P in block:
+                P.logp = self.logp[P.canon]
+
+    def __len__(self) -> int:
+        return len(self.canonical) + 1
+
+    def _block(self, b: int) -> list[Prefix]:
+        if b not in self.blocks:
+            lo, hi = b * PATH_BLOCK, min((b + 1) * PATH_BLOCK, len(self))
+            p, cum, log_end = _distributions(self.trie, self.logits[lo:hi])
+            logp = self.logp if len(self.logp) == len(self) else None
+            self.blocks[b] = [Prefix(tuple(self.canonical[:k]), logp[k] if logp else 0.0, p[k - lo], cum[k - lo],
+                                     log_end[k - lo], canon=k, kv=None if self.kv is None else (self.kv, k + 1, None, None),
+                                     view=True) for k in range(lo, hi)]
+        return self.blocks[b]
+
+    def __getitem__(self, k: int) -> Prefix:
+        return self._block(k // PATH_BLOCK)[k % PATH_BLOCK]
+
+    def forget_before(self, k: int) -> None:
+        for b in [b for b in self.blocks if (b + 1) * PATH_BLOCK <= k]:
+            del self.blocks[b]
+
+
+@dataclass(eq=False)
+class _Window:
+    """One window's state in score_many."""
+    data: bytes
+    context_len: int
+    canonical: list[int]
+    path: _Path
+    ends: list[int]                                   # canonical[:k] spells data[:ends[k]]
+    stats: ByteStats
+    beam: list[tuple[Prefix, int]] = field(default_factory=list)
+    rows: list[torch.Tensor] = field(default_factory=list)
+    sure: dict[tuple[int, int], Prefix] = field(default_factory=dict)   # stepped ahead: (k, t) -> canonical[:k] + t
+    sure_upto: int = 0                                # canonical tokens < this have had theirs stepped
+    canon_k: int = 0                                  # the canonical hypothesis' prefix: canonical[:canon_k]
 
 
 class ByteLM:
@@ -199,7 +319,7 @@ class ByteLM:
     start_id: s, e.g. token_bytes.start_token(tokenizer)
     beam:    K, the most hypotheses kept after each byte (the canonical one always is)
     prune:   in [0, 1): also drop hypotheses lighter than prune × the heaviest
-    batch:   the most token extensions one forward steps (all of a byte's, normally)
+    batch:   the most token extensions one forward steps
     plain:   every prefix by its own full forward (no shared forward, no KV cache)
     """
 
@@ -228,16 +348,21 @@ class ByteLM:
     # ------------------------------------------------------------------ model calls
 
     @torch.inference_mode()
-    def _forward(self, ids: list[int], past: Any = None) -> tuple[torch.Tensor, Any]:
-        """(logits [L, V], the KV cache after ids or None)."""
+    def _forward(self, ids: list[int]) -> tuple[torch.Tensor, Any]:
+        """(logits [L, V], per-layer KV after ids or None in plain mode)."""
         x = torch.tensor([ids], dtype=torch.long, device=self.device)        # [1, L]
-        use_cache = past is not None or not self.plain
-        out = self.model(input_ids=x, use_cache=use_cache, **({self._cache_kw: past} if past is not None else {}))
+        out = self.model(input_ids=x, use_cache=not self.plain)
+        if self.plain:
+            return _check_logits(out.logits[0]), None
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        return out.logits[0], (_kv_tensors(cache) if use_cache else None)
+        return _check_logits(out.logits[0]), _kv_tensors(cache)
 
-    def _canonical_path(self, canonical: list[int], stats: ByteStats) -> list[Prefix]:
-        """Prefix canonical[:k] for k = 0..n, from one forward over [s] + canonical."""
+    def _begin(self, data: bytes, context_len: int, canonical: list[int]) -> _Window:
+        spelled = b"".join(self.table[t] or b"" for t in canonical)
+        if spelled != data or any(self.table[t] is None for t in canonical):
+            raise ValueError("the canonical tokens do not spell the data")
+        if not 0 <= context_len < len(data):
+            raise ValueError(f"context_len {context_len} outside [0, {len(data)})")
         ids = [self.start_id] + canonical
         if self.max_positions is not None and len(ids) > self.max_positions:
             raise ValueError(f"the window is {len(ids)} tokens with the start token; the model has "
@@ -248,93 +373,151 @@ class ByteLM:
             # window's cache cannot be cut at an earlier token: not handled (yet)
             raise ValueError(f"the window is {len(ids)} tokens, past the model's sliding attention window "
                              f"of {window}: use shorter windows or plain=True")
+        stats = ByteStats()
         if self.plain:      # each prefix by its own forward: the definition, slowly
-            rows = [self._forward(ids[:k + 1])[0][-1] for k in range(len(canonical) + 1)]
-            stats.forwards += len(rows)
+            logits = torch.stack([self._forward(ids[:k + 1])[0][-1] for k in range(len(ids))])
+            stats.forwards += len(ids)
             kv = None
         else:
-            rows, kv = self._forward(ids)                                    # [n + 1, V]
+            logits, layers = self._forward(ids)                              # [n + 1, V]
             stats.forwards += 1
-        path, logp = [], 0.0
-        for k in range(len(canonical) + 1):
-            path.append(_prefix(self.trie, tuple(canonical[:k]), logp, rows[k], canon=k,
-                                kv=None if kv is None else (kv, k + 1)))
-            if k < len(canonical):
-                logp += _log(float(path[k].p[canonical[k]]))
-        return path
+            kv = _stacked(layers)                                            # [layers, 2, H, n + 1, D]
+        ends = [0]
+        for t in canonical:
+            ends.append(ends[-1] + len(self.table[t]))
+        path = _Path(self.trie, canonical, logits, kv)
+        w = _Window(data, context_len, canonical, path, ends, stats)
+        w.beam = [(path[0], 0)]
+        return w
 
-    def _on_path(self, parent: Prefix, t: int, path: list[Prefix]) -> bool:
+    def _on_path(self, w: _Window, parent: Prefix, t: int) -> bool:
         """Whether parent + t is a canonical prefix (then it costs no model call)."""
         k = parent.canon
-        return k is not None and k < len(path) - 1 and path[k + 1].tokens[-1] == t
+        return k is not None and k < len(w.canonical) and w.canonical[k] == t
 
-    def _extend_all(self, jobs: list[tuple[Prefix, int]], path: list[Prefix],
-                    stats: ByteStats) -> list[Prefix | None]:
-        """parent + t for each job: from the canonical path, else by the model, `batch` steps
-        per forward (None where it would not fit the model's context)."""
+    def _sure_jobs(self, w: _Window, k_from: int) -> list[tuple[Prefix, int]]:
+        """The extensions canonical[:k] + t, k in [k_from, k_from + LOOKAHEAD), that the
+        canonical hypothesis will ask for (the beam always keeps it): every t other than
+        canonical[k] whose bytes are a prefix of canonical[k]'s."""
+        jobs = []
+        for k in range(k_from, min(k_from + LOOKAHEAD, len(w.canonical))):
+            piece = self.table[w.canonical[k]]
+            parent = None
+            for n in range(1, len(piece) + 1):
+                for t in self.trie.exact_ids(piece[:n]):
+                    if t != w.canonical[k] and (k, t) not in w.sure:
+                        parent = parent or w.path[k]
+                        if self.max_positions is None or parent.kv_len + 1 <= self.max_positions:
+                            jobs.append((parent, t))
+        w.sure_upto = min(k_from + LOOKAHEAD, len(w.canonical))
+        return jobs
+
+    def _extend_all(self, jobs: list[tuple[_Window, Prefix, int]]) -> list[Prefix | None]:
+        """parent + t for each job: from the canonical path or the ones stepped ahead, else by
+        the model, `batch` steps per forward (None where it would not fit the model's context).
+        With prune = 0 (every extension of the canonical hypothesis is then sure to be asked
+        for), a job on the canonical hypothesis also steps its window's sure extensions of the
+        next LOOKAHEAD canonical tokens, in the same forwards."""
         out: list[Prefix | None] = [None] * len(jobs)
-        todo = []
-        for n, (parent, t) in enumerate(jobs):
-            if self._on_path(parent, t, path):
-                out[n] = path[parent.canon + 1]
-            elif self.max_positions is not None and len(parent.tokens) + 2 > self.max_positions:
-                stats.too_long += 1
-            else:
-                todo.append(n)
+        todo: list[tuple[_Window, Prefix, int, int | None]] = []         # (window, parent, t, job index | None)
+        for n, (w, parent, t) in enumerate(jobs):
+            if self._on_path(w, parent, t):
+                out[n] = w.path[parent.canon + 1]
+                continue
+            if parent.canon is not None and (parent.canon, t) in w.sure:
+                out[n] = w.sure[(parent.canon, t)]
+                continue
+            if self.max_positions is not None and len(parent.tokens) + 2 > self.max_positions:
+                w.stats.too_long += 1
+                continue
+            todo.append((w, parent, t, n))
+            if not self.plain and self.prune == 0 and parent.canon is not None and parent.canon >= w.sure_upto:
+                todo += [(w, P, u, None) for P, u in self._sure_jobs(w, parent.canon) if (P.canon, u) != (parent.canon, t)]
         for lo in range(0, len(todo), self.batch):
             chunk = todo[lo:lo + self.batch]
-            stats.forwards += len(chunk) if self.plain else 1
-            steps = self._plain_steps if self.plain else self._cached_steps
-            for n, (logits, kv) in zip(chunk, steps([jobs[n] for n in chunk])):
-                parent, t = jobs[n]
-                tokens = parent.tokens + (t,)
-                out[n] = _prefix(self.trie, tokens, parent.logp + _log(float(parent.p[t])), logits,
-                                 kv=None if kv is None else (kv, len(tokens) + 1))
+            for w in {id(w): w for w, *_ in chunk}.values():
+                w.stats.forwards += sum(1 for c in chunk if c[0] is w) if self.plain else 1
+            made = self._steps([(w, parent, t) for w, parent, t, _ in chunk])
+            for (w, parent, t, n), Pt in zip(chunk, made):
+                if n is not None:
+                    out[n] = Pt
+                if parent.canon is not None and (not self.plain and self.prune == 0):
+                    w.sure[(parent.canon, t)] = Pt
         return out
 
-    def _plain_steps(self, jobs: list[tuple[Prefix, int]]) -> list[tuple[torch.Tensor, None]]:
+    def _step_prefixes(self, jobs: list[tuple[Prefix, int]], logits: torch.Tensor,
+                       kvs: list[Any]) -> list[Prefix]:
+        p, cum, log_end = _distributions(self.trie, logits)                  # [B, V], [B, n + 1], [B]
+        return [Prefix(parent.tokens + (t,), parent.logp + _log(float(parent.p[t])), p[b], cum[b], log_end[b],
+                       kv=kvs[b], view=True) for b, (parent, t) in enumerate(jobs)]
+
+    def _plain_steps(self, jobs: list[tuple[Prefix, int]]) -> list[Prefix]:
         """The definition: a full forward of [s] + parent + t for each job."""
-        return [(self._forward([self.start_id, *parent.tokens, t])[0][-1], None) for parent, t in jobs]
+        logits = torch.stack([self._forward([self.start_id, *parent.tokens, t])[0][-1] for parent, t in jobs])
+        return self._step_prefixes(jobs, logits, [None] * len(jobs))
+
+    def _steps(self, jobs: list[tuple[_Window, Prefix, int]]) -> list[Prefix]:
+        """parent + t for each job, by the model."""
+        pairs = [(parent, t) for _, parent, t in jobs]
+        return self._plain_steps(pairs) if self.plain else self._cached_steps(pairs)
+
+    @staticmethod
+    def _fill(buf: torch.Tensor, row: int, at: int, parent: Prefix) -> None:
+        """Copy parent's cache into buf[:, :, row, :, at:]."""
+        base, k0, suffix, last = parent.kv
+        buf[:, :, row, :, at:at + k0] = base[:, :, :, :k0]
+        n = k0
+        for part in (suffix, last):
+            if part is not None:
+                buf[:, :, row, :, at + n:at + n + part.shape[3]] = part
+                n += part.shape[3]
 
     @torch.inference_mode()
-    def _cached_steps(self, jobs: list[tuple[Prefix, int]]) -> list[tuple[torch.Tensor, Any]]:
+    def _cached_steps(self, jobs: list[tuple[Prefix, int]]) -> list[Prefix]:
         """One forward of B new tokens on B caches of different lengths n_b: the caches are
-        left-padded to the longest, the padding masked out, each token at its own position."""
-        lens = [parent.kv[1] for parent, _ in jobs]
+        left-padded to the longest, the padding masked out, each token at its own position.
+        A new prefix keeps its parent's base (the window's canonical cache) and the suffix
+        past it plus the new token's keys and values."""
+        lens = [parent.kv_len for parent, _ in jobs]
         longest = max(lens)
-        data = []
-        for layer in range(len(jobs[0][0].kv[0])):
-            ks, vs = [], []
-            for (parent, _), n in zip(jobs, lens):
-                k, v = parent.kv[0][layer]                                   # [1, H, ≥n, D]
-                ks.append(torch.nn.functional.pad(k[:, :, :n], (0, 0, longest - n, 0)))
-                vs.append(torch.nn.functional.pad(v[:, :, :n], (0, 0, longest - n, 0)))
-            data.append((torch.cat(ks), torch.cat(vs)))                      # [B, H, longest, D]
-        mask = torch.zeros(len(jobs), longest + 1, dtype=torch.long)         # [B, longest + 1]
+        base0 = jobs[0][0].kv[0]
+        L, _, H, _, D = base0.shape
+        buf = torch.empty(L, 2, len(jobs), H, longest, D, dtype=base0.dtype, device=base0.device)
+        for b, ((parent, _), n) in enumerate(zip(jobs, lens)):
+            if n < longest:
+                buf[:, :, b, :, :longest - n] = 0.0       # masked, but never NaN (0 · NaN would leak)
+            self._fill(buf, b, longest - n, parent)
+        mask = torch.zeros(len(jobs), longest + 1, dtype=torch.long)          # [B, longest + 1]
         for b, n in enumerate(lens):
             mask[b, longest - n:] = 1
         x = torch.tensor([[t] for _, t in jobs], dtype=torch.long, device=self.device)   # [B, 1]
-        pos = torch.tensor(lens, dtype=torch.long, device=self.device)[:, None]            # [B, 1]
-        cache = _cache(data, longest)
+        pos = torch.tensor(lens, dtype=torch.long, device=self.device)[:, None]          # [B, 1]
+        cache = _cache([(buf[layer, 0], buf[layer, 1]) for layer in range(L)])
         out = self.model(input_ids=x, attention_mask=mask.to(self.device), position_ids=pos,
                          use_cache=True, **{self._cache_kw: cache})
-        kv = _kv_tensors(getattr(out, "cache", None) or getattr(out, "past_key_values", None))
-        # item b's cache: its row, without the padding (views of the batch's tensors)
-        return [(out.logits[b, -1], [(k[b:b + 1, :, longest - n:], v[b:b + 1, :, longest - n:]) for k, v in kv])
-                for b, n in enumerate(lens)]
+        logits = _check_logits(out.logits[:, -1])                                        # [B, V]
+        layers = _kv_tensors(getattr(out, "cache", None) or getattr(out, "past_key_values", None))
+        new = torch.stack([torch.stack((k[:, :, -1:], v[:, :, -1:])) for k, v in layers])  # [L, 2, B, H, 1, D]
+        kvs = []
+        for b, (parent, _) in enumerate(jobs):
+            base, k0, _, _ = parent.kv
+            kvs.append((base, k0, parent.suffix(), new[:, :, b]))                        # last: [L, 2, H, 1, D]
+        return self._step_prefixes(jobs, logits, kvs)
 
     # ------------------------------------------------------------------ one byte
 
-    def _next_byte(self, x: bytes, i: int, beam: list[tuple[Prefix, int]], path: list[Prefix],
-                   stats: ByteStats) -> tuple[torch.Tensor, list[tuple[float, Prefix, int]]]:
-        """The 257 log-masses Q(x[:i] c) (unnormalized; last = end) from the beam of x[:i],
-        and the hypotheses of x[:i + 1] as (log weight, prefix, j)."""
+    def _within(self, w: _Window, i: int) -> tuple[torch.Tensor, list[tuple[float, Prefix, int]],
+                                                   list[tuple[Prefix, int]]]:
+        """From the beam of x[:i]: the 257 log-masses within the current tokens (unnormalized;
+        last = end), the hypotheses of x[:i + 1] that stay inside a token, and the token
+        extensions to step (P, t with t spelling x[j:i] exactly)."""
+        x = w.data
         log_q = torch.full((257,), NEG_INF, dtype=torch.float64)            # [257]
         nxt: list[tuple[float, Prefix, int]] = []
         b = bytes([x[i]])
-        best = max(P.logp + self._log_w(P, x[j:i]) for P, j in beam)
-        jobs: list[tuple[Prefix, int]] = []                                  # (P, t): t spells r exactly
-        for P, j in beam:
+        best = max(P.logp + self._log_w(P, x[j:i]) for P, j in w.beam)
+        jobs: list[tuple[Prefix, int]] = []
+        for P, j in w.beam:
             r = x[j:i]
             # within the current token: the children of node r (r is a node: w(P, j) > 0)
             self._add_children(log_q, P, r)
@@ -344,26 +527,43 @@ class ByteLM:
             if not r:                                                        # the start: the text may be empty
                 self._add_end(log_q, P)
             for t in self.trie.exact_ids(r):
-                if self.prune > 0 and not self._on_path(P, t, path) \
+                if self.prune > 0 and not self._on_path(w, P, t) \
                         and P.logp + _log(float(P.p[t])) < best + math.log(self.prune):
-                    stats.skipped_extensions += 1                            # would be pruned: no model call
+                    w.stats.skipped_extensions += 1                          # would be pruned: no model call
                     continue
                 jobs.append((P, t))
-        # after a token that spells r exactly: a new prefix, at the root of the trie
-        node = self.trie.node(b)
-        for Pt in self._extend_all(jobs, path, stats):
+        return log_q, nxt, jobs
+
+    def _finish(self, w: _Window, i: int, log_q: torch.Tensor, nxt: list[tuple[float, Prefix, int]],
+                made: list[Prefix | None]) -> None:
+        """After the extensions: their masses, the row of byte i, the beam of x[:i + 1]."""
+        node = self.trie.node(w.data[i:i + 1])
+        for Pt in made:
             if Pt is None:
                 continue
+            # after a token that spells r exactly: a new prefix, at the root of the trie
             self._add_children(log_q, Pt, b"")
             self._add_end(log_q, Pt)
             if node is not None:
                 nxt.append((Pt.logp + Pt.log_mass(node[0], node[1]), Pt, i))
-        return log_q, nxt
+        if i >= w.context_len:
+            w.rows.append(log_q - torch.logsumexp(log_q, 0))                 # normalized by Q(data[:i])
+        # the canonical hypothesis of data[:i + 1]: canonical[:k] with ends[k] ≤ i < ends[k + 1]
+        canon_k = bisect.bisect_right(w.ends, i) - 1
+        w.beam = self._keep(nxt, canon_k, w.stats)
+        for P, _ in w.beam:
+            P.own()
+        w.stats.positions += 1
+        if canon_k != w.canon_k:                                             # the canonical hypothesis moved on
+            w.canon_k = canon_k
+            w.path.forget_before(canon_k)
+            for key in [key for key in w.sure if key[0] < canon_k]:         # asked for, or never will be
+                del w.sure[key]
 
     @staticmethod
     def _add_end(log_q: torch.Tensor, P: Prefix) -> None:
         """log_q[end] ⊕= log p(P) + log p(a token with no bytes | P)."""
-        log_q[END] = torch.logaddexp(log_q[END], torch.tensor(P.logp + P.log_end, dtype=torch.float64))
+        log_q[END] = _logaddexp(float(log_q[END]), P.logp + P.log_end)
 
     def _log_w(self, P: Prefix, r: bytes) -> float:
         node = self.trie.node(r)
@@ -394,14 +594,13 @@ class ByteLM:
         if len(kept) < len(cands):
             ids = {id(c) for c in kept}
             dropped = [c[0] for c in cands if id(c) not in ids]
-            total = torch.logsumexp(torch.tensor([c[0] for c in cands], dtype=torch.float64), 0)
-            share = float(torch.exp(torch.logsumexp(torch.tensor(dropped, dtype=torch.float64), 0) - total))
+            share = math.exp(_logsumexp(dropped) - _logsumexp([c[0] for c in cands]))
             stats.pruned += len(dropped)
             stats.pruned_positions += 1
             stats.max_pruned_share = max(stats.max_pruned_share, share)
         return [(P, j) for _, P, j in kept]
 
-    # ------------------------------------------------------------------ a window
+    # ------------------------------------------------------------------ windows
 
     def score(self, data: bytes, context_len: int, canonical: list[int]) -> tuple[torch.Tensor, ByteStats]:
         """log p(· | data[:i]) over 257 outcomes for i = context_len .. len(data) - 1.
@@ -409,27 +608,30 @@ class ByteLM:
         data: the bytes the model writes (dummy prefix included); canonical: a tokenization
         of exactly data (the beam's anchor). Returns logp [len(data) - context_len, 257]
         float64 (the last column is "end") and the beam's ByteStats."""
-        spelled = b"".join(self.table[t] or b"" for t in canonical)
-        if spelled != data or any(self.table[t] is None for t in canonical):
-            raise ValueError("the canonical tokens do not spell the data")
-        if not 0 <= context_len < len(data):
-            raise ValueError(f"context_len {context_len} outside [0, {len(data)})")
-        stats = ByteStats()
-        path = self._canonical_path(canonical, stats)
-        ends = [0]
-        for t in canonical:
-            ends.append(ends[-1] + len(self.table[t]))                       # canonical[:k] spells data[:ends[k]]
-        beam: list[tuple[Prefix, int]] = [(path[0], 0)]
-        rows = []
-        for i in range(len(data)):
-            log_q, cands = self._next_byte(data, i, beam, path, stats)
-            if i >= context_len:
-                rows.append(log_q - torch.logsumexp(log_q, 0))               # normalized by Q(data[:i])
-            # the canonical hypothesis of data[:i + 1]: canonical[:k] with ends[k] ≤ i < ends[k + 1]
-            canon_k = bisect.bisect_right(ends, i) - 1
-            beam = self._keep(cands, canon_k, stats)
-            stats.positions += 1
-        return torch.stack(rows), stats                                      # [n_scored, 257]
+        return self.score_many([(data, context_len, canonical)])[0]
+
+    @torch.inference_mode()
+    def score_many(self, windows: list[tuple[bytes, int, list[int]]],
+                   should_stop: Any = None) -> list[tuple[torch.Tensor, ByteStats]]:
+        """score() of several windows at once: they advance byte by byte together, and the
+        token extensions of all of them at one byte run in the same forwards (a forward's
+        cost on a small model is mostly its fixed overhead). Each window's rows are what
+        score() gives it alone, up to the float rounding of a different batch.
+        should_stop(): asked after every byte; True raises Interrupted."""
+        states = [self._begin(*item) for item in windows]
+        for i in range(max(len(w.data) for w in states)):
+            active = [w for w in states if i < len(w.data)]
+            pending, jobs = [], []
+            for w in active:
+                log_q, nxt, mine = self._within(w, i)
+                pending.append((w, log_q, nxt, len(jobs), len(mine)))
+                jobs += [(w, P, t) for P, t in mine]
+            made = self._extend_all(jobs)
+            for w, log_q, nxt, lo, n in pending:
+                self._finish(w, i, log_q, nxt, made[lo:lo + n])
+            if should_stop is not None and should_stop():
+                raise Interrupted(f"stopped at byte {i}")
+        return [(torch.stack(w.rows), w.stats) for w in states]                # [n_scored, 257] each
 
     def score_text(self, tokenizer: Any, text: str, context_len: int = 0) -> tuple[torch.Tensor, ByteStats]:
         """score() of a text's UTF-8 bytes, context_len of them as context. A tokenizer with a

@@ -2,6 +2,14 @@
 checks that must fail before any window runs (SPEC §3): one vocabulary, enough
 output rows, enough context, remote code only when asked for.
 
+Which space (SPEC §7): `load_session` compares every model's vocabulary with the
+shared tokenizer's (the load's `tokenizer`, else the first model's) before any weights
+load. Token space needs them equal (else "tokenizer_mismatch"); byte space reads each
+model with its OWN tokenizer (a model directory without tokenizer files reads with the
+shared one), maps its tokens to bytes (token_bytes) and refuses, naming the model, a
+tokenizer that byte space cannot use; `auto` is tokens when every vocabulary agrees,
+bytes otherwise.
+
 Local directories and Hub ids both go through from_pretrained, so the standard
 Hugging Face cache (HF_HOME, HF_HUB_OFFLINE, ...) is honoured by the library itself.
 """
@@ -57,6 +65,7 @@ class LoadedModel:
     max_positions: int | None
     parameters: int
     head_path: str = "scored"       # "scored" | "full" (logits post-processed after the head)
+    tokenizer_ref: str = ""         # the tokenizer it reads with (token space: the shared one)
     _body: Any = field(default=None, repr=False)
 
     @torch.inference_mode()
@@ -76,7 +85,29 @@ class LoadedModel:
         """The protocol's LoadedModel."""
         return {"ref": self.ref, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "parameters": self.parameters, "vocab_size": self.vocab_size,
-                "max_positions": self.max_positions, "head_path": self.head_path}
+                "max_positions": self.max_positions, "head_path": self.head_path,
+                "tokenizer": self.tokenizer_ref}
+
+
+@dataclass
+class ByteReader:
+    """What byte space keeps of one model's tokenizer (SPEC §7)."""
+    tokenizer: Any
+    table: list[bytes | None]      # token_bytes(tokenizer, output rows)
+    start_id: int                  # s_m: BOS, else EOS
+    dummy_prefix: bool             # whether it may write ' ' before a text
+
+
+@dataclass
+class Session:
+    """What a load gives the server: the resolved space and why, the models, and the
+    shared tokenizer (token space) or each model's own reader (byte space)."""
+    space: str                     # "tokens" | "bytes"
+    space_reason: str
+    tokenizer: Any                 # token space: the shared one; byte space: the first model's
+    tokenizer_ref: str
+    models: list[LoadedModel]
+    readers: list[ByteReader] | None = None   # byte space: one per model
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -187,32 +218,111 @@ def _check_head(m: LoadedModel) -> str:
 
 # ----------------------------------------------------------------------------- load_models
 
+# Byte space reads each model as a byte LM; a tokenizer must reproduce this before any
+# weights load (a lowercasing or otherwise rewriting normalizer fails it): what every
+# text has — capitals, digits, punctuation, spaces, a newline. The text itself is checked
+# window by window before the pass (byte_eval.check_windows).
+BYTE_PROBE = "The Quick Brown Fox, 1234!\nA  dog (said she)."
+SPACES = ("tokens", "bytes", "auto")
+
+
 def load_models(specs: list[dict[str, Any]], tokenizer_ref: str | None, max_length: int | None,
                 bos_per_window: bool, status: Callable[[str], None]) -> tuple[Any, list[LoadedModel]]:
+    """Token space: (the shared tokenizer, the models); "tokenizer_mismatch" unless every
+    vocabulary agrees."""
+    session = load_session(specs, tokenizer_ref, max_length, bos_per_window, status, space="tokens")
+    return session.tokenizer, session.models
+
+
+def load_session(specs: list[dict[str, Any]], tokenizer_ref: str | None, max_length: int | None,
+                 bos_per_window: bool, status: Callable[[str], None], space: str = "tokens") -> Session:
+    """The models of a load request, in the space it asks for (tokens | bytes | auto).
+
+    max_length counts tokens in token space (checked against every model's context, with
+    the BOS when bos_per_window); in byte space it counts bytes, whose tokenization is only
+    known per window, so the context is checked per window (byte_eval.check_windows)."""
+    if space not in SPACES:
+        raise RequestError("bad_request", f"space must be one of {', '.join(SPACES)}, got {space!r}")
     model_specs = [ModelSpec.from_dict(s) for s in specs]
     if not model_specs:
         raise RequestError("bad_request", "no models to load")
-    # the tokenizer: tokenizer_ref or the first model's; remote code only if that model asked for it
+    # the shared tokenizer: tokenizer_ref or the first model's; remote code only if that model asked for it
     tok_ref = tokenizer_ref or model_specs[0].ref
     owner = next((s for s in model_specs if s.ref == tok_ref), None)
     tokenizer = _main_tokenizer(tok_ref, owner, status)
+    shared_ref = getattr(tokenizer, "name_or_path", "") or tok_ref
+
+    # every model's own tokenizer (None: it has none, and reads with the shared one), compared
+    # with the shared vocabulary before any weights load: that comparison decides the space
+    own: list[Any] = []
+    configs: list[Any] = []
+    mismatch: tuple[ModelSpec, str] | None = None
     vocab = tokenizer.get_vocab()
-    n_vocab = len(tokenizer)
+    for spec in model_specs:
+        configs.append(_load_config(spec, spec.hub_kwargs()))   # a missing model or remote code: said first
+        if spec.ref == tok_ref and spec.revision == (owner.revision if owner else None):
+            own.append(tokenizer)
+            continue
+        mine = _load_tokenizer(spec.ref, spec.hub_kwargs(), "tokenizer of model")
+        own.append(mine)
+        diff = _vocab_difference(mine.get_vocab(), vocab) if mine is not None else None
+        if diff is not None and mismatch is None:
+            mismatch = (spec, diff)
+    if space == "tokens" and mismatch is not None:
+        spec, diff = mismatch
+        raise RequestError("tokenizer_mismatch", f"model {spec.ref} has a different vocabulary from the "
+                                              f"tokenizer {tok_ref}: {diff}")
+    if space == "auto":
+        space = "bytes" if mismatch is not None else "tokens"
+        reason = f"the vocabularies of {tok_ref} and {mismatch[0].ref} differ" if mismatch is not None \
+            else "every vocabulary agrees"
+    else:
+        reason = "asked for"
+    status(f"fusing in {space} space ({reason})")
 
     models: list[LoadedModel] = []
+    readers: list[ByteReader] = []
+    n_vocab = len(tokenizer)
     for i, spec in enumerate(model_specs):
         kw = spec.hub_kwargs()
         status(f"loading model {i + 1}/{len(model_specs)}: {spec.ref}")
-        config = _load_config(spec, kw)
-        # one vocabulary (SPEC §3): compare the vocabularies, not the names
-        if spec.ref != tok_ref or spec.revision != (owner.revision if owner else None):
-            _check_vocabulary(spec, kw, vocab, tok_ref)
-        max_positions = _check_context(spec, config, max_length, bos_per_window)
-        loaded = _load_model(spec, config, kw, n_vocab, tok_ref, max_positions)
+        config = configs[i]
+        if space == "tokens":
+            max_positions = _check_context(spec, config, max_length, bos_per_window)
+            loaded = _load_model(spec, config, kw, n_vocab, tok_ref, max_positions)
+            loaded.tokenizer_ref = shared_ref
+        else:
+            mine = own[i] if own[i] is not None else tokenizer
+            mine_ref = (getattr(mine, "name_or_path", "") or spec.ref) if own[i] is not None else shared_ref
+            loaded = _load_model(spec, config, kw, len(mine), mine_ref, _max_positions(config))
+            loaded.tokenizer_ref = mine_ref
+            readers.append(_byte_reader(spec, mine, mine_ref, loaded.vocab_size))
         status(f"loaded {spec.ref}: {loaded.parameters:,} parameters, {loaded.device}, "
                f"{loaded.describe()['dtype']}, head path {loaded.head_path}")
         models.append(loaded)
-    return tokenizer, models
+    if space == "bytes":
+        return Session("bytes", reason, own[0] if own[0] is not None else tokenizer,
+                       models[0].tokenizer_ref, models, readers)
+    return Session("tokens", reason, tokenizer, shared_ref, models)
+
+
+def _byte_reader(spec: ModelSpec, tokenizer: Any, tok_ref: str, rows: int) -> ByteReader:
+    """The model's tokenizer as byte space needs it, or "tokenizer_mismatch" naming the
+    model and the reason (SPEC §7: before any window runs)."""
+    from .token_bytes import ByteSpaceError, canonical_ids, has_dummy_prefix, start_token, token_bytes
+    try:
+        table = token_bytes(tokenizer, rows)
+        start = start_token(tokenizer)
+        dummy = has_dummy_prefix(tokenizer)
+        # an unknown token here says nothing about the user's text (checked per window); a
+        # normalizer that rewrites this text (lowercasing, ...) would rewrite any text
+        if tokenizer.unk_token_id is None or tokenizer.unk_token_id not in \
+                tokenizer(BYTE_PROBE, add_special_tokens=False)["input_ids"]:
+            canonical_ids(tokenizer, table, BYTE_PROBE, dummy_prefix=dummy)
+    except ByteSpaceError as e:
+        raise RequestError("tokenizer_mismatch", f"model {spec.ref} cannot be read in byte space: its tokenizer "
+                                              f"{tok_ref}: {e}") from None
+    return ByteReader(tokenizer, table, start, dummy)
 
 
 def _main_tokenizer(tok_ref: str, owner: ModelSpec | None, status: Callable[[str], None]) -> Any:
@@ -231,16 +341,6 @@ def _load_config(spec: ModelSpec, kw: dict[str, Any]) -> Any:
         return AutoConfig.from_pretrained(spec.ref, **kw)
     except Exception as e:  # noqa: BLE001
         raise _load_error(e, "model", spec.ref) from e
-
-
-def _check_vocabulary(spec: ModelSpec, kw: dict[str, Any], vocab: dict[str, int], tok_ref: str) -> None:
-    """A model with a tokenizer of its own must have the fusion's vocabulary (one without
-    any tokenizer files is taken as using the named one)."""
-    own = _load_tokenizer(spec.ref, kw, "tokenizer of model")
-    diff = _vocab_difference(own.get_vocab(), vocab) if own is not None else None
-    if diff is not None:
-        raise RequestError("tokenizer_mismatch", f"model {spec.ref} has a different vocabulary from the "
-                                              f"tokenizer {tok_ref}: {diff}")
 
 
 def _check_context(spec: ModelSpec, config: Any, max_length: int | None, bos_per_window: bool) -> int | None:

@@ -16,11 +16,11 @@ from collections.abc import Callable
 import torch
 import transformers
 
-from . import __version__, evaluate as ev, protocol
+from . import __version__, byte_eval, evaluate as ev, protocol
 from .fusion import check_settings
-from .models import load_models
+from .models import load_session
 from .protocol import RequestError
-from .windows import plan_windows
+from .windows import plan_byte_windows, plan_windows
 
 
 class Server:
@@ -29,6 +29,8 @@ class Server:
         self.log = log
         self.tokenizer = None
         self.models = []
+        self.space = "tokens"
+        self.byte_models: list[byte_eval.ByteModel] = []   # byte space: each model as a byte LM
         self.stopping = False
         self.channel.send({
             "type": "hello",
@@ -80,21 +82,35 @@ class Server:
 
     # -- requests ---------------------------------------------------------------
     def load(self, message: dict) -> None:
+        """The models, in the space the load asks for (SPEC §7; protocol v2: `space`, `bytes`).
+        In byte space each model reads with its own tokenizer; `tokenizer` then only serves
+        a model directory that has none. loaded.tokenizer is the shared tokenizer in token
+        space, the first model's in byte space."""
         start = time.perf_counter()
-        self.models = []
-        self.tokenizer, self.models = load_models(
-            message["models"], message["tokenizer"], message["max_length"],
-            message["bos_per_window"], self.status)
+        self.models, self.byte_models, self.tokenizer = [], [], None
+        options = message.get("bytes") or {"beam": 8, "prune": 0.0}
+        session = load_session(message["models"], message["tokenizer"], message["max_length"],
+                               message["bos_per_window"], self.status, space=message.get("space", "auto"))
+        if session.space == "bytes":
+            try:
+                self.byte_models = byte_eval.byte_models(session.models, session.readers, int(options["beam"]),
+                                                         float(options["prune"]))
+            except ValueError as e:          # beam < 1, prune outside [0, 1) (the schema refuses them first)
+                raise RequestError("bad_request", f"bytes: {e}") from None
+        self.tokenizer, self.models, self.space = session.tokenizer, session.models, session.space
         tok = self.tokenizer
         self.channel.send({
             "type": "loaded",
             "models": [m.describe() for m in self.models],
-            "tokenizer": {"ref": getattr(tok, "name_or_path", "") or "", "vocab_size": len(tok),
-                          "bos_token_id": tok.bos_token_id},
+            "tokenizer": {"ref": session.tokenizer_ref, "vocab_size": len(tok), "bos_token_id": tok.bos_token_id},
+            "space": session.space,
+            "space_reason": session.space_reason,
             "seconds": time.perf_counter() - start,
         })
 
     def evaluate(self, message: dict) -> None:
+        if self.space == "bytes" and self.models:
+            return self.evaluate_bytes(message)
         request_id = message["request_id"]
         data = message["dataset"]
         bos_id = self.check_request(message)  # before tokenizing: fail fast
@@ -123,15 +139,67 @@ class Server:
         except ev.Cancelled as c:
             on_progress(c.sums)  # what was finished reaches the controller before the error
             raise
+        self.send_result(request_id, "tokens", tokens_total, len(windows), sums, None, started, tokenize_seconds)
+
+    def evaluate_bytes(self, message: dict) -> None:
+        """Byte space (SPEC §7): the text's bytes in windows of bytes, every model as a byte LM,
+        every setting fused over the 257 outcomes (byte_eval). dataset.bos_per_window does
+        not apply: every window starts from each model's start token."""
+        request_id = message["request_id"]
+        data = message["dataset"]
+        self.check_settings(message)                       # before reading: fail fast
+        try:
+            byte_eval.check_byte_settings(message["settings"])
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
+        reset_peak_memory()
+        tokenize_started = time.perf_counter()
+        text = self.read_text(data["path"])
+        try:
+            windows = plan_byte_windows(text, data["max_length"], data["stride"])
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
+        self.status(f"tokenizing {len(windows)} windows of {data['path']} for {len(self.byte_models)} models")
+        byte_eval.check_windows(self.byte_models, text, windows)   # refusals before any window runs
+        tokenize_seconds = time.perf_counter() - tokenize_started
+        resume = ev.Sums(**message["resume"]) if message["resume"] else None
+        started = time.perf_counter()
+
+        def on_progress(sums: ev.Sums) -> None:
+            self.channel.send({"type": "progress", "request_id": request_id, "windows_total": len(windows),
+                               "tokens_total": len(text), "seconds": time.perf_counter() - started,
+                               "sums": sums.to_dict()})
+
+        try:
+            out = byte_eval.run_pass(self.byte_models, text, windows, message["settings"], message["batch_size"],
+                                     resume, on_progress, message["progress_every"], self.stop_check(request_id))
+        except ev.Cancelled as c:
+            on_progress(c.sums)
+            raise
+        except ValueError as e:                            # resume sums that do not fit the request
+            raise RequestError("bad_request", str(e)) from None
+        self.send_result(request_id, "bytes", len(text), len(windows), out.sums, [b.to_dict() for b in out.beams],
+                         started, tokenize_seconds)
+
+    def send_result(self, request_id, space: str, positions: int, n_windows: int, sums: ev.Sums,
+                    byte_stats: list[dict] | None, started: float, tokenize_seconds: float) -> None:
         first = self.models[0]
         self.channel.send({
-            "type": "result", "request_id": request_id, "tokens": tokens_total, "windows": len(windows),
-            "sums": sums.to_dict(), "seconds": time.perf_counter() - started, "tokenize_seconds": tokenize_seconds,
-            "peak_memory_bytes": peak_memory_bytes(), "device": str(first.device),
-            "dtype": str(first.dtype).replace("torch.", ""),
+            "type": "result", "request_id": request_id, "space": space, "tokens": positions, "windows": n_windows,
+            "sums": sums.to_dict(), "byte_stats": byte_stats, "seconds": time.perf_counter() - started,
+            "tokenize_seconds": tokenize_seconds, "peak_memory_bytes": peak_memory_bytes(),
+            "device": str(first.device), "dtype": str(first.dtype).replace("torch.", ""),
         })
         if self.stopping:
             self.channel.send({"type": "bye"})
+
+    def check_settings(self, message: dict) -> None:
+        if not self.models:
+            raise RequestError("bad_request", "no models are loaded (send load first)")
+        try:
+            check_settings(message["settings"], len(self.models))
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
 
     def check_request(self, message: dict) -> int | None:
         """What an evaluate request can be refused for before any work: no models, a window
@@ -173,6 +241,20 @@ class Server:
             return cancelled
 
         return should_stop
+
+    @staticmethod
+    def read_text(path: str) -> bytes:
+        """The text file's bytes, which must be UTF-8."""
+        try:
+            with open(path, "rb") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise RequestError("not_found", f"dataset not found: {path}") from None
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RequestError("bad_request", f"dataset {path} is not UTF-8 (first bad byte at offset {e.start})") from None
+        return text
 
     def tokenize(self, path: str) -> torch.Tensor:
         try:

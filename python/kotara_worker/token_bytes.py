@@ -174,13 +174,15 @@ def start_token(tokenizer: Any) -> int:
     raise ByteSpaceError("the tokenizer has neither a BOS nor an EOS token to start from")
 
 
-def canonical_ids(tokenizer: Any, table: list[bytes | None], text: str) -> tuple[list[int], bytes]:
+def canonical_ids(tokenizer: Any, table: list[bytes | None], text: str,
+                  dummy_prefix: bool | None = None) -> tuple[list[int], bytes]:
     """The canonical tokenization of text (tokenizer(text), no special tokens added) and the
     prefix the tokenizer writes before it (b' ' with a dummy prefix, else b'').
 
     Raises ByteSpaceError unless the concatenated bytes of those tokens are prefix + the
     text's UTF-8: the decode-free round trip (a lowercasing normalizer, an unknown token,
-    a normalization that changes characters all fail it)."""
+    a normalization that changes characters all fail it). dummy_prefix: has_dummy_prefix(
+    tokenizer), for a caller that tokenizes many texts (it reads the tokenizer's JSON)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     want = text.encode("utf-8")
     pieces = [table[i] if i < len(table) else None for i in ids]
@@ -194,7 +196,9 @@ def canonical_ids(tokenizer: Any, table: list[bytes | None], text: str) -> tuple
                              f"{tokenizer.convert_ids_to_tokens(i)!r} (id {i}), near byte "
                              f"{len(b''.join(pieces[:k]))} ({len(missing)} such tokens)")
     got = b"".join(pieces)                                    # every piece is bytes here
-    prefixes = (b"", b" ") if has_dummy_prefix(tokenizer) else (b"",)
+    if dummy_prefix is None:
+        dummy_prefix = has_dummy_prefix(tokenizer)
+    prefixes = (b"", b" ") if dummy_prefix else (b"",)
     for prefix in prefixes:
         if got == prefix + want:
             return ids, prefix

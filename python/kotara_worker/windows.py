@@ -62,3 +62,53 @@ def plan_windows(n_tokens: int, max_length: int, stride: int, bos: bool = False)
         if end == n_tokens:
             break
     return windows
+
+
+def _char_start(data: bytes, p: int) -> int:
+    """The largest UTF-8 character boundary ≤ p (len(data) is one)."""
+    while 0 < p < len(data) and data[p] & 0xC0 == 0x80:   # a continuation byte: inside a character
+        p -= 1
+    return p
+
+
+def plan_byte_windows(data: bytes, max_length: int, stride: int) -> list[Window]:
+    """Byte space (SPEC §7): windows over the text's bytes, max_length and stride counting
+    bytes. The beams of every window start from the model's start token, which is the
+    context of the window's first byte: every byte is scored, exactly once, as
+    plan_windows(len(data), max_length, stride, bos=True) scores tokens.
+
+    Every window starts and ends on a UTF-8 character boundary, so that its bytes are a
+    text the model's tokenizer can tokenize on its own (a tokenizer reads characters, and
+    its canonical tokenization of half a character is undefined). For a text of one-byte
+    characters this is exactly the plan above; where a cut would fall inside a character
+    it moves back to that character's first byte (at most 3 bytes): a window is then a
+    little shorter than max_length, never longer, and the next one starts a little
+    earlier. A character longer than max_length is refused."""
+    n = len(data)
+    if max_length <= 0:
+        raise ValueError(f"max_length must be > 0, got {max_length}")
+    if stride <= 0:
+        raise ValueError(f"stride must be > 0, got {stride}")
+    if stride > max_length:
+        raise ValueError(f"stride ({stride}) must be <= max_length ({max_length}): "
+                         "a larger stride would skip bytes")
+    if n == 0:
+        raise ValueError("the text is empty: nothing to score")
+    windows: list[Window] = []
+    start, prev_end = 0, 0
+    while True:
+        end = n if start + max_length >= n else _char_start(data, start + max_length)
+        if end <= start:
+            raise ValueError(f"max_length {max_length} (bytes) is shorter than the UTF-8 character at byte "
+                             f"{start}: use a longer dataset.max_length")
+        if end > prev_end:                     # (with a tiny stride, a cut can stay where it was)
+            windows.append(Window(start, end, prev_end))
+        prev_end = end
+        if end == n:
+            return windows
+        nxt = _char_start(data, start + stride)
+        if nxt <= start:                       # a stride shorter than the character here
+            nxt = start + 1
+            while data[nxt] & 0xC0 == 0x80:
+                nxt += 1
+        start = nxt

@@ -182,8 +182,11 @@ def test_shared_forward_and_kv_steps_equal_plain_forwards(arch):
     fast, fs = ByteLM(model, table, s, beam=6).score(text.encode(), 3, ids)
     single, ss = ByteLM(model, table, s, beam=6, batch=1).score(text.encode(), 3, ids)
     plain, ps = ByteLM(model, table, s, beam=6, plain=True).score(text.encode(), 3, ids)
-    same = {"forwards": 0}
+    # the same beams; the pruned share is a float from logits that agree to ~1e-13
+    same = {"forwards": 0, "max_pruned_share": 0}
     assert fs.pruned > 0 and fs.as_dict() | same == ss.as_dict() | same == ps.as_dict() | same
+    assert fs.max_pruned_share == pytest.approx(ps.max_pruned_share, rel=1e-9)
+    assert ss.max_pruned_share == pytest.approx(ps.max_pruned_share, rel=1e-9)
     assert fs.forwards < ss.forwards < ps.forwards
     assert torch.allclose(fast.exp(), plain.exp(), rtol=1e-9, atol=1e-15)
     assert torch.allclose(single.exp(), plain.exp(), rtol=1e-9, atol=1e-15)
@@ -234,3 +237,39 @@ def test_errors():
     long = "é" * 80                                                       # 160 byte tokens
     with pytest.raises(ValueError, match="64 positions"):
         lm.score_text(tok, long)
+
+
+def test_windows_scored_together_equal_each_alone():
+    """score_many advances several windows byte by byte together (their extensions share
+    forwards, the canonical hypothesis' sure extensions are stepped ahead): each window's
+    rows and beam are those of score() alone (float64: rtol 1e-9)."""
+    tok = R.byte_level_bpe()
+    table, s = token_bytes(tok), start_token(tok)
+    model = R.tiny_gpt2(len(table), s)
+    texts = ["The old sailor paints", "a red boat near the sea.", "My neighbour finds three apples."]
+    items = []
+    for k, text in enumerate(texts):
+        ids, _ = canonical_ids(tok, table, text)
+        items.append((text.encode(), k, ids))                               # context 0, 1, 2 bytes
+    for beam, prune in ((1, 0.0), (6, 0.0), (6, 0.05)):
+        lm = ByteLM(model, table, s, beam=beam, prune=prune)
+        together = lm.score_many(items)
+        for (data, ctx, ids), (rows, stats) in zip(items, together):
+            alone, alone_stats = ByteLM(model, table, s, beam=beam, prune=prune, batch=1).score(data, ctx, ids)
+            assert rows.shape == (len(data) - ctx, 257)
+            assert torch.allclose(rows.exp(), alone.exp(), rtol=1e-9, atol=1e-15)
+            assert stats.pruned == alone_stats.pruned and stats.max_hypotheses == alone_stats.max_hypotheses
+        if beam == 1:     # the canonical hypothesis' extensions, all stepped ahead: a few forwards a window
+            assert all(st.forwards <= 3 for _, st in together), [st.forwards for _, st in together]
+
+
+def test_should_stop_interrupts_between_bytes():
+    from kotara_worker.byte_lm import Interrupted
+    tok = R.byte_level_bpe()
+    table, s = token_bytes(tok), start_token(tok)
+    lm = ByteLM(R.tiny_gpt2(len(table), s), table, s, beam=2)
+    ids, _ = canonical_ids(tok, table, "The cat sees.")
+    asked = []
+    with pytest.raises(Interrupted):
+        lm.score_many([(b"The cat sees.", 0, ids)], should_stop=lambda: asked.append(1) or len(asked) >= 4)
+    assert len(asked) == 4

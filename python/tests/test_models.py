@@ -30,7 +30,9 @@ def test_loads_and_describes(tiny):
     assert [m.head_path for m in models] == ["scored", "scored", "scored", "full"]
     for m in models:
         d = m.describe()
-        assert set(d) == {"ref", "device", "dtype", "parameters", "vocab_size", "max_positions", "head_path"}
+        assert set(d) == {"ref", "device", "dtype", "parameters", "vocab_size", "max_positions", "head_path",
+                          "tokenizer"}
+        assert d["tokenizer"] == str(tiny["gpt2-a"])                    # the shared one, in token space
         assert d["device"] == "cpu" and d["dtype"] == "float32" and d["max_positions"] == 128
         assert d["parameters"] == sum(p.numel() for p in m.model.parameters()) > 0
         assert not m.model.training

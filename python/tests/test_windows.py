@@ -78,3 +78,39 @@ def test_bad_arguments(args, needle):
     with pytest.raises(ValueError) as e:
         plan_windows(*args)
     assert needle in str(e.value)
+
+
+# ----------------------------------------------------------------------------- byte space
+
+from kotara_worker.windows import plan_byte_windows  # noqa: E402
+
+
+@pytest.mark.parametrize("n,L,S", [c for c in CASES if c[0] >= 2])
+def test_byte_windows_of_one_byte_characters_are_the_bos_plan(n, L, S):
+    assert plan_byte_windows(b"a" * n, L, S) == plan_windows(n, L, S, bos=True)
+
+
+def test_byte_windows_cut_on_character_boundaries_and_score_every_byte_once():
+    import random
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = "".join(rng.choice("ab é€🙂\n") for _ in range(rng.randint(1, 40)))
+        data = text.encode()
+        L = rng.randint(4, 20)
+        S = rng.randint(1, L)
+        scored = []
+        for w in plan_byte_windows(data, L, S):
+            assert w.end - w.start <= L and w.start <= w.first_scored < w.end
+            data[w.start:w.end].decode("utf-8")                     # whole characters only
+            scored += range(w.first_scored, w.end)
+        assert scored == list(range(len(data))), (text, L, S)
+
+
+def test_byte_windows_refuse_what_they_cannot_cut():
+    with pytest.raises(ValueError, match="shorter than the UTF-8 character at byte 1"):
+        plan_byte_windows("a🙂".encode(), 3, 3)
+    with pytest.raises(ValueError, match="empty"):
+        plan_byte_windows(b"", 4, 4)
+    with pytest.raises(ValueError, match="stride"):
+        plan_byte_windows(b"abc", 2, 3)
+    assert plan_byte_windows(b"a", 4, 4) == [Window(0, 1, 0)]       # one byte: the start token is its context

@@ -202,7 +202,8 @@ class FakeModel:
 
     def describe(self) -> dict:
         return {"ref": self.ref, "device": "cpu", "dtype": "float32", "parameters": self.parameters,
-                "vocab_size": self.vocab_size, "max_positions": self.max_positions, "head_path": self.head_path}
+                "vocab_size": self.vocab_size, "max_positions": self.max_positions, "head_path": self.head_path,
+                "tokenizer": self.ref}
 
 
 if __name__ == "__main__":
