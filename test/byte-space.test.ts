@@ -2,15 +2,18 @@
 // report. The numbers are checked against sums made here from per-byte probabilities,
 // not against typed-in values; the worker's byte LM has its own tests (python/tests).
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import path from "node:path";
+import path, { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { ConfigError } from "../src/errors.js";
 import { buildMetrics } from "../src/metrics.js";
 import { parseConfig, planRequest, type RunPlan } from "../src/plan.js";
 import type { HelloMsg, LoadedMsg, ResultMsg } from "../src/protocol.js";
 import { formatReport } from "../src/report.js";
+import { PACKAGE_ROOT } from "../src/worker.js";
+import { PYTHON, kotara, tempDir, tinyModels, writeFile } from "./helpers.js";
 
 const root = mkdtempSync(path.join(tmpdir(), "kotara-bytes-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -137,5 +140,57 @@ describe("metrics and report in byte space", () => {
   test("a byte-space result without beam stats is a bug, not numbers", () => {
     const bad = { ...result, byte_stats: null };
     assert.throws(() => buildMetrics({ models: p.models, request: planRequest(p), result: bad, loaded: loaded(p), hello, seconds: 1, version: "v", bytes: p.bytes }), /one beam report per model/);
+  });
+});
+
+describe("end to end: two tiny models with different tokenizers, through the CLI and the real worker", () => {
+  test("each model's byte NLL and the average fusion equal a brute-force enumeration of every tokenization", async () => {
+    const models = tinyModels();
+    const dir = tempDir();
+    const text = "The cat sees."; // 13 bytes: few enough covers to enumerate them all
+    const file = writeFile(dir, "t.txt", text);
+    const cfg = writeFile(dir, "c.yaml", [
+      "space: auto", "bytes: { beam: 100000, prune: 0 }",
+      "models:", `  - { ref: ${join(models, "gpt2-a")}, dtype: float32 }`, `  - { ref: ${join(models, "gpt2-othertok")}, dtype: float32 }`,
+      `dataset: { path: ${file}, max_length: 64, stride: 64 }`, "strategies: [average]", `output: { metrics: ${join(dir, "m.json")} }`,
+    ].join("\n"));
+    const r = await kotara(["run", cfg, "--quiet"]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    const m = JSON.parse(readFileSync(join(dir, "m.json"), "utf8"));
+    assert.equal(m.space, "bytes");
+    assert.equal(m.dataset.scored_bytes, Buffer.byteLength(text), "S = L: every byte is scored, the start token the first one's context");
+    assert.ok(m.bytes.models.every((s: { pruned: number }) => s.pruned === 0), "a beam this wide holds every cover");
+    // The reference: python/tests/byte_reference.py enumerates every cover of every prefix
+    // with one full forward per token sequence (no beam, no KV cache, no trie).
+    const script = `
+import json, sys, torch
+sys.path.insert(0, "python/tests"); sys.path.insert(0, "python")
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from byte_reference import reference_rows
+from kotara_worker.token_bytes import token_bytes, start_token
+x = open(sys.argv[3], "rb").read()
+rows = []
+for ref in sys.argv[1:3]:
+    tok = AutoTokenizer.from_pretrained(ref); model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32).eval()
+    table = token_bytes(tok, model.get_output_embeddings().weight.shape[0])
+    rows.append(reference_rows(model, table, start_token(tok), x, 0)[0])
+t = torch.tensor(list(x))
+nll = [float(-r[torch.arange(len(x)), t].sum()) for r in rows]
+fused = torch.log_softmax((rows[0] + rows[1]) / 2, -1)   # SPEC §3 average over the 257 outcomes
+print(json.dumps({"models": nll, "average": float(-fused[torch.arange(len(x)), t].sum())}))
+`;
+    const ref = JSON.parse(execFileSync(PYTHON, ["-c", script, join(models, "gpt2-a"), join(models, "gpt2-othertok"), file], { cwd: PACKAGE_ROOT, encoding: "utf8" }).trim().split("\n").pop()!);
+    // Tolerance: both sides take float32 logits from the same weights, by different kernels
+    // (a batched, KV-cached forward vs one full forward per sequence): |Δ logit| ≲ 1e-6 at
+    // the tiny models' logit sizes, log-softmax is 2-Lipschitz in the sup norm, so each
+    // byte's NLL moves ≲ 2e-6 and 13 bytes ≲ 3e-5 on totals of ~30-60 nats: ≤ 1e-6 relative.
+    // Everything after the logits is float64 on both sides. Allowed: 1e-5 relative.
+    const n = m.dataset.scored_bytes;
+    ref.models.forEach((want: number, i: number) => {
+      const got = m.models[i].nll * n;
+      assert.ok(Math.abs(got - want) <= 1e-5 * want, `model ${i}: ${got} vs the enumeration's ${want}`);
+    });
+    const got = m.fusions[0].nll * n;
+    assert.ok(Math.abs(got - ref.average) <= 1e-5 * ref.average, `average: ${got} vs ${ref.average}`);
   });
 });
