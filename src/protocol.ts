@@ -59,7 +59,7 @@ export type Sums = z.infer<typeof Sums>;
 /** One model's beam over a byte-space evaluation: pruned = 0 means its byte NLL is exact. */
 export const ByteStats = z.strictObject({
   pruned: z.number().int().nonnegative(), // hypotheses dropped (beam full, or under prune × the best)
-  pruned_positions: z.number().int().nonnegative(), // scored bytes at which anything was dropped
+  pruned_positions: z.number().int().nonnegative(), // bytes at which anything was dropped (context bytes of a window included)
   max_pruned_share: finite, // the largest share of a position's mass that was dropped
   max_hypotheses: z.number().int().nonnegative(), // the most hypotheses alive at once
 });

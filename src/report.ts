@@ -59,12 +59,17 @@ function modelTable(metrics: Metrics): string[] {
   );
 }
 
+/** A share of probability mass: "18%", "0.25%", "3.1e-7". */
+function fmtShare(x: number): string {
+  return x >= 0.01 ? `${Math.round(x * 100)}%` : x >= 1e-4 ? `${(x * 100).toFixed(2)}%` : x.toExponential(1);
+}
+
 /** How much each model's beam pruned: none means its byte NLL is exact for this K. */
 function beamReport(bytes: NonNullable<Metrics["bytes"]>): string[] {
   const lines = bytes.models.map((m) =>
     m.pruned === 0
       ? `  ${displayRef(m.ref)}: exact (nothing pruned; at most ${m.max_hypotheses} token prefixes at once)`
-      : `  ${displayRef(m.ref)}: pruned at ${int(m.pruned_positions)} bytes, the largest pruned share ${m.max_pruned_share.toExponential(1)} of a byte's mass`,
+      : `  ${displayRef(m.ref)}: pruned at ${int(m.pruned_positions)} bytes, the largest pruned share ${fmtShare(m.max_pruned_share)} of a byte's mass`,
   );
   const any = bytes.models.some((m) => m.pruned > 0);
   return ["", `Beam (K = ${bytes.beam}${bytes.prune ? `, prune ${bytes.prune}` : ""})${any ? "; a larger bytes.beam makes it exact" : ""}`, ...lines];

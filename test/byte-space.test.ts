@@ -133,7 +133,7 @@ describe("metrics and report in byte space", () => {
     const d = top.bits_per_byte - best;
     assert.ok(text.includes(`${top.bits_per_byte.toFixed(4)} bits/byte, ${Math.abs(d).toFixed(4)} bits/byte ${d < 0 ? "below" : "above"} the best single model`));
     assert.match(text, /org\/a: exact \(nothing pruned/);
-    assert.match(text, /org\/b: pruned at 3 bytes, the largest pruned share 1\.5e-6/);
+    assert.match(text, /org\/b: pruned at 3 bytes, the largest pruned share 1\.5e-6 of a byte's mass/);
     assert.match(text, /a larger bytes\.beam makes it exact/);
   });
 

@@ -84,8 +84,8 @@ test("a padded output layer fuses with an unpadded one", async () => {
   assert.equal(r.exitCode, 0, r.stderr);
 });
 
-test("mismatched tokenizers are refused with both models named (exit 2)", async () => {
-  const cfg = writeFile(work, "mismatch.yaml", config(`strategies: [entropy]\n`, ["gpt2-a", "gpt2-othertok"]));
+test("space: tokens refuses mismatched tokenizers with both models named (exit 2); auto would fuse them in bytes", async () => {
+  const cfg = writeFile(work, "mismatch.yaml", "space: tokens\n" + config(`strategies: [entropy]\n`, ["gpt2-a", "gpt2-othertok"]));
   const r = await kotara(["run", cfg, "--metrics", join(work, "mismatch.json"), "--quiet"]);
   assert.equal(r.exitCode, 2, r.stderr);
   assert.match(r.stderr, /tokenizer|vocabular/i);

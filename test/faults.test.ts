@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { PROTOCOL_VERSION } from "../src/protocol.js";
 import { before, test } from "node:test";
 import { encode } from "@msgpack/msgpack";
 import { execa } from "execa";
@@ -137,7 +138,7 @@ test("a worker that speaks another protocol version is refused, and stopped", as
   // the fake worker, saying hello with protocol version 999
   const r = await kotara(["run", longConfig("version"), "--quiet"], { env: { KOTARA_PYTHON: FAKE_PYTHON, KOTARA_FAKE_PROTOCOL_VERSION: "999" } });
   assert.equal(r.exitCode, 1, r.stderr);
-  assert.match(r.stderr, /protocol version mismatch: the controller speaks 1, the worker .* speaks 999/);
+  assert.match(r.stderr, new RegExp(`protocol version mismatch: the controller speaks ${PROTOCOL_VERSION}, the worker .* speaks 999`));
 });
 
 test("a Python without Kotara's requirements gets a set-up hint, not a traceback first", async () => {

@@ -197,7 +197,7 @@ describe("buildMetrics", () => {
     assert.equal(metrics.config, plan.raw);
     const keys = Object.keys(metrics);
     assert.equal(keys[keys.length - 1], "config");
-    assert.deepEqual(keys.slice(0, 5), ["kotara_version", "dataset", "models", "fusions", "best"]);
+    assert.deepEqual(keys.slice(0, 6), ["kotara_version", "space", "dataset", "models", "fusions", "best"]);
   });
 
   test("a first fusion that is not poe reports poe_betas 0.5 / 0.5", () => {
