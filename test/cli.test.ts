@@ -2,10 +2,11 @@
 // (GPT-2 and Llama architectures), checked against independent computations.
 // "progress goes to stderr" checks only the controller, on the fake worker (test/fake-worker/).
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { before, test } from "node:test";
-import { FAKE_PYTHON, kotara, referencePpl, tempDir, tinyModels, writeFile } from "./helpers.js";
+import { FAKE_PYTHON, PYTHON, kotara, referencePpl, tempDir, tinyModels, writeFile } from "./helpers.js";
 
 let models: string;
 let work: string;
@@ -78,10 +79,42 @@ test("eval: the original script's flags give the same numbers as the equivalent 
   assert.ok(Math.abs(a.models[0].ppl - referencePpl(join(models, "gpt2-a"), text, 64, 64)) / a.models[0].ppl < 1e-5);
 });
 
-test("a padded output layer fuses with an unpadded one", async () => {
-  const cfg = writeFile(work, "padded.yaml", config(`strategies: [entropy]\n`, ["gpt2-a", "gpt2-padded"]));
+test("a padded output layer fuses with an unpadded one: each model over its whole layer, the fusion over the tokenizer's vocabulary", async () => {
+  const cfg = writeFile(work, "padded.yaml", config(`strategies: [average, entropy]\n`, ["gpt2-a", "gpt2-padded"]));
   const r = await kotara(["run", cfg, "--metrics", join(work, "padded.json"), "--quiet"]);
   assert.equal(r.exitCode, 0, r.stderr);
+  const m = JSON.parse(readFileSync(join(work, "padded.json"), "utf8"));
+  // Independent: plain transformers, the HF fixed-length loop; each model's PPL over its
+  // whole output layer (as HF computes it), the average fusion over the first V rows.
+  const script = `
+import math, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+a, b, path = sys.argv[1:4]
+tok = AutoTokenizer.from_pretrained(a); V = len(tok)
+ma, mb = (AutoModelForCausalLM.from_pretrained(x).eval() for x in (a, b))
+ids = torch.tensor([tok(open(path, encoding="utf-8").read())["input_ids"]]); n = ids.size(1)
+nll = [0.0, 0.0, 0.0]; count = 0; prev = 0
+for begin in range(0, n, 32):
+    end = min(begin + 64, n); trg = end - prev; inp = ids[:, begin:end]
+    with torch.no_grad():
+        za, zb = ma(inp).logits[0, :-1].float(), mb(inp).logits[0, :-1].float()
+    t = inp[0, 1:]; sel = slice(t.numel() - min(trg, t.numel()), t.numel())
+    for k, z in enumerate((za, zb, (za[:, :V] + zb[:, :V]) / 2)):
+        nll[k] -= torch.log_softmax(z, -1)[sel].gather(1, t[sel, None]).sum().item()
+    count += t[sel].numel(); prev = end
+    if end == n: break
+print(" ".join(str(math.exp(x / count)) for x in nll), V, mb.get_output_embeddings().weight.shape[0])
+`;
+  const [pa, pb, avg, vocab, rows] = execFileSync(PYTHON, ["-c", script, join(models, "gpt2-a"), join(models, "gpt2-padded"), text], { encoding: "utf8" })
+    .trim().split("\n").pop()!.split(" ").map(Number);
+  assert.ok(rows > vocab, `the padded model has more output rows (${rows}) than the tokenizer has tokens (${vocab})`);
+  // 1e-5 relative, as the other reference comparisons here: float32 logits by two code paths
+  // (Kotara's head on the scored rows vs the full forward) differ by float32 rounding only.
+  for (const [got, want, what] of [[m.models[0].ppl, pa, "gpt2-a"], [m.models[1].ppl, pb, "gpt2-padded (whole layer)"], [m.fusions[0].ppl, avg, "average over [:V]"]] as const) {
+    assert.ok(Math.abs(got - want) <= 1e-5 * want, `${what}: ${got} vs ${want}`);
+  }
+  const w = m.fusions[1].weights_mean;
+  assert.ok(Math.abs(w[0] + w[1] - 1) < 1e-9 && w.every((x: number) => x > 0 && x < 1), `entropy weights ${w}`);
 });
 
 test("space: tokens refuses mismatched tokenizers with both models named (exit 2); auto would fuse them in bytes", async () => {
