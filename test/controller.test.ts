@@ -153,7 +153,7 @@ test("session API: worker errors carry their exit codes, a death its stderr; an 
     open({ KOTARA_FAKE_FAIL: "load:remote_code" }),
     open({ KOTARA_FAKE_FAIL: "evaluate:internal" }),
     open({ KOTARA_FAKE_DIE_AFTER: "8" }),
-    open({ KOTARA_FAKE_DELAY_MS: "10" }),
+    open({ KOTARA_FAKE_DELAY_MS: "50" }), // 11 batches of 50 ms: time for the abort to land mid-run
   ]);
   assert.equal(loadFails.status, "rejected");
   assert.equal((loadFails as PromiseRejectedResult).reason.exitCode, 2);

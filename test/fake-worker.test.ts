@@ -15,6 +15,7 @@ import { FromWorker, PROTOCOL_VERSION, ToWorker } from "../src/protocol.js";
 import { PACKAGE_ROOT } from "../src/worker.js";
 import { planWindows } from "./fake-worker/canned.js";
 import { FAKE_PYTHON, RawWorker } from "./fake-worker/harness.js";
+import { waitFor } from "./helpers.js";
 
 const golden = join(PACKAGE_ROOT, "protocol", "golden");
 const goldenJson = (name: string) => JSON.parse(readFileSync(join(golden, `${name}.json`), "utf8"));
@@ -121,6 +122,9 @@ describe("the fake worker speaks the protocol", () => {
       await w.send(evaluate("r2", { dataset: { path: join(dir, "missing.txt"), max_length: 32, stride: 16, bos_per_window: false } }));
       const err = await w.next("error");
       assert.deepEqual([err.request_id, err.code], ["r2", "not_found"]);
+      // a fast machine can get here before the first heartbeat (every 50 ms): wait for one
+      // (a bound, not a timing: polled, and only a fake that never beats reaches it)
+      await waitFor(() => w.messages.some((m) => m.type === "heartbeat"), 60_000, "a heartbeat");
       await w.send({ type: "shutdown" });
       await w.next("bye");
       assert.deepEqual(await w.exit, { code: 0, signal: null });
