@@ -13,7 +13,7 @@ import { parseConfig, planRequest, type RunPlan } from "../src/plan.js";
 import type { HelloMsg, LoadedMsg, ResultMsg } from "../src/protocol.js";
 import { formatReport } from "../src/report.js";
 import { PACKAGE_ROOT } from "../src/worker.js";
-import { PYTHON, kotara, tempDir, tinyModels, writeFile } from "./helpers.js";
+import { PYTHON, kotara, rng, tempDir, tinyModels, writeFile } from "./helpers.js";
 
 const root = mkdtempSync(path.join(tmpdir(), "kotara-bytes-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -53,15 +53,6 @@ describe("config", () => {
   });
 });
 
-/** A deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A byte-space result: per scored byte, each model's and each fusion's probability of it. */
 function byteResult(p: RunPlan, pruned: number[]) {

@@ -13,6 +13,7 @@ import { type Metrics, buildMetrics } from "../src/metrics.js";
 import { CSV_COLUMNS, toCsv, writeJsonAtomic, writeRunOutputs } from "../src/outputs.js";
 import { type RunPlan, parseConfig, planRequest } from "../src/plan.js";
 import { formatReport } from "../src/report.js";
+import { rng } from "./helpers.js";
 
 const root = mkdtempSync(path.join(tmpdir(), "kotara-report-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -23,15 +24,6 @@ writeFileSync(textFile, TEXT);
 const BYTES = new TextEncoder().encode(TEXT).length;
 const WORDS = TEXT.split(" ").flatMap((s) => s.split("\n")).flatMap((s) => s.split("\t")).filter((s) => s !== "").length;
 
-/** A deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Truth {
   /** Per model, per scored token: the probability of the target. */

@@ -30,6 +30,16 @@ class Window:
         return self.end - self.first_scored
 
 
+def _check_lengths(max_length: int, stride: int, unit: str) -> None:
+    if max_length <= 0:
+        raise ValueError(f"max_length must be > 0, got {max_length}")
+    if stride <= 0:
+        raise ValueError(f"stride must be > 0, got {stride}")
+    if stride > max_length:
+        raise ValueError(f"stride ({stride}) must be <= max_length ({max_length}): "
+                         f"a larger stride would skip {unit}")
+
+
 def plan_windows(n_tokens: int, max_length: int, stride: int, bos: bool = False) -> list[Window]:
     """Windows over a stream of n_tokens tokens, in order.
 
@@ -38,13 +48,7 @@ def plan_windows(n_tokens: int, max_length: int, stride: int, bos: bool = False)
     token is unscored (scored when bos=True). A trailing window that would score
     nothing (one lone token, no BOS) is left out: it has no target.
     """
-    if max_length <= 0:
-        raise ValueError(f"max_length must be > 0, got {max_length}")
-    if stride <= 0:
-        raise ValueError(f"stride must be > 0, got {stride}")
-    if stride > max_length:
-        raise ValueError(f"stride ({stride}) must be <= max_length ({max_length}): "
-                         "a larger stride would skip tokens")
+    _check_lengths(max_length, stride, "tokens")
     if n_tokens < 2:
         raise ValueError(f"the text has {n_tokens} token(s): at least 2 are needed to score anything")
 
@@ -85,13 +89,7 @@ def plan_byte_windows(data: bytes, max_length: int, stride: int) -> list[Window]
     little shorter than max_length, never longer, and the next one starts a little
     earlier. A character longer than max_length is refused."""
     n = len(data)
-    if max_length <= 0:
-        raise ValueError(f"max_length must be > 0, got {max_length}")
-    if stride <= 0:
-        raise ValueError(f"stride must be > 0, got {stride}")
-    if stride > max_length:
-        raise ValueError(f"stride ({stride}) must be <= max_length ({max_length}): "
-                         "a larger stride would skip bytes")
+    _check_lengths(max_length, stride, "bytes")
     if n == 0:
         raise ValueError("the text is empty: nothing to score")
     windows: list[Window] = []
