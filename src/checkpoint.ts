@@ -4,11 +4,11 @@
 // is checked by hashes.
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, statSync } from "node:fs";
-import { mkdir, open, readFile, rm } from "node:fs/promises";
-import { dirname, join } from "node:path";
-import writeFileAtomic from "write-file-atomic";
+import { open, readFile, rm } from "node:fs/promises";
+import { join } from "node:path";
 import type { DatasetStats } from "./dataset.js";
 import { UserError } from "./errors.js";
+import { writeJsonAtomic } from "./outputs.js";
 import { Sums, type ByteOptions, type DatasetSpec, type ModelSpec, type Setting } from "./protocol.js";
 
 export interface Fingerprint {
@@ -78,8 +78,7 @@ export async function fingerprint(key: EvaluationKey): Promise<Fingerprint> {
 
 export async function saveCheckpoint(path: string, fp: Fingerprint, windowsTotal: number, sums: Sums): Promise<void> {
   const c: Checkpoint = { kotara_checkpoint: 1, fingerprint: fp, windows_total: windowsTotal, sums, written_at: new Date().toISOString() };
-  await mkdir(dirname(path), { recursive: true });
-  await writeFileAtomic(path, JSON.stringify(c, null, 2) + "\n");
+  await writeJsonAtomic(path, c);
 }
 
 /** The checkpoint's sums, or a UserError (exit 2) saying why it cannot be used. */
