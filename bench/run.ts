@@ -28,7 +28,8 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { availableParallelism, cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { parseArgs, type ParseArgsConfig } from "node:util";
+import type { ParseArgsConfig } from "node:util";
+import { UsageError, parseFlags } from "../scripts/cli-flags.js";
 import { fmtInt, table } from "../src/format.js";
 import type { HelloMsg, ModelSpec, ResultMsg, Setting } from "../src/protocol.js";
 import { openSession, resolvePython, type Evaluation, type Session } from "../src/session.js";
@@ -98,8 +99,6 @@ const OPTION_SPEC = {
   help: { type: "boolean", short: "h" },
 } as const satisfies ParseArgsConfig["options"];
 
-/** A bad command line: reported as one line and exit status 2, without a stack. */
-class UsageError extends Error {}
 
 function positiveInt(flag: string, v: string | undefined, fallback: number): number {
   if (v === undefined) return fallback;
@@ -110,16 +109,8 @@ function positiveInt(flag: string, v: string | undefined, fallback: number): num
 
 /** The options, or null after --help has been printed. */
 function parseOptions(argv: string[]): Options | null {
-  let values;
-  try {
-    ({ values } = parseArgs({ args: argv, options: OPTION_SPEC, strict: true, allowPositionals: false }));
-  } catch (e) {
-    throw new UsageError(`${(e as Error).message} (see --help)`);
-  }
-  if (values.help) {
-    process.stdout.write(HELP);
-    return null;
-  }
+  const values = parseFlags(argv, OPTION_SPEC, HELP);
+  if (!values) return null;
   if (values["naive-subset"] !== undefined && values["naive-full"]) throw new UsageError("--naive-subset and --naive-full exclude each other");
   const quick = values.quick ?? false;
   const o: Options = {

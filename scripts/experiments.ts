@@ -25,7 +25,8 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSy
 import { cpus, loadavg, release, totalmem, type as osType } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { parseArgs, type ParseArgsConfig } from "node:util";
+import type { ParseArgsConfig } from "node:util";
+import { UsageError, parseFlags } from "./cli-flags.js";
 import { fmtInt, fmtNum, fmtPct, fmtPpl, fmtWeights } from "../src/format.js";
 import type { StrategyType } from "../src/protocol.js";
 import { KNOWN_STRATEGIES, defaultParam, isKnownStrategy, paramsOf } from "../src/strategies.js";
@@ -676,21 +677,11 @@ const OPTION_SPEC = {
   help: { type: "boolean", short: "h" },
 } as const satisfies ParseArgsConfig["options"];
 
-/** A bad command line: reported as one line, exit status 2. */
-class UsageError extends Error {}
 
 /** The options, or null after --help has been printed. */
 function parseOptions(argv: string[]): Options | null {
-  let values;
-  try {
-    ({ values } = parseArgs({ args: argv, options: OPTION_SPEC, strict: true, allowPositionals: false }));
-  } catch (e) {
-    throw new UsageError(`${(e as Error).message} (see --help)`);
-  }
-  if (values.help) {
-    process.stdout.write(HELP());
-    return null;
-  }
+  const values = parseFlags(argv, OPTION_SPEC, HELP());
+  if (!values) return null;
   const only = values.only ?? [];
   for (const v of only) {
     if (!EXPERIMENTS.some((e) => e.name === v)) throw new UsageError(`--only needs one of: ${EXPERIMENTS.map((e) => e.name).join(", ")}; got ${JSON.stringify(v)}`);
