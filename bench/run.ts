@@ -19,7 +19,10 @@
 //      every figure with its target, PASS/MISS, and a JSON dump (results/bench.json).
 //   5. on a machine where the worker's torch sees CUDA: bf16 throughput and MFU of
 //      GPT-2 small/medium/large-shaped pairs; elsewhere it says it skipped that.
-//   6. with --memory-probe: bench/memory_probe.py, in-process, takes the worker's request
+//   6. byte space (bench/bytes.ts): byte-space ÷ token-space evaluation of the demo's
+//      same-tokenizer pair at K = 1 and the default K, and its peak memory on a 2× and an
+//      8× text (--no-bytes skips it);
+//   7. with --memory-probe: bench/memory_probe.py, in-process, takes the worker's request
 //      path apart to see which piece of a request's peak memory grows with the text.
 //
 // main() runs these as named steps; each step is one function below.
@@ -35,6 +38,7 @@ import type { HelloMsg, ModelSpec, ResultMsg, Setting } from "../src/protocol.js
 import { openSession, resolvePython, type Evaluation, type Session } from "../src/session.js";
 import { KNOWN_STRATEGIES, resolveStrategies, settingKey } from "../src/strategies.js";
 import { temperatureGrid } from "../src/sweep.js";
+import { byteSpaceBench } from "./bytes.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const GRID = [0.7, 0.85, 1.0, 1.15, 1.3];
@@ -58,6 +62,9 @@ interface Options {
   modelsDir: string;
   gpu: boolean;
   memoryProbe: boolean;
+  bytes: boolean;
+  bytesOnly: boolean;
+  byteText: number;
 }
 
 const HELP = `usage: npm run bench -- [options]
@@ -78,6 +85,9 @@ prints every figure with its target and writes a JSON report (docs/benchmarks.md
   --out FILE         the JSON report (default results/bench.json; --quick results/bench-quick.json)
   --models-dir DIR   where the bench models are cached (default .kotara/bench-models)
   --no-gpu           skip the GPU part even where the worker's torch sees CUDA
+  --no-bytes         skip the byte-space part (bench/bytes.ts)
+  --bytes-only       run only the byte-space part (≈ 3 min; no GPT-2-small models needed)
+  --byte-text N      bytes of text for the byte-space cost figure (default 8192; --quick 1024)
   --memory-probe     also run bench/memory_probe.py: the worker's request path in-process,
                      piece by piece, at 1×, 4× and 16× the memory check's 2× text
                      (several minutes at the defaults)
@@ -96,6 +106,9 @@ const OPTION_SPEC = {
   "models-dir": { type: "string" },
   "no-gpu": { type: "boolean" },
   "memory-probe": { type: "boolean" },
+  "no-bytes": { type: "boolean" },
+  "bytes-only": { type: "boolean" },
+  "byte-text": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const satisfies ParseArgsConfig["options"];
 
@@ -120,12 +133,17 @@ function parseOptions(argv: string[]): Options | null {
     stride: positiveInt("stride", values.stride, quick ? 32 : 256),
     batchSize: positiveInt("batch-size", values["batch-size"], 8),
     naiveSubset: values["naive-full"] ? null : positiveInt("naive-subset", values["naive-subset"], quick ? 8 : SWEEP_SIZE),
-    out: values.out !== undefined ? resolve(values.out) : join(ROOT, "results", quick ? "bench-quick.json" : "bench.json"),
+    out: values.out !== undefined ? resolve(values.out)
+      : join(ROOT, "results", quick ? "bench-quick.json" : values["bytes-only"] ? "bench-bytes.json" : "bench.json"),
     modelsDir: values["models-dir"] !== undefined ? resolve(values["models-dir"]) : join(ROOT, ".kotara", "bench-models"),
     gpu: !values["no-gpu"],
     memoryProbe: values["memory-probe"] ?? false,
+    bytes: !values["no-bytes"],
+    bytesOnly: values["bytes-only"] ?? false,
+    byteText: positiveInt("byte-text", values["byte-text"], quick ? 1024 : 8192),
   };
   if (o.stride > o.maxLength) throw new UsageError("--stride must be <= --max-length");
+  if (o.bytesOnly && !o.bytes) throw new UsageError("--bytes-only and --no-bytes exclude each other");
   if (o.naiveSubset !== null && o.naiveSubset >= SWEEP_SIZE) o.naiveSubset = null;
   return o;
 }
@@ -703,6 +721,7 @@ interface Measured {
   memory: MemoryFigures;
   bridge: BridgeFigures;
   gpu: unknown;
+  bytes: unknown;
   probe: unknown;
 }
 
@@ -732,6 +751,7 @@ function buildReport(o: Options, m: Measured, totalSeconds: number) {
         text_2x: m.memory.peaks2, text_8x: m.memory.peaks8, band_bytes: m.memory.slack, growth_bytes_per_token: m.memory.growthPerToken },
     },
     gpu: m.gpu,
+    byte_space: m.bytes,
     memory_probe: m.probe,
     table: rows,
     total_seconds: totalSeconds,
@@ -774,8 +794,25 @@ async function measure(o: Options, work: string): Promise<Measured> {
   memoryRows(mem, memory, inputs);
   bridgeRows(kotara, bridge, naive.naive, speed);
   const gpu = await gpuPart(o, kotara.hello, inputs);
+  const bytes = o.bytes ? await byteSpaceBench({ root: ROOT, work, bytes: o.byteText, batchSize: o.batchSize, log, row }) : null;
+  if (!o.bytes) row("byte space ÷ token space", "skipped (--no-bytes)", "", "skipped");
   const probe = o.memoryProbe ? memoryProbe(o, inputs, settings.four, work) : null;
-  return { machine, inputs, settings, kotara, mem, naive, agree, speed, memory, bridge, gpu, probe };
+  return { machine, inputs, settings, kotara, mem, naive, agree, speed, memory, bridge, gpu, bytes, probe };
+}
+
+/** `--bytes-only`: the byte-space part alone, its rows and a JSON report. */
+async function bytesOnly(o: Options, work: string, started: number): Promise<number> {
+  const machine = machineInfo();
+  const bytes = await byteSpaceBench({ root: ROOT, work, bytes: o.byteText, batchSize: o.batchSize, log, row });
+  const report = { kind: "byte space only", machine: { ...machine, loadavg_end: round2(loadavg()) }, byte_space: bytes, table: rows,
+    total_seconds: (performance.now() - started) / 1000 };
+  mkdirSync(dirname(o.out), { recursive: true });
+  writeFileSync(o.out, JSON.stringify(report, null, 2) + "\n");
+  printTable(`Kotara benchmark, byte space only — ${machine.nproc} cores, ${machine.cpu_model}; demo pair twin-a + sibling, batch ${o.batchSize}`);
+  console.log(`\nload average: ${round2(machine.loadavg_start).join(" ")} at start, ${round2(loadavg()).join(" ")} at end` +
+    (machine.loadavg_start[0] > 0.5 ? "  (WARNING: a busy machine; timings are not representative)" : ""));
+  console.log(`total ${fmt(report.total_seconds, 0)} s; JSON: ${relative(process.cwd(), o.out)}`);
+  return 0;
 }
 
 async function main(): Promise<number> {
@@ -784,6 +821,7 @@ async function main(): Promise<number> {
   const started = performance.now();
   const work = mkdtempSync(join(tmpdir(), "kotara-bench-"));
   try {
+    if (o.bytesOnly) return await bytesOnly(o, work, started);
     const m = await measure(o, work);
     const report = buildReport(o, m, (performance.now() - started) / 1000);
     mkdirSync(dirname(o.out), { recursive: true });

@@ -29,7 +29,9 @@ slightly different text, hence slightly different (but equally held-out) data.
 CLI:  python scripts/demo_text.py [--out data/demo]
       writes OUT/docs-heldout.txt and OUT/code-heldout.txt (and prints sizes),
       and OUT/docs-heldout-2k.txt: the held-out docs' first whole lines, at most
-      DOCS_HELDOUT_SHORT_BYTES bytes (for byte space, which is much slower).
+      DOCS_HELDOUT_SHORT_BYTES bytes (for byte space, which is much slower), and
+      OUT/docs-heldout-640.txt: at most DOCS_HELDOUT_WINDOW_BYTES bytes, a text that
+      fits one window of every demo model in both spaces (byte vs token space).
       data/demo/ is gitignored: this text must never be committed.
 """
 from __future__ import annotations
@@ -51,6 +53,9 @@ CODE_HELDOUT_TARGET = 40_000
 CODE_HELDOUT_MAX = 60_000
 # The short cut of the held-out docs (UTF-8 bytes; whole lines): docs-heldout-2k.txt.
 DOCS_HELDOUT_SHORT_BYTES = 2_048
+# ... and docs-heldout-640.txt: ~200 tokens of the demo tokenizers, inside their 256 positions
+# with the start token, so one window holds it in token space and in byte space.
+DOCS_HELDOUT_WINDOW_BYTES = 640
 # Cap on the code training text (plenty for a few minutes of CPU training).
 CODE_TRAIN_MAX = 4_000_000
 # Source files larger than this are mostly data tables, not code.
@@ -229,8 +234,12 @@ def write_heldout(out_dir: Path) -> dict[str, Path]:
             short = out_dir / "docs-heldout-2k.txt"
             _write(short, head_lines(d.heldout_text, DOCS_HELDOUT_SHORT_BYTES))
             written["docs-2k"] = short
-            print(f"{short}: the first {short.stat().st_size} bytes of the held-out docs "
-                  f"(whole lines)", file=sys.stderr)
+            one = out_dir / "docs-heldout-640.txt"
+            _write(one, head_lines(d.heldout_text, DOCS_HELDOUT_WINDOW_BYTES))
+            written["docs-640"] = one
+            for cut in (short, one):
+                print(f"{cut}: the first {cut.stat().st_size} bytes of the held-out docs "
+                      f"(whole lines)", file=sys.stderr)
     return written
 
 

@@ -61,6 +61,16 @@ export const HEURISTIC_TEXT: Record<Heuristic, string> = {
   distant: "a pair from distant domains gains little or loses",
 };
 
+/**
+ * Byte space (SPEC §7), the page's last section. A pair whose tokenizers differ, judged as a
+ * similar pair (same data) but in bits per byte; and every demo model in both spaces on one
+ * window of text (`SPACES`: their metrics files), where byte ≤ token bits per byte must hold.
+ */
+export const CROSS_TOKENIZER: Experiment = { name: "cross-tokenizer", heuristic: "similar", pair: "cousin + sibling", text: "docs" };
+export const SPACES = { bytes: "spaces-bytes", tokens: ["spaces-tokens", "spaces-tokens-cousin"] } as const;
+/** Every config `npm run experiments` runs, in order. */
+export const RUN_NAMES: readonly string[] = [...EXPERIMENTS.map((e) => e.name), CROSS_TOKENIZER.name, SPACES.bytes, ...SPACES.tokens];
+
 // What the page knows about strategies beyond the registry (src/strategies.ts declares
 // each type's parameters and default betas, not these facts of their arithmetic); the
 // names are checked against the registry when this module loads.
@@ -91,14 +101,19 @@ export function commandFor(name: string): string {
 /** The parts of a Kotara metrics file (SPEC §6, src/report.ts) that this script reads. */
 export interface MetricsInput {
   kotara_version: string;
+  /** tokens | bytes (SPEC §7); absent in metrics from before byte space (tokens). */
+  space?: "tokens" | "bytes";
   dataset: { path: string; bytes: number; words: number; tokens: number; scored_tokens: number; windows: number; max_length: number; stride: number };
-  models: { ref: string; ppl: number }[];
+  models: { ref: string; ppl: number; bits_per_byte?: number }[];
   fusions: {
     id: string;
     strategy: { type: string; temperatures: number[]; betas: number[] | null };
     ppl: number;
+    bits_per_byte?: number;
     weights_mean: number[];
   }[];
+  /** Byte space: the beam and how much each model's beam pruned. */
+  bytes?: { beam: number; prune: number; models: { ref: string; pruned: number; max_pruned_share: number }[] };
   sweep: { strategies: string[]; temperatures: number[][] } | null;
   runtime: { device: string; dtype: string; torch: string; transformers: string; python?: string; seconds: number; tokens_per_second?: number };
 }
@@ -602,7 +617,14 @@ function gridText(records: RunRecord[]): string {
   return sizes.join(" or ") || "(no)";
 }
 
-export function buildPage(records: RunRecord[], opts: { startedAt: Date | null; loadAtStart: number[] | null; totalSeconds: number | null }): string {
+/** The byte-space runs the page's last section reads (each null / empty when absent). */
+export interface ByteRecords {
+  cross: RunRecord | null;
+  spacesBytes: MetricsInput | null;
+  spacesTokens: MetricsInput[];
+}
+
+export function buildPage(records: RunRecord[], opts: { startedAt: Date | null; loadAtStart: number[] | null; totalSeconds: number | null; bytes?: ByteRecords }): string {
   const out: string[] = [];
   out.push("# Experiments: do the research's heuristics hold on Kotara's demo models?");
   out.push("");
@@ -640,6 +662,7 @@ export function buildPage(records: RunRecord[], opts: { startedAt: Date | null; 
     out.push(detailSection(r));
     out.push("");
   }
+  if (opts.bytes) out.push(...byteSpacePart(opts.bytes));
   out.push("## Machine and versions");
   out.push("");
   out.push(machineSection(records, opts.startedAt, opts.loadAtStart, opts.totalSeconds));
@@ -648,6 +671,178 @@ export function buildPage(records: RunRecord[], opts: { startedAt: Date | null; 
     "or any single row with its command. `npm run experiments -- --no-run` rewrites this page from the metrics already in `results/experiments/`.");
   out.push("");
   return out.join("\n");
+}
+
+// ---------------------------------------------------------------------------- byte space
+
+/** A gain in bits per byte: GAIN_PCT% lower byte PPL is log2(1 − GAIN_PCT / 100) bits per byte (−0.0145). */
+export const GAIN_BPB = Math.log2(1 - GAIN_PCT / 100);
+
+/** Bits per byte of a PPL of `m` (per scored position): nll · n / (ln 2 · bytes); in byte space every byte is scored, so log2(ppl). */
+export const bpbOfPpl = (m: MetricsInput, ppl: number) => (Math.log(ppl) * m.dataset.scored_tokens) / (Math.LN2 * m.dataset.bytes);
+const fmtBits = (x: number) => x.toFixed(4);
+const fmtBitsDelta = (d: number) => `${d > 0 ? "+" : d < 0 ? "−" : ""}${Math.abs(d).toFixed(4)}`;
+const fmtShareOf = (x: number) => (x === 0 ? "0" : x >= 0.01 ? `${(100 * x).toFixed(0)}%` : `${(100 * x).toPrecision(2)}%`);
+
+export interface CrossAnalysis {
+  a: Analysis;
+  /** Bits per byte of each model at T = 1, of the best fusion at T = 1, of the best swept one and the best tempered model. */
+  models: number[];
+  bestModel: number;
+  bestT1: number;
+  bestSwept: number;
+  bestTempered: number;
+  /** bestT1 − the best model; bestSwept − the best tempered model (negative is better). */
+  gainT1: number;
+  gainTuned: number;
+}
+
+export function analyseCross(m: MetricsInput): CrossAnalysis {
+  if (m.space !== "bytes") throw new Error(`the cross-tokenizer metrics are in ${m.space ?? "token"} space, not byte space`);
+  const a = analyse(m);
+  const b = (ppl: number) => bpbOfPpl(m, ppl);
+  const bestT1 = b(a.bestT1.ppl);
+  const bestSwept = b(a.bestSwept.ppl);
+  const bestTempered = b(a.bestTempered.ppl);
+  return {
+    a, models: a.models.map((x) => b(x.ppl)), bestModel: b(a.bestModelPpl), bestT1, bestSwept, bestTempered,
+    gainT1: bestT1 - b(a.bestModelPpl), gainTuned: bestSwept - bestTempered,
+  };
+}
+
+const gainText = (d: number) => `${fmtBitsDelta(d)} bits/byte` + (d <= GAIN_BPB ? " (a gain)" : d > 0 ? " (a loss)" : " (less than a gain)");
+
+/** The cross-tokenizer pair: the same tables as a token-space experiment, in bits per byte. */
+export function crossSection(r: RunRecord): string {
+  const m = r.metrics;
+  const x = analyseCross(m);
+  const { a } = x;
+  const b = (ppl: number) => bpbOfPpl(m, ppl);
+  const best = a.models[a.bestModel].name;
+  const out: string[] = [];
+  out.push(`### ${r.experiment.name}: ${r.experiment.pair}, held-out docs (the first ${fmtInt(m.dataset.bytes)} bytes), byte space`);
+  out.push("");
+  out.push(`Command: \`${commandFor(r.experiment.name)}\` (config [configs/experiments/${r.experiment.name}.yaml](../configs/experiments/${r.experiment.name}.yaml)). ` +
+    `${fmtInt(m.dataset.scored_tokens)} scored bytes in ${m.dataset.windows} windows of ${m.dataset.max_length} bytes, stride ${m.dataset.stride}; ` +
+    `beam K = ${m.bytes?.beam ?? "?"}${m.bytes?.prune ? `, prune ${m.bytes.prune}` : ""}; ${m.fusions.length} settings in one pass; wall time ${wallText(r)}.`);
+  out.push("");
+  out.push("| model alone | bits/byte at T=1 | best bits/byte over T (grid) | at T | beam: largest share of a byte's mass pruned |");
+  out.push("| --- | --- | --- | --- | --- |");
+  a.models.forEach((mm, i) => {
+    const t = a.temperedPerModel[i];
+    const beam = m.bytes?.models[i];
+    out.push(`| ${mm.name}${i === a.bestModel ? " (best)" : ""} | ${fmtBits(x.models[i])} | ${fmtBits(b(t.ppl))} | ${fmtNum(t.t)}${t.atEdge ? " (grid edge)" : ""} | ${beam ? fmtShareOf(beam.max_pruned_share) : "—"} |`);
+  });
+  out.push("");
+  out.push(`| strategy | bits/byte at T=1 | Δ vs ${best} | mean weights at T=1 | best swept setting | bits/byte | Δ vs ${best} | Δ vs best tempered model |`);
+  out.push("| --- | --- | --- | --- | --- | --- | --- | --- |");
+  for (const t of KNOWN_STRATEGIES) {
+    const p = a.atT1[t];
+    const sw = a.swept[t];
+    out.push("| " + [
+      t,
+      p ? fmtBits(b(p.ppl)) : "—",
+      p ? fmtBitsDelta(b(p.ppl) - x.bestModel) : "—",
+      p ? fmtWeights(p.weights) : "—",
+      sw ? `${esc(sw.id)}${sw.atEdge ? " (grid edge)" : ""}` : "—",
+      sw ? fmtBits(b(sw.ppl)) : "—",
+      sw ? fmtBitsDelta(b(sw.ppl) - x.bestModel) : "—",
+      sw ? fmtBitsDelta(b(sw.ppl) - x.bestTempered) : "—",
+    ].join(" | ") + " |");
+  }
+  out.push("");
+  out.push(`- At T = 1: the best fusion, ${a.bestT1.id}, is ${gainText(x.gainT1)} vs ${best}, the better model ` +
+    `(a gain is at most ${fmtBitsDelta(GAIN_BPB)} bits/byte: ${GAIN_PCT}% lower byte PPL).`);
+  out.push(`- Temperatures tuned: the best swept fusion, ${esc(a.bestSwept.id)}, is ${gainText(x.gainTuned)} vs the best tempered model ` +
+    `(${a.bestTempered.name} at T = ${fmtNum(a.bestTempered.t)}, ${fmtBits(x.bestTempered)} bits/byte).`);
+  return out.join("\n");
+}
+
+export interface SpacesRow {
+  model: string;
+  tokenBpb: number;
+  byteBpb: number;
+  /** The beam's largest pruned share of a byte's mass (0: exact). */
+  pruned: number;
+}
+
+/** Per model: its bits per byte in token space and in byte space (the same text in one window of each). */
+export function spacesRows(bytes: MetricsInput, tokens: MetricsInput[]): SpacesRow[] {
+  if (bytes.space !== "bytes") throw new Error(`${SPACES.bytes}: the metrics are not in byte space`);
+  if (bytes.dataset.windows !== 1 || tokens.some((t) => t.dataset.windows !== 1)) {
+    throw new Error("byte vs token space needs the text in one window in both spaces (SPEC §7's inequality holds there)");
+  }
+  const tokenBpb = new Map<string, number>();
+  for (const t of tokens) {
+    if (t.dataset.path !== bytes.dataset.path) throw new Error(`byte vs token space on different texts: ${t.dataset.path} and ${bytes.dataset.path}`);
+    for (const mm of t.models) tokenBpb.set(resolve(mm.ref), mm.bits_per_byte!);
+  }
+  return bytes.models.map((mm, i) => {
+    const t = tokenBpb.get(resolve(mm.ref));
+    if (t === undefined) throw new Error(`no token-space run of ${mm.ref}`);
+    return { model: modelName(mm.ref), tokenBpb: t, byteBpb: mm.bits_per_byte!, pruned: bytes.bytes?.models[i]?.max_pruned_share ?? 0 };
+  });
+}
+
+export function spacesSection(bytes: MetricsInput, tokens: MetricsInput[]): string {
+  const rows = spacesRows(bytes, tokens);
+  const B = bytes.dataset.bytes;
+  const out: string[] = [];
+  out.push(`### Byte space next to token space, every demo model`);
+  out.push("");
+  out.push(`The first ${fmtInt(B)} bytes of the held-out docs, in one window in both spaces, both from the start token ` +
+    `(token space: \`bos_per_window: true\`; byte space: K = ${bytes.bytes?.beam ?? "?"}): ` +
+    `${SPACES.tokens.map((n) => `\`${commandFor(n)}\``).join(", ")} and \`${commandFor(SPACES.bytes)}\`. ` +
+    "The canonical tokenization is one of the covers that byte space sums (SPEC §7), so byte ≤ token bits per byte must hold; " +
+    "the difference is the mass on the other tokenizations: with B bytes, p(canonical) / Q(x) = 2^(−B · (token − byte)), " +
+    "so the share of Q(x) off the canonical tokenization is 1 − 2^(−B · difference).");
+  out.push("");
+  out.push("| model | token space bits/byte | byte space bits/byte | byte − token | byte ≤ token | p(canonical) / Q(x) | share of Q(x) off the canonical tokenization | beam: largest pruned share |");
+  out.push("| --- | --- | --- | --- | --- | --- | --- | --- |");
+  for (const r of rows) {
+    const d = r.byteBpb - r.tokenBpb;
+    const bits = B * d;                       // log2 p(canonical) / Q(x)
+    const off = 1 - 2 ** bits;
+    out.push(`| ${r.model} | ${fmtBits(r.tokenBpb)} | ${fmtBits(r.byteBpb)} | ${fmtBitsDelta(d)} | ${d <= 0 ? "**yes**" : "**no**"} | ` +
+      `2^${bits > 0 ? "+" : bits < 0 ? "−" : ""}${Math.abs(bits).toFixed(1).replace(/\.0$/, "")} | ${off > 0.9999 ? "> 99.99%" : `${(100 * off).toFixed(1)}%`} | ${fmtShareOf(r.pruned)} |`);
+  }
+  return out.join("\n");
+}
+
+/** The byte-space findings: the cross-tokenizer verdicts and the inequality. */
+export function byteFindings(cross: RunRecord | null, bytes: MetricsInput | null, tokens: MetricsInput[]): string[] {
+  const out: string[] = [];
+  if (cross) {
+    const x = analyseCross(cross.metrics);
+    const best = x.a.models[x.a.bestModel].name;
+    const said = (d: number) => (d <= GAIN_BPB ? "gains" : "does not gain");
+    out.push(`**${cross.experiment.name}** (${cross.experiment.pair}, different tokenizers) ${said(x.gainT1)} at T = 1 ` +
+      `(${x.a.bestT1.id}: ${fmtBitsDelta(x.gainT1)} bits/byte vs ${best}) and ${said(x.gainTuned)} with temperatures tuned ` +
+      `(${esc(x.a.bestSwept.id)}: ${fmtBitsDelta(x.gainTuned)} bits/byte vs the best tempered model): ` +
+      `${x.gainT1 <= GAIN_BPB && x.gainTuned <= GAIN_BPB ? "like the same-tokenizer similar pairs, a pair trained on the same data gains, across tokenizers." : "see its section."}`);
+  }
+  if (bytes && tokens.length) {
+    const rows = spacesRows(bytes, tokens);
+    const ds = rows.map((r) => r.byteBpb - r.tokenBpb);
+    const all = ds.every((d) => d <= 0);
+    out.push(`Byte ≤ token bits per byte ${all ? "**holds** for every demo model" : "**fails** for " + rows.filter((_, i) => ds[i] > 0).map((r) => r.model).join(", ")}, ` +
+      `by ${fmtBits(-Math.max(...ds))} to ${fmtBits(-Math.min(...ds))} bits per byte on this window (K = ${bytes.bytes?.beam ?? "?"}).`);
+  }
+  return out;
+}
+
+function byteSpacePart(b: ByteRecords): string[] {
+  const out = ["## Byte space: models whose tokenizers differ", ""];
+  out.push("Byte space (SPEC §7) reads each model as a distribution over the next byte (256 bytes and \"end\"), summing over every " +
+    "tokenization its beam holds, and fuses those: any two models, whatever their tokenizers, in bits per byte. `cousin` " +
+    "(Llama, its own 3072-token sentencepiece-style BPE with byte fallback) shares no vocabulary with the family's 2048-token " +
+    "byte-level BPE. A gain here is at least " + `${GAIN_PCT}% lower byte PPL (${fmtBitsDelta(GAIN_BPB)} bits/byte).`);
+  out.push("");
+  for (const f of byteFindings(b.cross, b.spacesBytes, b.spacesTokens)) out.push(`- ${f}`);
+  out.push("");
+  if (b.cross) out.push(crossSection(b.cross), "");
+  if (b.spacesBytes && b.spacesTokens.length) out.push(spacesSection(b.spacesBytes, b.spacesTokens), "");
+  return out;
 }
 
 // ---------------------------------------------------------------------------- running
@@ -665,7 +860,7 @@ then writes the page (docs/experiments.md) from the metrics in results/experimen
 
   --no-run       run nothing: rewrite the page from the metrics already in results/experiments/
   --only NAME    run only this experiment (repeatable); the page uses the others' last metrics.
-                 NAME is one of: ${EXPERIMENTS.map((e) => e.name).join(", ")}
+                 NAME is one of: ${RUN_NAMES.join(", ")}
   --out FILE     where to write the page (default docs/experiments.md)
   -h, --help     this text
 `;
@@ -684,12 +879,18 @@ function parseOptions(argv: string[]): Options | null {
   if (!values) return null;
   const only = values.only ?? [];
   for (const v of only) {
-    if (!EXPERIMENTS.some((e) => e.name === v)) throw new UsageError(`--only needs one of: ${EXPERIMENTS.map((e) => e.name).join(", ")}; got ${JSON.stringify(v)}`);
+    if (!RUN_NAMES.includes(v)) throw new UsageError(`--only needs one of: ${RUN_NAMES.join(", ")}; got ${JSON.stringify(v)}`);
   }
   return { run: !values["no-run"], only, out: values.out !== undefined ? resolve(values.out) : join(ROOT, "docs", "experiments.md") };
 }
 
 const metricsPath = (name: string) => join(ROOT, "results", "experiments", `${name}.json`);
+
+function readMetrics(name: string): MetricsInput {
+  const p = metricsPath(name);
+  if (!existsSync(p)) throw new Error(`no metrics for "${name}" at ${p}: run \`npm run experiments\` (or ${commandFor(name)})`);
+  return JSON.parse(readFileSync(p, "utf8")) as MetricsInput;
+}
 const wallPath = (name: string) => join(ROOT, "results", "experiments", `${name}.wall.json`);
 
 function newestMtime(dir: string): number {
@@ -709,18 +910,18 @@ function ensureBuilt(): void {
   if (r.status !== 0) throw new Error("npm run build failed");
 }
 
-function runOne(e: Experiment): number {
-  const args = ["run", `configs/experiments/${e.name}.yaml`, "--quiet"];
+function runOne(name: string): number {
+  const args = ["run", `configs/experiments/${name}.yaml`, "--quiet"];
   const t0 = process.hrtime.bigint();
   const r = spawnSync(join(ROOT, "bin", "kotara"), args, { cwd: ROOT, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
   const wall = Number(process.hrtime.bigint() - t0) / 1e9;
   if (r.status !== 0) {
     process.stderr.write(r.stdout ?? "");
     process.stderr.write(r.stderr ?? "");
-    throw new Error(`${commandFor(e.name)} failed (exit ${r.status ?? r.signal})`);
+    throw new Error(`${commandFor(name)} failed (exit ${r.status ?? r.signal})`);
   }
-  mkdirSync(dirname(wallPath(e.name)), { recursive: true });
-  writeFileSync(wallPath(e.name), JSON.stringify({ command: commandFor(e.name), wall_seconds: wall, finished_at: new Date().toISOString() }, null, 2) + "\n");
+  mkdirSync(dirname(wallPath(name)), { recursive: true });
+  writeFileSync(wallPath(name), JSON.stringify({ command: commandFor(name), wall_seconds: wall, finished_at: new Date().toISOString() }, null, 2) + "\n");
   return wall;
 }
 
@@ -729,26 +930,24 @@ async function main(): Promise<void> {
   if (!o) return;
   const startedAt = new Date();
   const loadAtStart = loadavg();
-  const toRun = o.run ? EXPERIMENTS.filter((e) => o.only.length === 0 || o.only.includes(e.name)) : [];
+  const toRun = o.run ? RUN_NAMES.filter((n) => o.only.length === 0 || o.only.includes(n)) : [];
   if (toRun.length) ensureBuilt();
   let total = 0;
-  for (const [i, e] of toRun.entries()) {
-    process.stderr.write(`[${i + 1}/${toRun.length}] ${commandFor(e.name)} --quiet … `);
-    const w = runOne(e);
+  for (const [i, name] of toRun.entries()) {
+    process.stderr.write(`[${i + 1}/${toRun.length}] ${commandFor(name)} --quiet … `);
+    const w = runOne(name);
     total += w;
     process.stderr.write(`${w.toFixed(1)} s\n`);
   }
-  const records: RunRecord[] = [];
-  for (const e of EXPERIMENTS) {
-    const p = metricsPath(e.name);
-    if (!existsSync(p)) throw new Error(`no metrics for "${e.name}" at ${p}: run \`npm run experiments\` (or ${commandFor(e.name)})`);
-    const metrics = JSON.parse(readFileSync(p, "utf8")) as MetricsInput;
+  const record = (e: Experiment): RunRecord => {
     const w = existsSync(wallPath(e.name)) ? (JSON.parse(readFileSync(wallPath(e.name), "utf8")) as { wall_seconds: number }).wall_seconds : null;
-    records.push({ experiment: e, metrics, wallSeconds: w });
-  }
-  const fullRun = toRun.length === EXPERIMENTS.length;
+    return { experiment: e, metrics: readMetrics(e.name), wallSeconds: w };
+  };
+  const records = EXPERIMENTS.map(record);
+  const bytes: ByteRecords = { cross: record(CROSS_TOKENIZER), spacesBytes: readMetrics(SPACES.bytes), spacesTokens: SPACES.tokens.map(readMetrics) };
+  const fullRun = toRun.length === RUN_NAMES.length;
   const page = buildPage(records, {
-    startedAt: toRun.length ? startedAt : null, loadAtStart: toRun.length ? loadAtStart : null, totalSeconds: fullRun ? total : null,
+    startedAt: toRun.length ? startedAt : null, loadAtStart: toRun.length ? loadAtStart : null, totalSeconds: fullRun ? total : null, bytes,
   });
   mkdirSync(dirname(o.out), { recursive: true });
   writeFileSync(o.out, page);

@@ -67,6 +67,7 @@ export function buildProgram(): Command {
     .option("--batch_size <n>", "windows per forward", integer("--batch_size"), DEFAULTS.batch_size)
     .option("--space <space>", "tokens | bytes | auto (bytes: models whose tokenizers differ; max_length and stride then count bytes)", DEFAULTS.space)
     .option("--beam <k>", "byte space: token prefixes kept per model", integer("--beam"), DEFAULTS.beam)
+    .option("--prune <p>", "byte space: also drop token prefixes lighter than p × the heaviest, in [0, 1)", number("--prune"), DEFAULTS.prune)
     .option("--save_metrics <file>", "write the metrics JSON here")
     .option("--quiet", "no progress on stderr")
     .option("--verbose", "forward the worker's stderr")

@@ -1,8 +1,9 @@
 // Heatmaps of a two-model temperature sweep: for each strategy, PPL over the grid
-// T(model A) × T(model B). As aligned text for the console report, and as a
+// T(model A) × T(model B) (in byte space, bits per byte: log2 of the byte PPL, so the
+// same order and the same best cell). As aligned text for the console report, and as a
 // self-contained SVG (one panel per strategy, shared colour scale) next to the
 // metrics file. No dependencies.
-import { fmtPpl } from "./format.js";
+import { fmtBpb, fmtPpl } from "./format.js";
 import type { Sweep } from "./sweep.js";
 import { type ListParam, type StrategyType, defaultParam, formatNumber, paramsOf } from "./strategies.js";
 
@@ -18,6 +19,20 @@ export interface HeatmapInput {
   fusions: readonly HeatmapFusion[];
   /** Labels of the two models (rows: the first, columns: the second). */
   models?: readonly [string, string] | readonly string[];
+  /** tokens (cells show PPL, the default) or bytes (cells show bits per byte; SPEC §7). */
+  space?: "tokens" | "bytes";
+}
+
+/** What the cells say: the unit's name, and a PPL written in it. */
+interface Unit {
+  name: string;
+  show: (ppl: number) => string;
+}
+
+function unitOf(input: HeatmapInput): Unit {
+  return input.space === "bytes"
+    ? { name: "bits/byte", show: (ppl) => fmtBpb(Math.log2(ppl)) }
+    : { name: "PPL", show: fmtPpl };
 }
 
 export interface HeatmapCell {
@@ -110,11 +125,12 @@ export function heatmapText(input: HeatmapInput): string {
   const panels = heatmapPanels(input);
   if (panels.length === 0) return "";
   const [a, b] = modelLabels(input);
-  const out = [`PPL by temperature (rows: T of ${a}; columns: T of ${b}; * best of the panel)`];
+  const unit = unitOf(input);
+  const out = [`${unit.name} by temperature (rows: T of ${a}; columns: T of ${b}; * best of the panel)`];
   for (const p of panels) {
     const corner = "T_a \\ T_b";
     const body = p.cells.map((row, r) =>
-      row.map((cell, c) => (cell ? fmtPpl(cell.ppl) : "-") + (p.best && p.best[0] === r && p.best[1] === c ? "*" : " ")),
+      row.map((cell, c) => (cell ? unit.show(cell.ppl) : "-") + (p.best && p.best[0] === r && p.best[1] === c ? "*" : " ")),
     );
     const head = p.cols.map((t) => formatNumber(t) + " ");
     const width = Math.max(...head.map((h) => h.length), ...body.flat().map((s) => s.length));
@@ -179,6 +195,7 @@ type Scale = ReturnType<typeof logScale>;
 export function heatmapSvg(input: HeatmapInput, opts: { title?: string } = {}): string {
   const panels = heatmapPanels(input);
   const scale = logScale(panels);
+  const unit = unitOf(input);
   const nCols = panels[0]?.cols.length ?? 1;
   const nRows = panels[0]?.rows.length ?? 1;
   const panelW = LEFT + nCols * CELL_W + 16;
@@ -195,19 +212,19 @@ export function heatmapSvg(input: HeatmapInput, opts: { title?: string } = {}): 
       `font-family="Helvetica, Arial, sans-serif" font-size="12">`,
   );
   o.push(`<rect width="100%" height="100%" fill="#ffffff"/>`);
-  o.push(`<text x="20" y="26" font-size="15" font-weight="bold">${esc(opts.title ?? "Perplexity by temperature")}</text>`);
+  o.push(`<text x="20" y="26" font-size="15" font-weight="bold">${esc(opts.title ?? `${unit.name === "PPL" ? "Perplexity" : "Bits per byte"} by temperature`)}</text>`);
   panels.forEach((p, k) => {
     const x0 = 20 + (k % perRow) * (panelW + PANEL_GAP);
     const y0 = 44 + Math.floor(k / perRow) * (panelH + PANEL_GAP);
-    o.push(...svgPanel(p, modelLabels(input), scale, x0, y0));
+    o.push(...svgPanel(p, modelLabels(input), scale, unit, x0, y0));
   });
-  o.push(...svgLegend(scale, height - legendH + 18, Math.min(300, width - 40)));
+  o.push(...svgLegend(scale, unit, height - legendH + 18, Math.min(300, width - 40)));
   o.push(`</svg>`);
   return o.join("\n") + "\n";
 }
 
 /** One strategy's grid at (x0, y0): title, axis labels, coloured cells, the best outlined. */
-function svgPanel(p: HeatmapPanel, [a, b]: [string, string], scale: Scale, x0: number, y0: number): string[] {
+function svgPanel(p: HeatmapPanel, [a, b]: [string, string], scale: Scale, unit: Unit, x0: number, y0: number): string[] {
   const o: string[] = [];
   o.push(`<g class="panel" data-strategy="${esc(p.type)}" transform="translate(${x0},${y0})">`);
   o.push(`<text x="${LEFT}" y="16" font-size="14" font-weight="bold">${esc(p.title)}</text>`);
@@ -222,7 +239,7 @@ function svgPanel(p: HeatmapPanel, [a, b]: [string, string], scale: Scale, x0: n
   p.rows.forEach((t, r) =>
     o.push(`<text x="${LEFT - 8}" y="${TOP + r * CELL_H + CELL_H / 2 + 4}" text-anchor="end">${formatNumber(t)}</text>`),
   );
-  p.cells.forEach((row, r) => row.forEach((cell, c) => o.push(...svgCell(cell, LEFT + c * CELL_W, TOP + r * CELL_H, scale))));
+  p.cells.forEach((row, r) => row.forEach((cell, c) => o.push(...svgCell(cell, LEFT + c * CELL_W, TOP + r * CELL_H, scale, unit))));
   if (p.best) {
     const [r, c] = p.best;
     o.push(
@@ -234,7 +251,7 @@ function svgPanel(p: HeatmapPanel, [a, b]: [string, string], scale: Scale, x0: n
   return o;
 }
 
-function svgCell(cell: HeatmapCell | null, x: number, y: number, scale: Scale): string[] {
+function svgCell(cell: HeatmapCell | null, x: number, y: number, scale: Scale, unit: Unit): string[] {
   if (!cell) {
     return [
       `<rect x="${x}" y="${y}" width="${CELL_W}" height="${CELL_H}" fill="#eeeeee" stroke="#ffffff"/>`,
@@ -244,22 +261,22 @@ function svgCell(cell: HeatmapCell | null, x: number, y: number, scale: Scale): 
   const t = scale.at(cell.ppl);
   return [
     `<rect x="${x}" y="${y}" width="${CELL_W}" height="${CELL_H}" fill="${colourAt(t)}" stroke="#ffffff">` +
-      `<title>${esc(cell.id)}: PPL ${cell.ppl}</title></rect>`,
-    `<text x="${x + CELL_W / 2}" y="${y + CELL_H / 2 + 4}" text-anchor="middle" fill="${textColourFor(t)}">${fmtPpl(cell.ppl)}</text>`,
+      `<title>${esc(cell.id)}: ${unit.name} ${unit.show(cell.ppl)}</title></rect>`,
+    `<text x="${x + CELL_W / 2}" y="${y + CELL_H / 2 + 4}" text-anchor="middle" fill="${textColourFor(t)}">${unit.show(cell.ppl)}</text>`,
   ];
 }
 
-/** The colour bar (log scale, labelled in PPL) at height `ly`, `lw` wide. */
-function svgLegend(scale: Scale, ly: number, lw: number): string[] {
+/** The colour bar (log-PPL scale, labelled in the unit) at height `ly`, `lw` wide. */
+function svgLegend(scale: Scale, unit: Unit, ly: number, lw: number): string[] {
   const o: string[] = [];
   o.push(`<defs><linearGradient id="kotara-scale" x1="0" x2="1" y1="0" y2="0">`);
   VIRIDIS.forEach((col, i) => o.push(`<stop offset="${(i / (VIRIDIS.length - 1)).toFixed(3)}" stop-color="${col}"/>`));
   o.push(`</linearGradient></defs>`);
   o.push(`<rect x="20" y="${ly}" width="${lw}" height="12" fill="url(#kotara-scale)"/>`);
   if (!scale.empty) {
-    o.push(`<text x="20" y="${ly + 28}">${fmtPpl(Math.exp(scale.lo))} (best)</text>`);
-    o.push(`<text x="${20 + lw}" y="${ly + 28}" text-anchor="end">${fmtPpl(Math.exp(scale.hi))}</text>`);
+    o.push(`<text x="20" y="${ly + 28}">${unit.show(Math.exp(scale.lo))} (best)</text>`);
+    o.push(`<text x="${20 + lw}" y="${ly + 28}" text-anchor="end">${unit.show(Math.exp(scale.hi))}</text>`);
   }
-  o.push(`<text x="20" y="${ly + 46}" fill="#444">PPL (log scale); red outline: best of the panel</text>`);
+  o.push(`<text x="20" y="${ly + 46}" fill="#444">${unit.name === "PPL" ? "PPL (log scale)" : "bits/byte (linear: log2 of the byte PPL)"}; red outline: best of the panel</text>`);
   return o;
 }

@@ -71,7 +71,13 @@ export interface Metrics {
   ranked: RankedFusion[];
   sweep: Sweep | null;
   /** Byte space only: the beam, and per model how much it pruned (0: its byte NLL is exact). */
-  bytes?: ByteOptions & { models: (ByteStats & { ref: string })[] };
+  bytes?: ByteOptions & {
+    /** The windows the per-model stats cover: all of them, or those after a checkpoint this run resumed from. */
+    windows_counted: number;
+    /** Windows scored before the checkpoint a resumed run started from (their beams are not in the stats). */
+    windows_resumed: number;
+    models: (ByteStats & { ref: string })[];
+  };
   runtime: {
     device: string;
     dtype: string;
@@ -125,6 +131,8 @@ export interface BuildMetricsInput {
   version: string;
   /** The session's byte options (reported in byte space). */
   bytes?: ByteOptions;
+  /** Windows done before this request (the checkpoint it resumed from); 0 otherwise. */
+  resumedWindows?: number;
 }
 
 /** SPEC §6 metrics from a result's sums. @throws Error when the sums do not fit the request. */
@@ -189,11 +197,16 @@ function statsOf(n: number, text: DatasetStats, bytes: boolean) {
   });
 }
 
-function byteReport({ result, models, bytes }: BuildMetricsInput): NonNullable<Metrics["bytes"]> {
+function byteReport({ result, models, bytes, resumedWindows = 0 }: BuildMetricsInput): NonNullable<Metrics["bytes"]> {
   if (!bytes || !result.byte_stats || result.byte_stats.length !== models.length) {
     throw new Error("a byte-space result needs the session's byte options and one beam report per model");
   }
-  return { ...bytes, models: result.byte_stats.map((s, i) => ({ ref: models[i].ref, ...s })) };
+  // the worker reports the beams of the windows it scored in this request: a resumed
+  // run's checkpoint holds the sums of the earlier windows, not their beams
+  return {
+    ...bytes, windows_counted: result.windows - resumedWindows, windows_resumed: resumedWindows,
+    models: result.byte_stats.map((s, i) => ({ ref: models[i].ref, ...s })),
+  };
 }
 
 /** The best single model, and the fusions by PPL (ties in request order). */

@@ -57,9 +57,9 @@ export function toCsv(metrics: Metrics): string {
 /** The heatmap SVG of a metrics file, or null when it has no two-model sweep. */
 export function metricsHeatmapSvg(metrics: Metrics): string | null {
   if (!isTwoModelGrid(metrics.sweep)) return null;
-  const input = { sweep: metrics.sweep, fusions: metrics.fusions, models: metrics.models.map((m) => shortName(m.ref)) };
+  const input = { sweep: metrics.sweep, fusions: metrics.fusions, models: metrics.models.map((m) => shortName(m.ref)), space: metrics.space };
   if (heatmapPanels(input).length === 0) return null;
-  const title = `Perplexity by temperature: ${shortName(metrics.models[0].ref)} × ${shortName(metrics.models[1].ref)} on ${path.basename(metrics.dataset.path)}`;
+  const title = `${metrics.space === "bytes" ? "Bits per byte" : "Perplexity"} by temperature: ${shortName(metrics.models[0].ref)} × ${shortName(metrics.models[1].ref)} on ${path.basename(metrics.dataset.path)}`;
   return heatmapSvg(input, { title });
 }
 

@@ -18,7 +18,7 @@ export function formatReport(metrics: Metrics, opts: ReportOptions = {}): string
   if (metrics.best) out.push("", verdict(metrics));
   if (metrics.bytes) out.push(...beamReport(metrics.bytes));
   if (isTwoModelGrid(metrics.sweep)) {
-    const text = heatmapText({ sweep: metrics.sweep, fusions: metrics.fusions, models: metrics.models.map((m) => shortName(m.ref)) });
+    const text = heatmapText({ sweep: metrics.sweep, fusions: metrics.fusions, models: metrics.models.map((m) => shortName(m.ref)), space: metrics.space });
     if (text) out.push("", text);
   }
   return out.join("\n");
@@ -72,7 +72,10 @@ function beamReport(bytes: NonNullable<Metrics["bytes"]>): string[] {
       : `  ${displayRef(m.ref)}: pruned at ${int(m.pruned_positions)} bytes, the largest pruned share ${fmtShare(m.max_pruned_share)} of a byte's mass`,
   );
   const any = bytes.models.some((m) => m.pruned > 0);
-  return ["", `Beam (K = ${bytes.beam}${bytes.prune ? `, prune ${bytes.prune}` : ""})${any ? "; a larger bytes.beam makes it exact" : ""}`, ...lines];
+  const resumed = bytes.windows_resumed > 0
+    ? [`  (over the ${int(bytes.windows_counted)} windows this run scored; the ${int(bytes.windows_resumed)} before its checkpoint are not counted)`]
+    : [];
+  return ["", `Beam (K = ${bytes.beam}${bytes.prune ? `, prune ${bytes.prune}` : ""})${any ? "; a larger bytes.beam makes it exact" : ""}`, ...lines, ...resumed];
 }
 
 /** The best `top` fusions, and where the others are. */

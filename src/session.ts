@@ -181,6 +181,7 @@ export class Session {
       const seconds = (performance.now() - started) / 1000;
       const metrics = buildMetrics({
         models: this.models, request, result, loaded: this.loaded, hello: this.worker.hello, seconds, version: VERSION, bytes: this.bytes,
+        resumedWindows: hooks.resume?.windows_done ?? 0,
       });
       return { metrics, result, settings: request.settings };
     } finally {

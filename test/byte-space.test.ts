@@ -3,7 +3,7 @@
 // not against typed-in values; the worker's byte LM has its own tests (python/tests).
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path, { join } from "node:path";
 import { after, describe, test } from "node:test";
@@ -13,7 +13,8 @@ import { parseConfig, planRequest, type RunPlan } from "../src/plan.js";
 import type { HelloMsg, LoadedMsg, ResultMsg } from "../src/protocol.js";
 import { formatReport } from "../src/report.js";
 import { PACKAGE_ROOT } from "../src/worker.js";
-import { PYTHON, kotara, rng, tempDir, tinyModels, writeFile } from "./helpers.js";
+import { execa } from "execa";
+import { KOTARA, PYTHON, alive, childPids, kotara, rng, tempDir, tinyModels, waitFor, writeFile } from "./helpers.js";
 
 const root = mkdtempSync(path.join(tmpdir(), "kotara-bytes-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -104,7 +105,7 @@ describe("metrics and report in byte space", () => {
 
   test("the beam's report: options and per-model stats", () => {
     assert.deepEqual(metrics.bytes, {
-      beam: 8, prune: 0,
+      beam: 8, prune: 0, windows_counted: result.windows, windows_resumed: 0,
       models: [
         { ref: "org/a", pruned: 0, pruned_positions: 0, max_pruned_share: 0, max_hypotheses: 8 },
         { ref: "org/b", pruned: 12, pruned_positions: 3, max_pruned_share: 1.5e-6, max_hypotheses: 8 },
@@ -126,6 +127,13 @@ describe("metrics and report in byte space", () => {
     assert.match(text, /org\/a: exact \(nothing pruned/);
     assert.match(text, /org\/b: pruned at 3 bytes, the largest pruned share 1\.5e-6 of a byte's mass/);
     assert.match(text, /a larger bytes\.beam makes it exact/);
+    assert.doesNotMatch(text, /before its checkpoint/);
+  });
+
+  test("after a resume the beam's stats say which windows they cover", () => {
+    const resumed = buildMetrics({ models: p.models, request: planRequest(p), result, loaded: loaded(p), hello, seconds: 3, version: "v", bytes: p.bytes, resumedWindows: 1 });
+    assert.deepEqual([resumed.bytes!.windows_counted, resumed.bytes!.windows_resumed], [result.windows - 1, 1]);
+    assert.match(formatReport(resumed), new RegExp(`\\(over the ${result.windows - 1} windows this run scored; the 1 before its checkpoint are not counted\\)`));
   });
 
   test("a byte-space result without beam stats is a bug, not numbers", () => {
@@ -183,5 +191,62 @@ print(json.dumps({"models": nll, "average": float(-fused[torch.arange(len(x)), t
     });
     const got = m.fusions[0].nll * n;
     assert.ok(Math.abs(got - ref.average) <= 1e-5 * ref.average, `average: ${got} vs ${ref.average}`);
+  });
+});
+
+describe("byte space through the CLI: a sweep with its heatmap, Ctrl-C, --resume", () => {
+  test("an interrupted run resumes to the uninterrupted numbers; the heatmap shows each fusion's bits per byte", async () => {
+    const models = tinyModels();
+    const dir = tempDir();
+    // 120 windows of 48 bytes (the tiny models' whole text), K = 1 (the fastest beam: the
+    // resume logic is the same at every K), two models with different tokenizers
+    const cfg = (name: string) => writeFile(dir, `${name}.yaml`, [
+      "space: auto", "bytes: { beam: 1 }",
+      "models:", `  - { ref: ${join(models, "gpt2-a")}, device: cpu }`, `  - { ref: ${join(models, "gpt2-othertok")}, device: cpu }`,
+      `dataset: { path: ${join(models, "text.txt")}, max_length: 48, stride: 48 }`, "strategies: [average, entropy]",
+      "sweep: { strategies: [average, gap], temperatures: [[0.8, 1.0], [1.0, 1.25]] }",
+      "runtime: { batch_size: 2, checkpoint_every: 4 }", `output: { metrics: ${join(dir, `${name}.json`)} }`,
+    ].join("\n"));
+    const child = execa(process.execPath, [KOTARA, "run", cfg("cut")], { reject: false, all: true });
+    const checkpoint = join(dir, "cut.json.checkpoint.json");
+    await waitFor(() => existsSync(checkpoint), 60_000, "a first checkpoint");
+    const [workerPid] = childPids(child.pid!);
+    child.kill("SIGINT");
+    const r = await child;
+    assert.equal(r.exitCode, 130, r.all);
+    assert.match(r.all!, /saved \d+\/120 windows to .*cut\.json\.checkpoint\.json/);
+    if (workerPid) assert.ok(!alive(workerPid), "no worker left behind");
+    const saved = JSON.parse(readFileSync(checkpoint, "utf8"));
+    assert.ok(saved.sums.windows_done > 0 && saved.sums.windows_done < 120, `a mid-run checkpoint: ${saved.sums.windows_done} windows`);
+
+    const resumed = await kotara(["run", cfg("cut"), "--resume"]);
+    assert.equal(resumed.exitCode, 0, resumed.stderr);
+    assert.match(resumed.stderr, new RegExp(`resuming from .*: ${saved.sums.windows_done}/120 windows done`));
+    const fresh = await kotara(["run", cfg("fresh"), "--quiet"]);
+    assert.equal(fresh.exitCode, 0, fresh.stderr);
+    const a = JSON.parse(readFileSync(join(dir, "cut.json"), "utf8"));
+    const b = JSON.parse(readFileSync(join(dir, "fresh.json"), "utf8"));
+    assert.equal(a.space, "bytes");
+    // every window's sums are added in window order either way, and a batch's windows are
+    // grouped by absolute index (so a resumed run batches as the uninterrupted one): equal to the bit
+    assert.deepEqual(a.models.map((m: any) => m.bits_per_byte), b.models.map((m: any) => m.bits_per_byte));
+    assert.deepEqual(a.fusions.map((f: any) => [f.id, f.bits_per_byte, f.weights_mean]), b.fusions.map((f: any) => [f.id, f.bits_per_byte, f.weights_mean]));
+    assert.equal(a.dataset.scored_bytes, Buffer.byteLength(readFileSync(join(models, "text.txt"))));
+    assert.deepEqual([a.bytes.windows_resumed, a.bytes.windows_counted], [saved.sums.windows_done, 120 - saved.sums.windows_done]);
+    assert.deepEqual([b.bytes.windows_resumed, b.bytes.windows_counted], [0, 120]);
+    assert.match(resumed.stdout, /before its checkpoint are not counted/);
+
+    // the heatmap, on the console and in the SVG: each cell is its fusion's bits per byte
+    assert.match(resumed.stdout, /bits\/byte by temperature \(rows: T of gpt2-a; columns: T of gpt2-othertok/);
+    const svg = readFileSync(join(dir, "fresh.heatmap.svg"), "utf8");
+    // the grid's cells (a setting the config names too, "average" at T = 1, 1, is run once, under its own id)
+    const cells = b.fusions.filter((f: any) => ["average", "gap"].includes(f.strategy.type) &&
+      [0.8, 1].includes(f.strategy.temperatures[0]) && [1, 1.25].includes(f.strategy.temperatures[1]));
+    assert.equal(cells.length, 8, "2 strategies × 2 × 2 temperatures");
+    for (const f of cells) {
+      const cell = `<title>${f.id}: bits/byte ${f.bits_per_byte.toFixed(4)}</title>`;
+      assert.ok(svg.includes(cell), `the SVG has ${cell}`);
+      assert.ok(resumed.stdout.includes(f.bits_per_byte.toFixed(4)), `the console heatmap shows ${f.id}'s ${f.bits_per_byte.toFixed(4)}`);
+    }
   });
 });

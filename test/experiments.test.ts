@@ -3,8 +3,15 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import {
+  CROSS_TOKENIZER,
   EXPERIMENTS,
+  GAIN_BPB,
   GAIN_PCT,
+  analyseCross,
+  byteFindings,
+  crossSection,
+  spacesRows,
+  spacesSection,
   type MetricsInput,
   type RunRecord,
   aloneModel,
@@ -181,5 +188,65 @@ describe("the page", () => {
     for (const r of records) assert.ok(page.includes(`configs/experiments/${r.experiment.name}.yaml`));
     assert.match(page, /50\.0 s for all runs/);
     assert.match(page, /over a temperature grid \(3 × 3 pairs of temperatures\)/);
+  });
+});
+
+describe("byte space", () => {
+  // Byte-space metrics: every byte scored (scored_tokens = bytes), so bits/byte = log2(byte PPL).
+  const B = 1000;
+  const bytesMetrics = (refs: string[], modelPpl: number[], fusions: F[] = [], extra: Partial<MetricsInput> = {}): MetricsInput => ({
+    kotara_version: "0.1.0", space: "bytes",
+    dataset: { path: "/x/one.txt", bytes: B, words: 150, tokens: B, scored_tokens: B, windows: 1, max_length: 1024, stride: 1024 },
+    models: refs.map((ref, i) => ({ ref, ppl: modelPpl[i], bits_per_byte: Math.log2(modelPpl[i]) })),
+    fusions, sweep: null, bytes: { beam: 8, prune: 0, models: refs.map((ref) => ({ ref, pruned: 3, max_pruned_share: 0.25 })) },
+    runtime: { device: "cpu", dtype: "float32", torch: "2.x", transformers: "5.x", seconds: 4 }, ...extra,
+  });
+  const tokenMetrics = (refs: string[], bpb: number[]): MetricsInput => ({
+    ...bytesMetrics(refs, bpb.map((b) => 2 ** b)), space: "tokens",
+    models: refs.map((ref, i) => ({ ref, ppl: 99, bits_per_byte: bpb[i] })),
+  });
+
+  test("the cross-tokenizer pair is judged in bits per byte: a gain is GAIN_PCT% lower byte PPL", () => {
+    assert.ok(Math.abs(2 ** GAIN_BPB - (1 - GAIN_PCT / 100)) < 1e-15);
+    // model 2 is better (PPL 3.9); average gains just past the threshold, entropy just short of it
+    const gainPpl = 3.9 * 2 ** (GAIN_BPB - 1e-4);
+    const shortPpl = 3.9 * 2 ** (GAIN_BPB + 1e-4);
+    const m = bytesMetrics(["/m/cousin", "/m/sibling"], [4.3, 3.9], [
+      ...["average", "poe", "entropy", "gap"].map((t) => fusion(t, [1, 1], t === "entropy" ? shortPpl : t === "gap" ? 4.0 : gainPpl)),
+      fusion("poe", [1, 1.25], 3.8, { betas: [0, 1], id: "alone:sibling@t=1.25" }),
+      fusion("entropy", [1.25, 1], 3.8 * 2 ** (GAIN_BPB + 1e-4)),
+    ]);
+    const x = analyseCross(m);
+    const near = (a: number, b: number) => Math.abs(a - b) < 1e-12;   // ln(ppl)·n/(ln 2·B) vs log2(ppl): rounding only
+    assert.ok(near(x.bestModel, Math.log2(3.9)));
+    assert.ok(Math.abs(x.gainT1 - (GAIN_BPB - 1e-4)) < 1e-12, String(x.gainT1));
+    assert.ok(near(x.bestTempered, Math.log2(3.8)));
+    assert.ok(Math.abs(x.gainTuned - (GAIN_BPB + 1e-4)) < 1e-12);
+    const rec = { experiment: CROSS_TOKENIZER, metrics: m, wallSeconds: 9 };
+    const [finding] = byteFindings(rec, null, []);
+    assert.match(finding, /gains at T = 1 \(average: −0\.0146 bits\/byte vs sibling\) and does not gain with temperatures tuned \(entropy@t=1\.25,1: −0\.0144/);
+    const section = crossSection(rec);
+    assert.match(section, /\| sibling \(best\) \| 1\.9635 \| 1\.9260 \| 1\.25 \| 25% \|/);
+    assert.match(section, /the best fusion, average, is −0\.0146 bits\/byte \(a gain\)/);
+    assert.match(section, /is −0\.0144 bits\/byte \(less than a gain\) vs the best tempered model \(sibling at T = 1\.25/);
+    assert.throws(() => analyseCross({ ...m, space: "tokens" }), /not byte space/);
+  });
+
+  test("byte vs token space per model: the inequality, the difference and the mass off the canonical tokenization", () => {
+    const bytes = bytesMetrics(["/m/twin-a", "/m/cousin"], [2 ** 2.0, 2 ** 2.2]);
+    const tokens = [tokenMetrics(["/m/twin-a"], [2.01]), tokenMetrics(["/m/cousin", "/m/cousin"], [2.1, 2.1])];
+    const rows = spacesRows(bytes, tokens);
+    assert.deepEqual(rows.map((r) => [r.model, r.tokenBpb, r.byteBpb]), [["twin-a", 2.01, 2.0], ["cousin", 2.1, 2.2]]);
+    const table = spacesSection(bytes, tokens).split("\n").filter((l) => l.startsWith("| twin-a") || l.startsWith("| cousin"));
+    // twin-a: 0.01 bits/byte less over 1000 bytes: p(canonical)/Q = 2^-10, so 99.9% of Q is elsewhere
+    assert.match(table[0], /\| twin-a \| 2\.0100 \| 2\.0000 \| −0\.0100 \| \*\*yes\*\* \| 2\^−10 \| 99\.9% \| 25% \|/);
+    assert.match(table[1], /\| cousin \| 2\.1000 \| 2\.2000 \| \+0\.1000 \| \*\*no\*\* \| 2\^\+100 \|/);
+    const [finding] = byteFindings(null, bytes, tokens);
+    assert.match(finding, /\*\*fails\*\* for cousin/);
+    assert.match(byteFindings(null, bytesMetrics(["/m/twin-a"], [2 ** 2.0]), [tokens[0]])[0], /\*\*holds\*\* for every demo model, by 0\.0100 to 0\.0100 bits per byte/);
+    // the conditions: one window in both spaces, the same text, a token run of every model
+    assert.throws(() => spacesRows({ ...bytes, dataset: { ...bytes.dataset, windows: 2 } }, tokens), /one window in both spaces/);
+    assert.throws(() => spacesRows(bytes, [{ ...tokens[0], dataset: { ...tokens[0].dataset, path: "/x/other.txt" } }]), /different texts/);
+    assert.throws(() => spacesRows(bytes, [tokens[0]]), /no token-space run of \/m\/cousin/);
   });
 });

@@ -165,6 +165,7 @@ class Server:
             raise RequestError("bad_request", str(e)) from None
         self.status(f"tokenizing {len(windows)} windows of {data['path']} for {len(self.byte_models)} models")
         byte_eval.check_windows(self.byte_models, text, windows)   # refusals before any window runs
+        release_memory()        # the tokenizers' freed heap (it grows with the text), as in token space
         tokenize_seconds = time.perf_counter() - tokenize_started
         resume = ev.Sums(**message["resume"]) if message["resume"] else None
         started = time.perf_counter()

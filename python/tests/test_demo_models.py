@@ -148,6 +148,8 @@ def test_cli_writes_both_held_out_files(tmp_path):
     assert demo_text.DOCS_HELDOUT_SHORT_BYTES - 400 < len(short) <= demo_text.DOCS_HELDOUT_SHORT_BYTES
     nxt = docs.encode("utf-8")[len(short):].split(b"\n", 1)[0] + b"\n"
     assert len(short) + len(nxt) > demo_text.DOCS_HELDOUT_SHORT_BYTES   # the longest such cut
+    one = (tmp_path / "docs-heldout-640.txt").read_bytes()
+    assert short.startswith(one) and one.endswith(b"\n") and 0 < len(one) <= demo_text.DOCS_HELDOUT_WINDOW_BYTES
 
 
 # ----------------------------------------------------------------------------- training
@@ -312,7 +314,7 @@ def test_cousin_tokenizer_round_trips_any_text_at_the_byte_level():
         canonical_ids(tok, token_bytes(tok), "a\u2581b")
 
 
-@pytest.mark.parametrize("name", ["docs-heldout.txt", "code-heldout.txt", "docs-heldout-2k.txt"])
+@pytest.mark.parametrize("name", ["docs-heldout.txt", "code-heldout.txt", "docs-heldout-2k.txt", "docs-heldout-640.txt"])
 def test_cousin_tokenizer_round_trips_the_held_out_files_at_the_byte_level(name):
     path = DATA / name
     if not path.is_file():

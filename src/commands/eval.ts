@@ -8,7 +8,7 @@ export interface EvalFlags {
   model_a: string; model_b: string; tokenizer?: string; dataset_path: string;
   max_length: number; stride: number; strategy: string;
   temp_a: number; temp_b: number; poe_beta_a: number; poe_beta_b: number;
-  device: string; dtype: string; trust_remote_code: boolean; batch_size: number; space: string; beam: number;
+  device: string; dtype: string; trust_remote_code: boolean; batch_size: number; space: string; beam: number; prune: number;
   save_metrics?: string; quiet?: boolean; verbose?: boolean;
 }
 
@@ -20,7 +20,7 @@ export function flagsToConfig(f: EvalFlags): Record<string, unknown> {
   if (isKnownStrategy(f.strategy) && paramsOf(f.strategy).includes("betas")) strategy.betas = [f.poe_beta_a, f.poe_beta_b];
   return {
     space: f.space,
-    bytes: { beam: f.beam },
+    bytes: { beam: f.beam, prune: f.prune },
     models: [model(f.model_a), model(f.model_b)],
     ...(f.tokenizer ? { tokenizer: f.tokenizer } : {}),
     dataset: { path: f.dataset_path, max_length: f.max_length, stride: f.stride },
