@@ -33,14 +33,15 @@ export const GOLDEN_MESSAGES: Record<string, To | From> = {
     seq: 2, type: "evaluate", request_id: "r1", batch_size: 8, progress_every: 4, resume: null,
     dataset: { path: "/data/wiki.txt", max_length: 1024, stride: 512, bos_per_window: false },
     settings: [
-      { id: "entropy", type: "entropy", temperatures: [1, 1], betas: null },
-      { id: "poe@t=0.85,1.1;b=0.8,0.2", type: "poe", temperatures: [0.85, 1.1], betas: [0.8, 0.2] },
+      { id: "entropy", type: "entropy", temperatures: [1, 1], betas: null, weights: null },
+      { id: "poe@t=0.85,1.1;b=0.8,0.2", type: "poe", temperatures: [0.85, 1.1], betas: [0.8, 0.2], weights: null },
+      { id: "mix@t=1,0.9;w=0.7,0.3", type: "mix", temperatures: [1, 0.9], betas: null, weights: [0.7, 0.3] },
     ],
   },
   evaluate_resume: {
     seq: 3, type: "evaluate", request_id: "r2", batch_size: 2, progress_every: 1, resume: sums,
     dataset: { path: "/data/wiki.txt", max_length: 256, stride: 256, bos_per_window: true },
-    settings: [{ id: "gap", type: "gap", temperatures: [1, 1, 1], betas: null }],
+    settings: [{ id: "gap", type: "gap", temperatures: [1, 1, 1], betas: null, weights: null }],
   },
   cancel: { seq: 4, type: "cancel", request_id: "r1" },
   shutdown: { seq: 5, type: "shutdown" },

@@ -11,7 +11,7 @@
 import { z } from "zod";
 import { KNOWN_STRATEGIES, LIST_PARAM_NAMES, type ListParam } from "./strategies.js";
 
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 // zod 4 numbers are finite (NaN and ±Infinity fail); these also map onto JSON Schema.
 const finite = z.number();
