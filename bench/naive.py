@@ -71,6 +71,11 @@ def fuse(zs: list[torch.Tensor], setting: dict, vocab: int):
         total = raw.sum(1, keepdim=True)
         w = torch.where(total > 0, raw / total, torch.full_like(raw, 1.0 / n))
         f = sum(w[:, m:m + 1] * ys[m] for m in range(n))
+    elif kind == "mix":
+        ws = torch.tensor(setting["weights"], dtype=torch.float32)
+        w = (ws / ws.sum()).expand(L, n)
+        # f = log Σ w_m p_m: already normalized, so log_softmax(f) = f
+        f = torch.logsumexp(torch.stack([torch.log(w[:, m:m + 1]) + torch.log_softmax(ys[m], -1) for m in range(n)]), 0)
     else:
         raise ValueError(f"unknown strategy {kind}")
     return f, w

@@ -82,13 +82,21 @@ export const RUN_NAMES: readonly string[] = [...EXPERIMENTS.map((e) => e.name), 
 export const SAME_AT_DEFAULTS: readonly (readonly [StrategyType, StrategyType])[] = [["poe", "average"]];
 /** Types whose fusion weights α_m change from position to position (data-dependent). */
 export const PER_POSITION_WEIGHTS: readonly StrategyType[] = ["entropy", "gap"];
-for (const t of [...SAME_AT_DEFAULTS.flat(), ...PER_POSITION_WEIGHTS]) {
+/**
+ * [mixture, logits]: a mixture of the models' probabilities (log Σ w_m p_m) against the
+ * plain mean of their logits, both with the same 1/N shares at their defaults. The page
+ * compares the two on every pair (Analysis.mixVsLogits).
+ */
+export const MIXTURE_VS_LOGITS: readonly [StrategyType, StrategyType] = ["mix", "average"];
+for (const t of [...SAME_AT_DEFAULTS.flat(), ...PER_POSITION_WEIGHTS, ...MIXTURE_VS_LOGITS]) {
   if (!isKnownStrategy(t)) throw new Error(`scripts/experiments.ts names strategy "${t}", which src/strategies.ts does not declare`);
 }
 const [SAME_A, SAME_B] = SAME_AT_DEFAULTS[0];
+const [MIXTURE, LOGITS] = MIXTURE_VS_LOGITS;
 
-/** The type's default betas for n models (the registry's), or null: it takes none. */
-const registryBetas = (type: string, n: number): number[] | null => (isKnownStrategy(type) ? defaultParam(type, "betas", n) : null);
+/** "five" for the five strategies the registry declares (prose that counts them). */
+const STRATEGY_COUNT = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][KNOWN_STRATEGIES.length] ?? String(KNOWN_STRATEGIES.length);
+
 /** Types that take betas (the registry declares them). */
 const takesBetas = (type: string) => isKnownStrategy(type) && paramsOf(type).includes("betas");
 
@@ -107,7 +115,8 @@ export interface MetricsInput {
   models: { ref: string; ppl: number; bits_per_byte?: number }[];
   fusions: {
     id: string;
-    strategy: { type: string; temperatures: number[]; betas: number[] | null };
+    /** Every list the registry declares (betas, weights); a list missing from an older metrics file reads as null. */
+    strategy: { type: string; temperatures: number[]; betas: number[] | null; weights?: number[] | null };
     ppl: number;
     bits_per_byte?: number;
     weights_mean: number[];
@@ -146,7 +155,7 @@ export interface Analysis {
   /** Index of the best single model at T = 1. */
   bestModel: number;
   bestModelPpl: number;
-  /** The four strategies with their defaults (T = 1, default betas). */
+  /** Every strategy at its defaults (T = 1, default betas and weights). */
   atT1: Partial<Record<StrategyType, FusionPoint>>;
   /** Per strategy, its lowest-PPL setting (defaults and sweep). */
   swept: Partial<Record<StrategyType, FusionPoint>>;
@@ -164,18 +173,27 @@ export interface Analysis {
   gainSweptVsTempered: number;
   /** Largest |ppl_poe / ppl_average − 1| over settings with the same temperatures (default betas); null if none pair up. */
   poeVsAverage: number | null;
-  /** Largest |ppl / ppl_model − 1| of the four strategies at T = 1 when all models are the same model; null otherwise. */
+  /** Largest |ppl / ppl_model − 1| of the strategies at T = 1 when all models are the same model; null otherwise. */
   identicalT1Deviation: number | null;
+  /** MIXTURE_VS_LOGITS: the mixture's PPL vs the logits' mean, % (negative: the mixture is better), at T = 1 and best swept; null where either is missing. */
+  mixVsLogits: { t1: number | null; swept: number | null };
+  /**
+   * The mixture at T = 1 against the geometric mean of the models' PPLs (weights 1/N): by
+   * Jensen, −log Σ w_m p_m ≤ Σ w_m (−log p_m) at every token, so its PPL is at most that mean. Null without it.
+   */
+  mixtureBound: { ppl: number; geometricMean: number } | null;
 }
 
 const pct = (ppl: number, ref: number) => (ppl / ref - 1) * 100;
 const allOnes = (ts: number[]) => ts.every((t) => t === 1);
-/** The betas are the type's defaults (the registry's), to float tolerance; null when the type takes none. */
-const defaultBetas = (type: string, betas: number[] | null, n: number) => {
-  const want = registryBetas(type, n);
-  if (betas === null || want === null) return betas === want;
-  return betas.length === want.length && betas.every((b, i) => Math.abs(b - want[i]) < 1e-12);
-};
+/** Every list the type takes (betas, weights) is its default (the registry's), to float tolerance. */
+const defaultLists = (type: StrategyType, strategy: MetricsInput["fusions"][number]["strategy"], n: number) =>
+  paramsOf(type).every((p) => {
+    const got = strategy[p] ?? null;
+    const want = defaultParam(type, p, n);
+    if (got === null || want === null) return got === want;
+    return got.length === want.length && got.every((b, i) => Math.abs(b - want[i]) < 1e-12);
+  });
 const lowest = (ps: FusionPoint[]) => ps.reduce((a, b) => (b.ppl < a.ppl ? b : a));
 
 /** A setting with betas (poe: f = Σ β_m log p_m) and exactly one nonzero beta is that model alone at its temperature. */
@@ -215,7 +233,7 @@ function collectPoints(m: MetricsInput, models: Analysis["models"], ref: number)
     }
     const type = f.strategy.type;
     if (!isKnownStrategy(type)) continue;
-    const isDefault = defaultBetas(type, f.strategy.betas, n);
+    const isDefault = defaultLists(type, f.strategy, n);
     const point: FusionPoint = {
       id: f.id, type, temperatures: f.strategy.temperatures, ppl: f.ppl, delta: pct(f.ppl, ref), weights: f.weights_mean,
       atEdge: grid !== null && f.strategy.temperatures.some((t, i) => atGridEdge(t, grid[i])),
@@ -265,12 +283,16 @@ export function analyse(m: MetricsInput): Analysis {
   for (const t of temperedPerModel) t.atEdge = atGridEdge(t.t, m.sweep?.temperatures?.[t.model]);
   const bestTempered = temperedPerModel.reduce((a, b) => (b.ppl < a.ppl ? b : a));
   const identicalT1Deviation = same ? Math.max(...present.map((t) => Math.abs(atT1[t]!.ppl / models[0].ppl - 1))) : null;
+  const versus = (x: FusionPoint | undefined, y: FusionPoint | undefined) => (x && y ? pct(x.ppl, y.ppl) : null);
+  const mixVsLogits = { t1: versus(atT1[MIXTURE], atT1[LOGITS]), swept: versus(swept[MIXTURE], swept[LOGITS]) };
+  const geometricMean = Math.exp(models.reduce((acc, x) => acc + Math.log(x.ppl), 0) / models.length);
+  const mixtureBound = atT1[MIXTURE] ? { ppl: atT1[MIXTURE]!.ppl, geometricMean } : null;
   return {
     models, bestModel, bestModelPpl: ref, atT1, swept, bestT1, bestSwept, bestTempered, temperedPerModel,
     gainT1: bestT1.delta,
     gainSweptRaw: bestSwept.delta,
     gainSweptVsTempered: pct(bestSwept.ppl, bestTempered.ppl),
-    poeVsAverage: sameAtDefaultsDeviation(sameAtDefaults), identicalT1Deviation,
+    poeVsAverage: sameAtDefaultsDeviation(sameAtDefaults), identicalT1Deviation, mixVsLogits, mixtureBound,
   };
 }
 
@@ -394,6 +416,7 @@ export function detailSection(r: RunRecord): string {
   out.push(`- At T = 1: ${holdText(v.t1)} (${v.t1.because}).`);
   out.push(`- Temperatures tuned: ${holdText(v.tuned)} (${v.tuned.because}). ` +
     `Against the untempered best model the best swept fusion reads ${fmtPct(a.gainSweptRaw)}.`);
+  if (a.mixVsLogits.t1 !== null) out.push(`- ${MIXTURE} vs ${LOGITS}: ${versusText(a, "t1")}; ${versusText(a, "swept")}.`);
   if (grid) out.push(`- Swept grid: ${grid.map((g, i) => `${a.models[i]?.name ?? `model ${i + 1}`} [${g.map(fmtNum).join(", ")}]`).join("; ")}.`);
   return out.join("\n");
 }
@@ -431,6 +454,7 @@ export function findings(records: RunRecord[]): string[] {
     ...orderingFinding(ofHeuristic(rows, "similar"), ofHeuristic(rows, "distant")),
     ...strategyCounts(rows.filter((x) => x.r.experiment.heuristic !== "identical")),
     ...sameAtDefaultsFinding(rows),
+    ...mixtureFindings(rows),
     gridEdgesFinding(rows),
     scaleFinding(records),
   ];
@@ -455,7 +479,7 @@ function disagreements(rows: Judged[]): string[] {
 /** Heuristic 1: the identical pair's swept "gain" is temperature, not fusion. */
 function identicalFinding({ r, a }: Judged): string {
   const dev = a.identicalT1Deviation;
-  let s = `${nameOf(r)}: at T = 1 all four strategies give the model itself` +
+  let s = `${nameOf(r)}: at T = 1 all ${STRATEGY_COUNT} strategies give the model itself` +
     (dev !== null ? ` (their PPLs and the model's ${fmtSame(dev)})` : "") + ", as they must: fusing a model with itself changes nothing.";
   if (a.gainSweptRaw > -GAIN_PCT) return s;
   const ts = a.bestSwept.temperatures;
@@ -463,12 +487,21 @@ function identicalFinding({ r, a }: Judged): string {
   // the plain mean of one model's tempered logits (and what equals it at its defaults) is that model at one temperature
   const same = a.bestSwept.type === SAME_B || a.bestSwept.type === SAME_A
     ? ` (${a.bestSwept.type} of one model at temperatures ${ts.map(fmtNum).join(" and ")} is that model at T = 1 / mean(1/T) = ${teff.toFixed(3)}, a temperature between the grid's points)`
-    : ` (${a.bestSwept.type} of one model at two temperatures is that model at a per-position temperature)`;
+    : a.bestSwept.type === MIXTURE
+      ? ` (${MIXTURE} of one model at temperatures ${ts.map(fmtNum).join(" and ")} is a mixture of two tempered copies of the model, which no single temperature gives)`
+      : ` (${a.bestSwept.type} of one model at two temperatures is that model at a per-position temperature)`;
+  const confidence = a.bestTempered.t > 1 ? "too confident" : "not confident enough";
   s += ` With temperatures swept the pair seems to gain: ${a.bestSwept.id} is ${fmtPct(a.gainSweptRaw)} vs the model at T = 1${same}. But ${a.bestTempered.name} alone at ` +
     `T = ${fmtNum(a.bestTempered.t)} already reaches ${fmtPpl(a.bestTempered.ppl)} (${fmtPct(pct(a.bestTempered.ppl, a.bestModelPpl))}); ` +
-    `the fusion is ${fmtPct(a.gainSweptVsTempered)} from that. The apparent gain is the model being ${a.bestTempered.t > 1 ? "too confident" : "not confident enough"} ` +
-    `at T = 1, fixed by a temperature; it is not a gain from fusing. Read swept gains against the best tempered single model, not against T = 1.`;
-  return s;
+    `the fusion is ${fmtPct(a.gainSweptVsTempered)} from that. `;
+  if (a.gainSweptVsTempered > -GAIN_PCT) {
+    return s + `The apparent gain is the model being ${confidence} at T = 1, fixed by a temperature; it is not a gain from fusing. ` +
+      `Read swept gains against the best tempered single model, not against T = 1.`;
+  }
+  const share = Math.round((pct(a.bestTempered.ppl, a.bestModelPpl) / a.gainSweptRaw) * 100);
+  return s + `About ${share}% of the apparent gain is the model being ${confidence} at T = 1, fixed by a temperature; the rest is real, ` +
+    `but it comes from no second model: it is the shape of ${a.bestSwept.type} itself, applied to one model. ` +
+    `Read swept gains against the best tempered single model, not against T = 1.`;
 }
 
 /** Heuristic 2: how much of a similar pair's gain survives tempering; which strategies fail to gain. */
@@ -574,7 +607,41 @@ function sameAtDefaultsFinding(rows: Judged[]): string[] {
   if (!pv.length) return [];
   return [`\`${SAME_A}\` with its default betas (1/N each) is \`${SAME_B}\`: over every pair of settings with the same temperatures, in every experiment, ` +
     `their PPLs ${fmtSame(Math.max(...pv))}. Σ β_m log p_m and Σ y_m / N differ by a constant per position, which the ` +
-    `softmax removes. Its rows are not a fourth independent test; ${SAME_A} differs only with other betas (not swept here).`];
+    `softmax removes. Its rows are not an independent test; ${SAME_A} differs only with other betas (not swept here).`];
+}
+
+/** "+1.23% at T = 1 (mix 98.00 vs average 96.80)"; "—" when either is missing. */
+function versusText(a: Analysis, which: "t1" | "swept"): string {
+  const x = which === "t1" ? a.atT1[MIXTURE] : a.swept[MIXTURE];
+  const y = which === "t1" ? a.atT1[LOGITS] : a.swept[LOGITS];
+  const d = a.mixVsLogits[which];
+  if (!x || !y || d === null) return "—";
+  return which === "t1" ? `${fmtPct(d)} at T = 1 (${fmtPpl(x.ppl)} vs ${fmtPpl(y.ppl)})`
+    : `${fmtPct(d)} with temperatures swept (${esc(x.id)} ${fmtPpl(x.ppl)} vs ${esc(y.id)} ${fmtPpl(y.ppl)})`;
+}
+
+/** The mixture of probabilities against the mean of logits (MIXTURE_VS_LOGITS), on every pair; and its Jensen bound. */
+function mixtureFindings(rows: Judged[]): string[] {
+  const have = rows.filter((x) => x.a.mixVsLogits.t1 !== null);
+  if (!have.length) return [];
+  const each = have.map(({ r, a }) => `**${r.experiment.name}** ${versusText(a, "t1")}, ${versusText(a, "swept")}`).join("; ");
+  const diff = have.filter((x) => x.r.experiment.heuristic !== "identical");
+  const wins = (w: "t1" | "swept") => diff.filter((x) => (x.a.mixVsLogits[w] ?? 0) < 0).length;
+  const out = [`\`${MIXTURE}\` (log Σ w_m p_m: a mixture of the probabilities) against \`${LOGITS}\` (the mean of the tempered logits), ` +
+    `both with shares 1/N; PPL of ${MIXTURE} relative to ${LOGITS}: ${each}. ` +
+    (diff.length ? `Over the ${diff.length} pairs of two different models the mixture is the better of the two in ${wins("t1")} at T = 1 ` +
+      `and in ${wins("swept")} with temperatures swept.` : "")];
+  const bounds = have.map((x) => ({ x, b: x.a.mixtureBound })).filter((y): y is { x: Judged; b: NonNullable<Analysis["mixtureBound"]> } => y.b !== null);
+  if (bounds.length) {
+    const broken = bounds.filter(({ b }) => b.ppl > b.geometricMean * (1 + 1e-9));
+    const list = bounds.map(({ x, b }) => `${x.r.experiment.name} ${fmtPpl(b.ppl)} ≤ ${fmtPpl(b.geometricMean)}`).join(", ");
+    out.push(broken.length === 0
+      ? `The mixture's guarantee holds in every experiment: −log Σ w_m p_m ≤ Σ w_m (−log p_m) at every token (Jensen), so ${MIXTURE}'s PPL at T = 1 is at most ` +
+        `the geometric mean of the models' PPLs (${list}). ${LOGITS} has no such bound (a mean of logits can be sharper, and worse, than either model).`
+      : `The mixture's guarantee (PPL at T = 1 at most the geometric mean of the models' PPLs, by Jensen) FAILS in ` +
+        `${broken.map(({ x }) => x.r.experiment.name).join(", ")} (${list}): a bug to investigate.`);
+  }
+  return out;
 }
 
 /** Best settings at an end of the temperature grid (the optimum may lie beyond it). */
@@ -639,12 +706,12 @@ export function buildPage(records: RunRecord[], opts: { startedAt: Date | null; 
   out.push("Each experiment below is one Kotara run of one committed config (`configs/experiments/`), on Kotara's own ~1M-parameter demo models " +
     "([models/demo/](../models/demo/README.md)): `twin-a` and `twin-b` (GPT-2, Python docs, seeds 1 and 2), `sibling` (Llama, the same docs) and `far` " +
     "(GPT-2, Python standard-library source). The texts are the held-out docs and code that `scripts/demo_text.py` extracts from the Python " +
-    "interpreter (another Python version gives slightly different text and numbers). Every run evaluates all four strategies at T = 1, " +
+    `interpreter (another Python version gives slightly different text and numbers). Every run evaluates all ${STRATEGY_COUNT} strategies at T = 1, ` +
     "each model alone at the grid's temperatures (`alone:M@t=T`: `poe` with betas [1, 0], which is exactly model M at temperature T), and " +
-    `all four strategies over a temperature grid (${gridText(records)} pairs of temperatures), from one forward pass per model per window.`);
+    `all ${STRATEGY_COUNT} strategies over a temperature grid (${gridText(records)} pairs of temperatures), from one forward pass per model per window.`);
   out.push("");
   out.push(`**How to read it.** Δ is the PPL relative to a reference (negative is better). A *gain* is a PPL at least ${GAIN_PCT}% below the reference. ` +
-    "Each heuristic is judged twice: **at T = 1** (best of the four strategies vs the best single model), and **with temperatures tuned** " +
+    `Each heuristic is judged twice: **at T = 1** (best of the ${STRATEGY_COUNT} strategies vs the best single model), and **with temperatures tuned** ` +
     "(best swept fusion vs the best single model at its best grid temperature). The second reference matters: sweeping temperatures also " +
     "retempers each model, and a retempered model is not a fusion. \"vs best model at T=1\" is the naive reading of a sweep, shown for comparison.");
   out.push("");

@@ -6,6 +6,7 @@
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { doctorCommand } from "./commands/doctor.js";
 import { evalCommand } from "./commands/eval.js";
+import { generateCommand } from "./commands/generate.js";
 import { runCommand } from "./commands/run.js";
 import { setupCommand } from "./commands/setup.js";
 import { DEFAULTS } from "./defaults.js";
@@ -29,6 +30,15 @@ function integer(name: string) {
   };
 }
 
+function positive(name: string) {
+  const asInteger = integer(name);
+  return (value: string) => {
+    const x = asInteger(value);
+    if (x <= 0) throw new InvalidArgumentError(`${name} must be a positive integer, got "${value}"`);
+    return x;
+  };
+}
+
 export function buildProgram(): Command {
   const program = new Command()
     .name("kotara")
@@ -46,6 +56,28 @@ export function buildProgram(): Command {
     .option("--resume", "continue from the checkpoint of an interrupted run of the same config")
     .option("--verbose", "forward the worker's stderr")
     .action((config: string, opts) => runCommand(config, opts));
+
+  program
+    .command("generate")
+    .description("the fused model writes: stream text from one of the config's strategies")
+    .argument("<config>", "YAML config file (its models and strategies; the dataset is not read)")
+    .option("--prompt <text>", "the prompt (\"\" starts from the start token)")
+    .option("--prompt-file <file>", "the prompt, from a file")
+    .option("--prompts <file.jsonl>", "several prompts, one {\"prompt\": …} per line, decoded together")
+    .option("--strategy <id>", "a strategy id of the config (default: its first)")
+    .option("--max-new-tokens <n>", `new tokens per prompt (default: ${DEFAULTS.max_new_tokens})`, positive("--max-new-tokens"))
+    .option("--max-new-bytes <n>", "byte space: new bytes per prompt", positive("--max-new-bytes"))
+    .option("--greedy", "argmax at every step (the default without sampling options)")
+    .option("--temperature <t>", "sample at this temperature (of the fused distribution)", number("--temperature"))
+    .option("--top-k <k>", "sample from the k most likely tokens only", integer("--top-k"))
+    .option("--top-p <p>", "sample from the smallest set of tokens with probability ≥ p", number("--top-p"))
+    .option("--seed <n>", "the sampling seed (same seed, same text)", integer("--seed"))
+    .option("--stop <text>", "end a prompt's text before this string (repeatable)", (v: string, acc: string[] = []) => [...acc, v])
+    .option("--no-truncate", "refuse a prompt longer than the context instead of cutting it from the left")
+    .option("--json", "one JSON object per prompt on stdout (text, tokens, per-step log-probabilities and weights, timings)")
+    .option("--quiet", "nothing on stderr but errors and warnings")
+    .option("--verbose", "forward the worker's messages and stderr")
+    .action((config: string, opts) => generateCommand(config, opts));
 
   program
     .command("eval")

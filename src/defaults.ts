@@ -18,6 +18,8 @@ export const DEFAULTS = {
   trust_remote_code: false,
   /** The strategy of `kotara eval` (the original research script's default). */
   eval_strategy: "entropy",
+  /** Generation: new tokens per prompt (bytes in byte space). */
+  max_new_tokens: 64,
   /** Windows between the worker's progress messages. */
   progress_every: 1,
   /** After Ctrl-C, how long to wait for the worker to stop at a batch boundary. */

@@ -1,6 +1,7 @@
 // The JSON Schema view of src/protocol.ts and the golden messages both suites decode.
 import { z } from "zod";
-import { FromWorker, PROTOCOL_VERSION, ToWorker, type FromWorker as From, type ToWorker as To } from "./protocol.js";
+import { FromWorker, PROTOCOL_VERSION, ToWorker, type FromWorker as From, type Setting, type ToWorker as To } from "./protocol.js";
+import { LIST_PARAM_NAMES } from "./strategies.js";
 
 export function protocolJsonSchema(): Record<string, unknown> {
   const schema = (s: z.ZodType) => z.toJSONSchema(s, { target: "draft-2020-12" }) as Record<string, unknown>;
@@ -33,14 +34,15 @@ export const GOLDEN_MESSAGES: Record<string, To | From> = {
     seq: 2, type: "evaluate", request_id: "r1", batch_size: 8, progress_every: 4, resume: null,
     dataset: { path: "/data/wiki.txt", max_length: 1024, stride: 512, bos_per_window: false },
     settings: [
-      { id: "entropy", type: "entropy", temperatures: [1, 1], betas: null },
-      { id: "poe@t=0.85,1.1;b=0.8,0.2", type: "poe", temperatures: [0.85, 1.1], betas: [0.8, 0.2] },
+      { id: "entropy", type: "entropy", temperatures: [1, 1], betas: null, weights: null },
+      { id: "poe@t=0.85,1.1;b=0.8,0.2", type: "poe", temperatures: [0.85, 1.1], betas: [0.8, 0.2], weights: null },
+      { id: "mix@t=1,0.9;w=0.7,0.3", type: "mix", temperatures: [1, 0.9], betas: null, weights: [0.7, 0.3] },
     ],
   },
   evaluate_resume: {
     seq: 3, type: "evaluate", request_id: "r2", batch_size: 2, progress_every: 1, resume: sums,
     dataset: { path: "/data/wiki.txt", max_length: 256, stride: 256, bos_per_window: true },
-    settings: [{ id: "gap", type: "gap", temperatures: [1, 1, 1], betas: null }],
+    settings: [{ id: "gap", type: "gap", temperatures: [1, 1, 1], betas: null, weights: null }],
   },
   cancel: { seq: 4, type: "cancel", request_id: "r1" },
   shutdown: { seq: 5, type: "shutdown" },
@@ -78,4 +80,23 @@ export const GOLDEN_MESSAGES: Record<string, To | From> = {
     message: "model 'gpt3' not found: not a local directory, and not in the Hugging Face cache (offline)", detail: null,
   },
   bye: { seq: 7, type: "bye" },
+  generate: {
+    seq: 4, type: "generate", request_id: "g1", prompts: ["The list", ""], max_new: 32, stop: ["\n\n"], truncate: true,
+    setting: { id: "entropy", type: "entropy", temperatures: [1, 1], ...Object.fromEntries(LIST_PARAM_NAMES.map((p) => [p, null])) } as Setting,
+    sampling: { greedy: false, temperature: 0.8, top_k: 40, top_p: 0.95, seed: 7 },
+  },
+  chunk: {
+    seq: 8, type: "chunk", request_id: "g1", step: 0,
+    chunks: [
+      { prompt: 0, token: 262, text: " of", logprob: -1.25, weights: [0.625, 0.375], done: false },
+      { prompt: 1, token: 464, text: "The", logprob: -2.5, weights: [0.5, 0.5], done: true },
+    ],
+  },
+  generated: {
+    seq: 9, type: "generated", request_id: "g1", space: "tokens", steps: 2, seconds: 0.5, first_token_seconds: 0.25,
+    outputs: [
+      { prompt: 0, text: " of", tokens: [262, 198], logprobs: [-1.25, -0.5], weights_mean: [0.5625, 0.4375], finish: "stop", prompt_tokens: 3, truncated: 0 },
+      { prompt: 1, text: "The list", tokens: [464, 1351], logprobs: [-2.5, -3.0], weights_mean: [0.5, 0.5], finish: "length", prompt_tokens: 1, truncated: 0 },
+    ],
+  },
 };

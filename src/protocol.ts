@@ -11,7 +11,7 @@
 import { z } from "zod";
 import { KNOWN_STRATEGIES, LIST_PARAM_NAMES, type ListParam } from "./strategies.js";
 
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 4;
 
 // zod 4 numbers are finite (NaN and ±Infinity fail); these also map onto JSON Schema.
 const finite = z.number();
@@ -108,6 +108,26 @@ export const EvaluateMsg = z.strictObject({
   progress_every: z.number().int().positive(), // windows between progress messages (which carry sums)
   resume: Sums.nullable(), // continue from these sums (a checkpoint)
 });
+/** How generation picks each token from the fused distribution (it does not change what is reported). */
+export const Sampling = z.strictObject({
+  greedy: z.boolean(), // argmax; the rest is then unused
+  temperature: positive, // sampling temperature on the fused distribution (not the models' T_m)
+  top_k: z.number().int().nonnegative(), // 0: no cut
+  top_p: z.number().gt(0).lte(1), // 1: no cut
+  seed: z.number().int().nonnegative(),
+});
+export type Sampling = z.infer<typeof Sampling>;
+export const GenerateMsg = z.strictObject({
+  ...base,
+  type: z.literal("generate"),
+  request_id: z.string().min(1),
+  prompts: z.array(z.string()).min(1), // decoded together (left padding); "" starts from the start token alone
+  setting: Setting, // the one fusion that generates
+  max_new: z.number().int().positive(), // new tokens per prompt (bytes in byte space)
+  sampling: Sampling,
+  stop: z.array(z.string().min(1)), // a prompt's text ends before the first of these it writes
+  truncate: z.boolean(), // a prompt too long for the context: cut from the left (true, with a warning) or refused
+});
 export const CancelMsg = z.strictObject({ ...base, type: z.literal("cancel"), request_id: z.string() });
 export const ShutdownMsg = z.strictObject({ ...base, type: z.literal("shutdown") });
 
@@ -177,10 +197,46 @@ export const ErrorMsg = z.strictObject({
   detail: z.string().nullable(), // e.g. a traceback, for --verbose and bug reports
 });
 export const ByeMsg = z.strictObject({ ...base, type: z.literal("bye") });
+/** One prompt's step of a generation: what it chose and what the fused model thought of it. */
+export const GenChunk = z.strictObject({
+  prompt: z.number().int().nonnegative(), // index into GenerateMsg.prompts
+  token: z.number().int().nonnegative(), // the chosen token id (a byte value 0-255, or 256 for "end", in byte space)
+  text: z.string(), // newly printable text (held back: a partial UTF-8 character, the start of a stop string)
+  logprob: finite, // log p of the chosen token under the fused distribution
+  weights: z.array(finite), // the per-model weights α of this step
+  done: z.boolean(), // this prompt's last token (its GeneratedOutput says why)
+});
+export const ChunkMsg = z.strictObject({
+  ...base,
+  type: z.literal("chunk"),
+  request_id: z.string(),
+  step: z.number().int().nonnegative(),
+  chunks: z.array(GenChunk), // one per prompt still generating
+});
+export const GeneratedOutput = z.strictObject({
+  prompt: z.number().int().nonnegative(),
+  text: z.string(), // the whole output (without the prompt; cut before a stop string)
+  tokens: z.array(z.number().int().nonnegative()),
+  logprobs: z.array(finite), // per generated token, fused
+  weights_mean: z.array(finite), // per model, over the steps
+  finish: z.enum(["length", "stop", "end"]), // max_new reached, a stop string, the model's end token
+  prompt_tokens: z.number().int().nonnegative(), // with the start token, after truncation
+  truncated: z.number().int().nonnegative(), // prompt tokens cut from the left
+});
+export const GeneratedMsg = z.strictObject({
+  ...base,
+  type: z.literal("generated"),
+  request_id: z.string(),
+  space: Space,
+  outputs: z.array(GeneratedOutput),
+  steps: z.number().int().nonnegative(),
+  seconds: finite, // prefill and every step
+  first_token_seconds: finite, // from the start to the first token of every prompt
+});
 
-export const ToWorker = z.discriminatedUnion("type", [LoadMsg, EvaluateMsg, CancelMsg, ShutdownMsg]);
+export const ToWorker = z.discriminatedUnion("type", [LoadMsg, EvaluateMsg, GenerateMsg, CancelMsg, ShutdownMsg]);
 export const FromWorker = z.discriminatedUnion("type", [
-  HelloMsg, LoadedMsg, StatusMsg, HeartbeatMsg, ProgressMsg, ResultMsg, ErrorMsg, ByeMsg,
+  HelloMsg, LoadedMsg, StatusMsg, HeartbeatMsg, ProgressMsg, ResultMsg, ChunkMsg, GeneratedMsg, ErrorMsg, ByeMsg,
 ]);
 export type ToWorker = z.infer<typeof ToWorker>;
 export type FromWorker = z.infer<typeof FromWorker>;
@@ -189,3 +245,8 @@ export type LoadedMsg = z.infer<typeof LoadedMsg>;
 export type HelloMsg = z.infer<typeof HelloMsg>;
 export type ProgressMsg = z.infer<typeof ProgressMsg>;
 export type ErrorMsg = z.infer<typeof ErrorMsg>;
+export type GenerateMsg = z.infer<typeof GenerateMsg>;
+export type ChunkMsg = z.infer<typeof ChunkMsg>;
+export type GenChunk = z.infer<typeof GenChunk>;
+export type GeneratedMsg = z.infer<typeof GeneratedMsg>;
+export type GeneratedOutput = z.infer<typeof GeneratedOutput>;

@@ -15,8 +15,10 @@ import { resolvePython, withSetupHint } from "./python-env.js";
 import { resolveStrategies, type StrategyEntry } from "./strategies.js";
 import type { Sweep } from "./sweep.js";
 import { Worker, type WorkerOptions } from "./worker.js";
+import { chunkStream, generateRequest, type GenerateOptions, type Generation } from "./generation.js";
 
 export { resolvePython } from "./python-env.js";
+export type { GenerateOptions, Generation, GenerationChunk, GenerationSummary } from "./generation.js";
 
 export const VERSION = "0.1.0";
 
@@ -190,11 +192,34 @@ export class Session {
   }
 
   /**
+   * Fused generation: `for await (const chunk of session.generate({ prompt, strategy }))`
+   * streams each step (the chosen token, its text, its fused log-probability, the
+   * per-model weights); `.summary` resolves with every prompt's output and the timings.
+   * An abort of `signal` stops it between two steps (the iterator then throws Interrupted).
+   */
+  generate(opts: GenerateOptions): Generation {
+    const fields = generateRequest(opts, this.models.length);
+    const request_id = `g${++this.requests}`;
+    return chunkStream(async (push) => {
+      if (opts.signal?.aborted) throw new Interrupted();
+      const { aborted, detach } = this.cancelOnAbort(request_id, opts);
+      try {
+        return await Promise.race([this.worker.generate({ request_id, ...fields }, push), aborted]);
+      } catch (e) {
+        if (opts.signal?.aborted) throw new Interrupted();
+        throw e;
+      } finally {
+        detach();
+      }
+    }, fields.setting);
+  }
+
+  /**
    * On abort, ask the worker to stop at its next batch; a batch of a large model can
    * take long, so after the grace period give up waiting (the caller then closes the
    * worker): `aborted` rejects then.
    */
-  private cancelOnAbort(requestId: string, hooks: RunHooks): { aborted: Promise<never>; detach: () => void } {
+  private cancelOnAbort(requestId: string, hooks: Pick<RunHooks, "signal" | "cancelGraceMs">): { aborted: Promise<never>; detach: () => void } {
     const grace = hooks.cancelGraceMs ?? DEFAULTS.cancel_grace_ms;
     let onAbort = () => {};
     const aborted = new Promise<never>((_, reject) => {

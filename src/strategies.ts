@@ -5,15 +5,16 @@
 // python/kotara_worker/fusion.py (SPEC §3), whose registry names the same lists.
 //
 // Adding a strategy whose parameters are of kinds already declared below (a
-// temperature per model, a beta per model, …) is one entry in STRATEGIES here and
-// one in fusion.py's registry; a new KIND of per-model list is one entry in
-// LIST_PARAMS.
+// temperature per model, a beta per model, a mixture weight per model, …) is one
+// entry in STRATEGIES here and one in fusion.py's registry; a new KIND of per-model
+// list is one entry in LIST_PARAMS (and one in fusion.py's LIST_CHECKS).
 //
 // A config entry is either a bare name, meaning all defaults:
 //     - entropy
 // or a mapping:
 //     - { id: sharp-gap, type: gap, temperatures: [0.7, 0.7] }
 //     - { type: poe, temperatures: [1, 1], betas: [0.8, 0.2] }
+//     - { type: mix, weights: [0.7, 0.3] }
 import { z } from "zod";
 import { ConfigError } from "./errors.js";
 import type { Setting } from "./protocol.js";
@@ -29,7 +30,10 @@ export const Temperature = z.number().gt(0, { error: (iss) => `a temperature mus
  * the wire Setting (null for the types that do not take it), a column of the CSV, and
  * a grid a sweep may span. `letter` names it in ids (`poe@t=1,1;b=0.8,0.2`); `problem`
  * rejects a list that is valid value by value but not as a whole (sweeps skip those
- * combinations).
+ * combinations); `normalized`: the worker scales the list to sum 1, so lists that are
+ * multiples of each other ([1, 3] and [0.25, 0.75]) are the same setting, evaluated once.
+ * Betas are not normalized: poe's Σ β_m log p_m with betas [1, 1] is sharper than with
+ * [0.5, 0.5].
  */
 export const LIST_PARAMS = {
   betas: {
@@ -37,6 +41,16 @@ export const LIST_PARAMS = {
     noun: "beta",
     letter: "b",
     problem: (xs: readonly number[]): string | null => (xs.every((b) => b === 0) ? "at least one beta must be > 0" : null),
+    normalized: false,
+  },
+  weights: {
+    item: z.number().min(0, { error: (iss) => `a weight must be ≥ 0, got ${show(iss.input)}` }),
+    noun: "weight",
+    letter: "w",
+    problem: (xs: readonly number[]): string | null =>
+      xs.every((w) => w === 0) ? "at least one weight must be > 0"
+        : !Number.isFinite(xs.reduce((a, b) => a + b, 0)) ? "the weights must have a finite sum (they are normalized to sum 1)" : null,
+    normalized: true,
   },
 } as const;
 export type ListParam = keyof typeof LIST_PARAMS;
@@ -71,6 +85,10 @@ export const STRATEGIES = {
     summary: "f = Σ α_m y_m, α_m ∝ p_m(top-1) − p_m(top-2): decisive models weigh more",
     params: {},
   },
+  mix: {
+    summary: "f = log Σ w_m p_m: a mixture of the probabilities, not of the logits (w default 1/N each; normalized to sum 1)",
+    params: { weights: equalShares },
+  },
 } as const satisfies Record<string, StrategyDeclaration>;
 
 export type StrategyType = keyof typeof STRATEGIES;
@@ -97,7 +115,7 @@ export function isKnownStrategy(name: unknown): name is StrategyType {
   return typeof name === "string" && Object.hasOwn(STRATEGIES, name);
 }
 
-/** `unknown strategy "foo"; known: average, poe, entropy, gap` */
+/** `unknown strategy "foo"; known: average, poe, entropy, gap, mix` */
 export function unknownStrategyMessage(name: unknown): string {
   return `unknown strategy ${show(name)}; known: ${KNOWN_STRATEGIES.join(", ")}`;
 }
@@ -176,9 +194,19 @@ export function settingId(setting: SettingParams, opts: SettingIdOptions = {}): 
   return `${setting.type}@${parts.join(";")}`;
 }
 
+/** The list as the worker uses it: scaled to sum 1 where its kind is `normalized`. */
+function asComputed(p: ListParam, xs: readonly number[]): readonly number[] {
+  if (!LIST_PARAMS[p].normalized) return xs;
+  const total = xs.reduce((a, b) => a + b, 0);
+  return total > 0 ? xs.map((x) => x / total) : xs;
+}
+
 /** What makes two settings the same computation, whatever their ids. */
 export function settingKey(setting: SettingParams): string {
-  const lists = LIST_PARAM_NAMES.map((p) => setting[p]?.map(formatNumber).join(",") ?? "-");
+  const lists = LIST_PARAM_NAMES.map((p) => {
+    const xs = setting[p];
+    return xs ? asComputed(p, xs).map(formatNumber).join(",") : "-";
+  });
   return [setting.type, setting.temperatures.map(formatNumber).join(","), ...lists].join("|");
 }
 

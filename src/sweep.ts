@@ -8,12 +8,16 @@
 //     betas:                        # optional, for poe (the strategies that take betas)
 //       - [0.3, 0.5, 0.7]
 //       - [0.3, 0.5, 0.7]
+//     weights:                      # optional, for mix (the strategies that take weights)
+//       - [1]
+//       - [0.5, 1, 2]
 //
 // expands to every strategy × every combination of one temperature per model (× for
 // poe, every combination of one beta per model; without `betas`, poe uses its
-// default 1/N each). The example above is 4 × 5 × 5 = 100 settings without betas.
-// Ids say the settings: `entropy@t=0.85,1.1`, `poe@t=1,1;b=0.3,0.7`.
-// Beta combinations that are all zero are skipped (they fuse into a uniform guess).
+// default 1/N each; likewise mix and its weights). The example above is 4 × 5 × 5 =
+// 100 settings without betas. Ids say the settings: `entropy@t=0.85,1.1`,
+// `poe@t=1,1;b=0.3,0.7`, `mix@t=1,1;w=1,2`. Combinations that are all zero are skipped
+// (betas: they fuse into a uniform guess; weights: no mixture).
 import { z } from "zod";
 import { ConfigError } from "./errors.js";
 import type { Setting } from "./protocol.js";

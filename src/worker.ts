@@ -16,7 +16,7 @@ import { DEFAULTS } from "./defaults.js";
 import { UserError } from "./errors.js";
 import {
   FromWorker, PROTOCOL_VERSION, ToWorker,
-  type ErrorMsg, type FromWorker as FromWorkerMsg, type HelloMsg, type LoadedMsg, type ProgressMsg, type ResultMsg,
+  type ChunkMsg, type ErrorMsg, type FromWorker as FromWorkerMsg, type GeneratedMsg, type HelloMsg, type LoadedMsg, type ProgressMsg, type ResultMsg,
 } from "./protocol.js";
 
 export const PACKAGE_ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -60,7 +60,7 @@ type Pending = {
   what: string;
   resolve: (m: FromWorkerMsg) => void;
   reject: (e: Error) => void;
-  onProgress?: (m: ProgressMsg) => void;
+  onProgress?: (m: ProgressMsg | ChunkMsg) => void;
 };
 
 type Outgoing = ToWorker extends infer T ? (T extends { seq: number } ? Omit<T, "seq"> : never) : never;
@@ -271,10 +271,12 @@ export class Worker {
         this.opts.onStatus?.(msg.message);
         return;
       case "progress":
+      case "chunk":
         this.pending?.onProgress?.(msg);
         return;
       case "loaded":
-      case "result": {
+      case "result":
+      case "generated": {
         const p = this.pending;
         this.pending = null;
         p?.resolve(msg);
@@ -310,7 +312,7 @@ export class Worker {
     await next;
   }
 
-  private request<T extends FromWorkerMsg>(message: Outgoing, what: string, onProgress?: (m: ProgressMsg) => void): Promise<T> {
+  private request<T extends FromWorkerMsg>(message: Outgoing, what: string, onProgress?: (m: ProgressMsg | ChunkMsg) => void): Promise<T> {
     if (this.failure) return Promise.reject(this.failure);
     if (this.pending) return Promise.reject(new Error(`the worker is busy ${this.pending.what}`));
     return new Promise<T>((resolve, reject) => {
@@ -327,7 +329,14 @@ export class Worker {
   }
 
   evaluate(message: Omit<Extract<Outgoing, { type: "evaluate" }>, "type">, onProgress?: (m: ProgressMsg) => void): Promise<ResultMsg> {
-    return this.request({ type: "evaluate", ...message }, `evaluating ${message.dataset.path}`, onProgress);
+    return this.request({ type: "evaluate", ...message }, `evaluating ${message.dataset.path}`,
+      onProgress && ((m) => m.type === "progress" && onProgress(m)));
+  }
+
+  /** Fused generation: each step's chunks to onChunk, then the final message. */
+  generate(message: Omit<Extract<Outgoing, { type: "generate" }>, "type">, onChunk?: (m: ChunkMsg) => void): Promise<GeneratedMsg> {
+    return this.request({ type: "generate", ...message }, `generating with ${message.setting.id}`,
+      onChunk && ((m) => m.type === "chunk" && onChunk(m)));
   }
 
   async cancel(requestId: string): Promise<void> {

@@ -73,7 +73,7 @@ describe("a valid config", () => {
     assert.deepEqual(plan.runtime, { batch_size: 8, python: null, checkpoint_every: 0 });
     assert.deepEqual(plan.output, { metrics: null });
     assert.equal(plan.sweep, null);
-    assert.deepEqual(plan.settings, [{ id: "entropy", type: "entropy", temperatures: [1, 1], betas: null }]);
+    assert.deepEqual(plan.settings, [{ id: "entropy", type: "entropy", temperatures: [1, 1], betas: null, weights: null }]);
     for (const s of plan.settings) assert.ok(Setting.safeParse(s).success);
     assert.ok(path.isAbsolute(plan.configPath!));
     assert.deepEqual((plan.raw as { strategies: unknown }).strategies, ["entropy"]);
@@ -99,6 +99,7 @@ strategies:
   - { type: entropy, temperatures: [0.85, 1.1] }
   - { type: poe, betas: [0.5, 0.5] }
   - { id: sharp-gap, type: gap, temperatures: [0.7, 0.7] }
+  - { type: mix, temperatures: [0.9, 1], weights: [0.7, 0.3] }
 runtime: { batch_size: 4, python: python3, checkpoint_every: 50 }
 output: { metrics: results/out.json }
 `,
@@ -110,8 +111,10 @@ output: { metrics: results/out.json }
     assert.deepEqual(plan.dataset, { path: path.join(dir, "text.txt"), max_length: 512, stride: 256, bos_per_window: true });
     assert.deepEqual(
       plan.settings.map((s) => s.id),
-      ["entropy", "entropy@t=0.85,1.1", "poe", "sharp-gap"],
+      ["entropy", "entropy@t=0.85,1.1", "poe", "sharp-gap", "mix@t=0.9,1;w=0.7,0.3"],
     );
+    assert.deepEqual(plan.settings[4], { id: "mix@t=0.9,1;w=0.7,0.3", type: "mix", temperatures: [0.9, 1], betas: null, weights: [0.7, 0.3] });
+    for (const s of plan.settings) assert.ok(Setting.safeParse(s).success, s.id);
     assert.deepEqual(plan.runtime, { batch_size: 4, python: "python3", checkpoint_every: 50 });
     assert.equal(plan.output.metrics, path.join(dir, "results", "out.json"));
   });
@@ -203,7 +206,7 @@ describe("rejected: unknown keys", () => {
   test("in sweep", async () => {
     hasLine(
       await problems(BASE + "sweep:\n  strategies: [entropy]\n  temperatures: [[1], [1]]\n  temps: [1]\n"),
-      "sweep.temps: unknown key; allowed: strategies, temperatures, betas",
+      "sweep.temps: unknown key; allowed: strategies, temperatures, betas, weights",
     );
   });
 });
@@ -254,6 +257,19 @@ describe("rejected: impossible values", () => {
   test("temperature Infinity", async () => {
     hasLine(await problems(BASE + "  - { type: gap, temperatures: [1, .inf] }\n"), "strategies[1].temperatures[1]: must be a finite number, got Infinity");
   });
+  test("mix weights: negative, all zero, the wrong length, not numbers", async () => {
+    hasLine(await problems(BASE + "  - { type: mix, weights: [1, -0.25] }\n"), "strategies[1].weights[1]: a weight must be ≥ 0, got -0.25");
+    hasLine(await problems(BASE + "  - { type: mix, weights: [0, 0] }\n"), "strategies[1].weights: at least one weight must be > 0");
+    hasLine(await problems(BASE + "  - { type: mix, weights: [0.2, 0.3, 0.5] }\n"), "strategies[1].weights: expected 2 values (one per model), got 3");
+    hasLine(await problems(BASE + "  - { type: mix, weights: [a, 1] }\n"), 'strategies[1].weights[0]: expected a number, got "a"');
+    hasLine(await problems(BASE + "  - { type: gap, weights: [0.5, 0.5] }\n"), "strategies[1].weights: unknown key; allowed: id, type, temperatures");
+  });
+  test("a sweep over mix weights: a negative weight, a grid without mix", async () => {
+    const sweep = (g: string, strategies = "[mix]") => BASE + `sweep:\n  strategies: ${strategies}\n  temperatures: [[1], [1]]\n  weights: ${g}\n`;
+    hasLine(await problems(sweep("[[0.5, -1], [1]]")), "sweep.weights[0][1]: a weight must be ≥ 0, got -1");
+    hasLine(await problems(sweep("[[0.5], [1], [1]]")), "sweep.weights: expected 2 lists (one per model), got 3");
+    hasLine(await problems(sweep("[[0.5], [1]]", "[poe]")), "sweep.weights: only mix takes weights, and sweep.strategies does not list mix");
+  });
   test("a negative beta", async () => {
     hasLine(await problems(BASE + "  - { type: poe, betas: [1, -1] }\n"), "strategies[1].betas[1]: a beta must be ≥ 0, got -1");
   });
@@ -282,10 +298,10 @@ describe("rejected: impossible values", () => {
     hasLine(await problems(BASE + "  - { type: poe, betas: [1] }\n"), "strategies[1].betas: expected 2 values (one per model), got 1");
   });
   test("an unknown strategy lists the known ones", async () => {
-    hasLine(await problems(BASE + "  - foo\n"), 'strategies[1]: unknown strategy "foo"; known: average, poe, entropy, gap');
+    hasLine(await problems(BASE + "  - foo\n"), 'strategies[1]: unknown strategy "foo"; known: average, poe, entropy, gap, mix');
   });
   test("an unknown strategy type in a mapping", async () => {
-    hasLine(await problems(BASE + "  - { type: mixture }\n"), 'strategies[1]: unknown strategy "mixture"; known: average, poe, entropy, gap');
+    hasLine(await problems(BASE + "  - { type: mixture }\n"), 'strategies[1]: unknown strategy "mixture"; known: average, poe, entropy, gap, mix');
   });
   test("fewer than 2 models", async () => {
     hasLine(await problems(BASE.replace("  - ref: distilgpt2\n", "")), "models: at least 2 models are needed for a fusion, got 1");
@@ -305,7 +321,7 @@ describe("rejected: impossible values", () => {
   test("nothing to evaluate", async () => {
     hasLine(
       await problems(BASE.replace("strategies:\n  - entropy\n", "")),
-      "strategies: nothing to evaluate: list at least one strategy (average, poe, entropy, gap) or add a sweep",
+      "strategies: nothing to evaluate: list at least one strategy (average, poe, entropy, gap, mix) or add a sweep",
     );
   });
   test("a local model directory that does not exist", async () => {
@@ -458,7 +474,7 @@ describe("the shipped configs", () => {
     const file = path.join(configsDir, name);
     return parseConfig(parseYaml(readFileSync(file, "utf8"), file), configsDir, { checkFiles: false, configPath: file });
   };
-  for (const name of ["average.yaml", "poe.yaml", "entropy.yaml", "gap.yaml", "sweep-temperatures.yaml"]) {
+  for (const name of ["average.yaml", "poe.yaml", "entropy.yaml", "gap.yaml", "mix.yaml", "sweep-temperatures.yaml"]) {
     test(`${name} is valid and uses the demo models`, () => {
       const plan = load(name);
       assert.deepEqual(
@@ -473,6 +489,14 @@ describe("the shipped configs", () => {
   }
   test("sweep-temperatures.yaml expands to 4 × 5 × 5 = 100 settings", () => {
     assert.equal(load("sweep-temperatures.yaml").settings.length, 100);
+  });
+  test("mix.yaml: its strategies, then mix over 3 × 3 temperatures × 1 × 5 weights", () => {
+    const plan = load("mix.yaml");
+    assert.deepEqual(plan.settings.slice(0, 4).map((s) => s.id), ["average", "mix", "mix@t=1,1;w=0.3,0.7", "sibling-only"]);
+    assert.equal(plan.settings.length, 4 + 3 * 3 * 1 * 5 - 1, "the swept mix@t=1,1;w=1,1 is the listed mix (weights 0.5, 0.5): evaluated once");
+    assert.deepEqual(plan.notes, ['"mix@t=1,1;w=1,1" is the same setting as "mix"; evaluated once, as "mix"']);
+    assert.deepEqual(plan.sweep!.weights, [[1], [0.25, 0.5, 1, 2, 4]]);
+    assert.ok(plan.settings.some((s) => s.id === "mix@t=0.9,1.1;w=1,0.25"));
   });
 });
 

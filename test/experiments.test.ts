@@ -28,16 +28,18 @@ import { fmtPct } from "../src/format.js";
 const GRID = [0.8, 1, 1.25];
 type F = MetricsInput["fusions"][number];
 
-function fusion(type: string, temperatures: number[], ppl: number, opts: { betas?: number[] | null; id?: string; weights?: number[] } = {}): F {
+function fusion(type: string, temperatures: number[], ppl: number, opts: { betas?: number[] | null; id?: string; weights?: number[]; mixWeights?: number[] } = {}): F {
   const n = temperatures.length;
   const betas = opts.betas !== undefined ? opts.betas : type === "poe" ? temperatures.map(() => 1 / n) : null;
-  const id = opts.id ?? (temperatures.every((t) => t === 1) && (betas === null || betas.every((b) => b === 1 / n)) ? type : `${type}@t=${temperatures.join(",")}`);
-  return { id, strategy: { type, temperatures, betas }, ppl, weights_mean: opts.weights ?? temperatures.map(() => 1 / n) };
+  const mixWeights = opts.mixWeights ?? (type === "mix" ? temperatures.map(() => 1 / n) : null);
+  const defaults = (xs: number[] | null) => xs === null || xs.every((b) => b === 1 / n);
+  const id = opts.id ?? (temperatures.every((t) => t === 1) && defaults(betas) && defaults(mixWeights) ? type : `${type}@t=${temperatures.join(",")}`);
+  return { id, strategy: { type, temperatures, betas, weights: mixWeights }, ppl, weights_mean: opts.weights ?? mixWeights ?? temperatures.map(() => 1 / n) };
 }
 
 /** Metrics of a two-model run: T = 1 PPLs per strategy, extra sweep points, single-model baselines. */
 function metrics(refs: [string, string], modelPpl: [number, number], t1: Record<string, number>, extra: F[] = []): MetricsInput {
-  const fusions: F[] = ["average", "poe", "entropy", "gap"].map((t) => fusion(t, [1, 1], t1[t]));
+  const fusions: F[] = Object.keys(t1).map((t) => fusion(t, [1, 1], t1[t]));
   fusions.push(...extra);
   return {
     kotara_version: "0.1.0",
@@ -60,13 +62,15 @@ const identical = metrics(["/m/twin-a", "/m/twin-a"], [100, 100], { average: 100
   fusion("poe", [0.8, 1], 120, { betas: [1, 0], id: "alone:twin-a@t=0.8" }),
 ]);
 // similar: gains at T = 1 and beyond the tempered models.
-const similar = metrics(["/m/twin-a", "/m/sibling"], [120, 100], { average: 90, poe: 90, entropy: 91, gap: 99.5 }, [
+const similar = metrics(["/m/twin-a", "/m/sibling"], [120, 100], { average: 90, poe: 90, entropy: 91, gap: 99.5, mix: 92 }, [
   fusion("entropy", [1.25, 1], 88, { weights: [0.4, 0.6] }),
+  fusion("mix", [1.25, 1], 89),
+  fusion("mix", [1, 1], 88.5, { mixWeights: [0.2, 0.8], id: "mix@t=1,1;w=0.2,0.8" }),
   fusion("poe", [1.25, 1], 98, { betas: [1, 0], id: "alone:twin-a@t=1.25" }),
   fusion("poe", [1, 1.25], 98.5, { betas: [0, 1], id: "alone:sibling@t=1.25" }),
 ]);
 // distant: loses at T = 1, gains once tempered (against the heuristic).
-const distant = metrics(["/m/twin-a", "/m/far"], [100, 400], { average: 110, poe: 110, entropy: 103, gap: 108 }, [
+const distant = metrics(["/m/twin-a", "/m/far"], [100, 400], { average: 110, poe: 110, entropy: 103, gap: 108, mix: 104 }, [
   fusion("entropy", [0.8, 1.25], 95, { weights: [0.6, 0.4] }),
   fusion("poe", [1.25, 1], 99, { betas: [1, 0], id: "alone:twin-a@t=1.25" }),
 ]);
@@ -113,6 +117,20 @@ describe("analyse", () => {
     const v = verdicts("similar", a);
     assert.equal(v.t1.holds, true);
     assert.equal(v.tuned.holds, true);
+  });
+
+  test("mix vs average: at T = 1 (default weights only) and best swept; the mixture's Jensen bound", () => {
+    const a = analyse(similar);
+    assert.equal(a.atT1.mix!.ppl, 92, "mix@t=1,1;w=0.2,0.8 is not mix at its defaults");
+    assert.equal(a.swept.mix!.id, "mix@t=1,1;w=0.2,0.8");
+    assert.ok(Math.abs(a.mixVsLogits.t1! - (92 / 90 - 1) * 100) < 1e-9);
+    assert.equal(a.swept.average!.ppl, 90);
+    assert.ok(Math.abs(a.mixVsLogits.swept! - (88.5 / 90 - 1) * 100) < 1e-9);
+    assert.equal(a.mixtureBound!.ppl, 92);
+    assert.ok(Math.abs(a.mixtureBound!.geometricMean / Math.sqrt(120 * 100) - 1) < 1e-12, "exp of the mean log: rounding only");
+    const none = analyse(identical);
+    assert.deepEqual(none.mixVsLogits, { t1: null, swept: null });
+    assert.equal(none.mixtureBound, null);
   });
 
   test("poe vs average: the largest relative difference at equal temperatures", () => {
@@ -174,6 +192,35 @@ describe("the page", () => {
     assert.match(id, /not a gain from fusing/);
     assert.ok(f.some((s) => s.startsWith("`poe` with its default betas") && s.includes("identical to the last bit")));
     assert.ok(f.some((s) => s.startsWith("Grid edges:")));
+  });
+
+  test("mix vs average on every pair, and the mixture's bound, from the numbers", () => {
+    const f = findings(records);
+    const mix = f.find((s) => s.startsWith("`mix`"))!;
+    assert.ok(mix.includes(`**twins** ${fmtPct((92 / 90 - 1) * 100)} at T = 1 (92.00 vs 90.00)`), mix);
+    assert.ok(mix.includes(`${fmtPct((88.5 / 90 - 1) * 100)} with temperatures swept (mix@t=1,1;w=0.2,0.8 88.50 vs average 90.00)`), mix);
+    assert.ok(mix.includes(`**distant** ${fmtPct((104 / 110 - 1) * 100)} at T = 1`), mix);
+    assert.match(mix, /Over the 2 pairs of two different models the mixture is the better of the two in 1 at T = 1 and in 2 with temperatures swept/);
+    const bound = f.find((s) => s.startsWith("The mixture's guarantee"))!;
+    assert.match(bound, /holds in every experiment/);
+    assert.ok(bound.includes(`twins 92.00 ≤ ${Math.sqrt(120 * 100).toFixed(2)}`), bound);
+    const broken = findings([rec("twins", metrics(["/m/a", "/m/b"], [100, 100], { average: 90, poe: 90, entropy: 91, gap: 92, mix: 101 }))]);
+    assert.match(broken.find((s) => s.startsWith("The mixture's guarantee"))!, /FAILS in twins/);
+  });
+
+  test("the identical pair with a swept gain beyond tempering (mix of one model at two temperatures): said to come from no second model", () => {
+    const m = metrics(["/m/twin-a", "/m/twin-a"], [100, 100], { average: 100, poe: 100, entropy: 100, gap: 100, mix: 100 }, [
+      fusion("average", [1.25, 1.25], 97),
+      fusion("mix", [0.8, 1.25], 95),
+    ]);
+    const f = findings([rec("identical", m)]);
+    assert.match(f[0], /^\*\*identical\*\* .* disagrees with "an identical pair gains nothing": with temperatures tuned the best fusion \(mix@t=0\.8,1\.25, PPL 95\.00\)/);
+    const id = f.find((s) => s.startsWith("**identical**") && s.includes("all five strategies"))!;
+    assert.match(id, /mix of one model at temperatures 0\.8 and 1\.25 is a mixture of two tempered copies of the model/);
+    assert.ok(id.includes(`the fusion is ${fmtPct((95 / 97 - 1) * 100)} from that`), id);
+    assert.ok(id.includes(`About ${Math.round(((97 / 100 - 1) / (95 / 100 - 1)) * 100)}% of the apparent gain`), id);
+    assert.match(id, /comes from no second model/);
+    assert.doesNotMatch(id, /it is not a gain from fusing/);
   });
 
   test("no disagreement: says so", () => {

@@ -51,8 +51,9 @@ const load = () => ({ type: "load", models: [spec(modelA), spec(modelB)], tokeni
 const evaluate = (request_id: string, extra: Record<string, unknown> = {}) => ({
   type: "evaluate", request_id, dataset: { path: text, max_length: 32, stride: 16, bos_per_window: false },
   settings: [
-    { id: "entropy", type: "entropy", temperatures: [1, 1], betas: null },
-    { id: "poe@b=0.8,0.2", type: "poe", temperatures: [1, 1.1], betas: [0.8, 0.2] },
+    { id: "entropy", type: "entropy", temperatures: [1, 1], betas: null, weights: null },
+    { id: "poe@b=0.8,0.2", type: "poe", temperatures: [1, 1.1], betas: [0.8, 0.2], weights: null },
+    { id: "mix@w=3,1", type: "mix", temperatures: [1, 1], betas: null, weights: [3, 1] },
   ],
   batch_size: 3, progress_every: 2, resume: null, ...extra,
 });
@@ -118,6 +119,9 @@ describe("the fake worker speaks the protocol", () => {
       close(Math.exp(result.sums.fusion_nll[1] / scored), 18 * 1.18, "poe");
       close(result.sums.fusion_weights[0][0] / scored, 0.5, "entropy α_0");
       close(result.sums.fusion_weights[1][0] / scored, 0.8, "poe α_0");
+      // mix with weights (3, 1), normalized to (3/4, 1/4), at T = (1, 1): 18.5·(1 + 0.1²)·(1 + (1/4)² + (1/4)²)
+      close(Math.exp(result.sums.fusion_nll[2] / scored), 18.5 * (1 + 0.1 ** 2) * (1 + (3 / 4 - 1 / 2) ** 2 + (1 / 4 - 1 / 2) ** 2), "mix");
+      close(result.sums.fusion_weights[2][0] / scored, 3 / 4, "mix α_0");
 
       await w.send(evaluate("r2", { dataset: { path: join(dir, "missing.txt"), max_length: 32, stride: 16, bos_per_window: false } }));
       const err = await w.next("error");
@@ -235,7 +239,8 @@ describe("one fake worker, request after request", () => {
     assert.equal((await ask({ dataset: { path: text, max_length: 96, stride: 96, bos_per_window: true } })).code, "context");
     assert.equal((await ask({ dataset: { path: text, max_length: 32, stride: 32, bos_per_window: true } })).message,
       "dataset.bos_per_window is true but the tokenizer has no BOS token");
-    assert.equal((await ask({ settings: [{ id: "x", type: "gap", temperatures: [1, 1, 1], betas: null }] })).message, "setting x: needs one temperature per model (2)");
+    assert.equal((await ask({ settings: [{ id: "x", type: "gap", temperatures: [1, 1, 1], betas: null, weights: null }] })).message, "setting x: needs one temperature per model (2)");
+    assert.equal((await ask({ settings: [{ id: "m", type: "mix", temperatures: [1, 1], betas: null, weights: [1, 1, 1] }] })).message, "setting m: needs one weight per model (2)");
     const latin1 = join(dir, "latin1.txt");
     writeFileSync(latin1, Buffer.concat([Buffer.from("héllo ", "utf8"), Buffer.from([0xe9, 0x74])]));
     assert.equal((await ask({ dataset: { path: latin1, max_length: 32, stride: 32, bos_per_window: false } })).message,

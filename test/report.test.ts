@@ -143,7 +143,8 @@ describe("buildMetrics", () => {
     metrics.fusions.forEach((f, j) => {
       const e = expected(truth.fusionP[j]);
       assert.equal(f.id, plan.settings[j].id);
-      assert.deepEqual(f.strategy, { type: plan.settings[j].type, temperatures: plan.settings[j].temperatures, betas: plan.settings[j].betas });
+      const { id: _, ...strategy } = plan.settings[j];
+      assert.deepEqual(f.strategy, strategy);
       for (const k of ["ppl", "nll", "bits_per_byte", "word_perplexity"] as const) close(f[k], e[k], `${f.id} ${k}`);
       f.weights_mean.forEach((w, m) => {
         let mean = 0;
@@ -268,6 +269,24 @@ describe("heatmap", () => {
     assert.deepEqual(panels[1].best, [0, 2]);
   });
 
+  test("a sweep over mix weights: one mix panel, each cell the best over the weights", () => {
+    const plan = planOf({ models: TWO, sweep: { strategies: ["average", "mix"], temperatures: [[0.9, 1], [1, 1.1]], weights: [[1], [0.5, 1, 2]] } });
+    const { metrics } = metricsOf(plan, 3, { "mix@t=1,1.1;w=1,2": 3 });
+    const panels = heatmapPanels({ sweep: metrics.sweep!, fusions: metrics.fusions });
+    assert.deepEqual(panels.map((p) => [p.type, p.title]), [["average", "average"], ["mix", "mix (best over weights)"]]);
+    const mix = panels[1];
+    mix.rows.forEach((ta, r) => mix.cols.forEach((tb, c) => {
+      const candidates = metrics.fusions.filter((f) => f.strategy.type === "mix" && f.strategy.temperatures[0] === ta && f.strategy.temperatures[1] === tb);
+      assert.equal(candidates.length, 3);
+      assert.equal(mix.cells[r][c]!.ppl, Math.min(...candidates.map((f) => f.ppl)));
+    }));
+    assert.deepEqual(mix.best, [1, 1]);
+    assert.equal(mix.cells[1][1]!.id, "mix@t=1,1.1;w=1,2");
+    const text = heatmapText({ sweep: metrics.sweep!, fusions: metrics.fusions, models: ["a", "b"] });
+    assert.ok(text.includes("mix (best over weights)"));
+    assert.ok(heatmapSvg({ sweep: metrics.sweep!, fusions: metrics.fusions }).includes('data-strategy="mix"'));
+  });
+
   test("the SVG has one panel per strategy, a colour scale, labels and values", () => {
     const plan = planOf({ models: TWO, sweep: { strategies: ["average", "poe", "entropy", "gap"], temperatures: [[0.9, 1], [1, 1.1]] } });
     const { metrics } = metricsOf(plan);
@@ -303,22 +322,31 @@ describe("files", () => {
   });
 
   test("toCsv: a header and one row per fusion, values at full precision, fields quoted", () => {
-    const plan = planOf({ models: TWO, strategies: [{ id: 'sharp, "cool"', type: "gap", temperatures: [0.7, 0.7] }, { type: "poe", betas: [0.8, 0.2] }, "entropy"] });
+    const plan = planOf({
+      models: TWO,
+      strategies: [{ id: 'sharp, "cool"', type: "gap", temperatures: [0.7, 0.7] }, { type: "poe", betas: [0.8, 0.2] }, "entropy", { type: "mix", weights: [0.7, 0.3] }],
+    });
     const { metrics } = metricsOf(plan);
     const lines = toCsv(metrics).trimEnd().split("\n");
     assert.equal(lines[0], CSV_COLUMNS.join(","));
     assert.equal(lines.length, 1 + metrics.fusions.length);
+    const col = (name: (typeof CSV_COLUMNS)[number]) => CSV_COLUMNS.indexOf(name);
     const rows = lines.slice(1).map(parseCsvLine);
-    assert.equal(rows[0][1], 'sharp, "cool"');
-    assert.equal(rows[0][2], "gap");
-    assert.equal(rows[0][3], "0.7;0.7");
-    assert.equal(rows[0][4], "");
-    assert.equal(rows[1][4], "0.8;0.2");
+    assert.equal(rows[0][col("id")], 'sharp, "cool"');
+    assert.equal(rows[0][col("type")], "gap");
+    assert.equal(rows[0][col("temperatures")], "0.7;0.7");
+    assert.equal(rows[0][col("betas")], "");
+    assert.equal(rows[0][col("weights")], "");
+    assert.equal(rows[1][col("betas")], "0.8;0.2");
+    assert.equal(rows[3][col("id")], "mix@t=1,1;w=0.7,0.3");
+    assert.equal(rows[3][col("betas")], "");
+    assert.equal(rows[3][col("weights")], "0.7;0.3");
     rows.forEach((r, j) => {
       assert.equal(r.length, CSV_COLUMNS.length);
-      assert.equal(Number(r[5]), metrics.fusions[j].ppl);
-      assert.equal(Number(r[7]), metrics.fusions[j].bits_per_byte);
-      assert.equal(Number(r[0]), metrics.ranked.find((x) => x.id === metrics.fusions[j].id)!.rank);
+      assert.equal(Number(r[col("ppl")]), metrics.fusions[j].ppl);
+      assert.equal(Number(r[col("bits_per_byte")]), metrics.fusions[j].bits_per_byte);
+      assert.equal(Number(r[col("rank")]), metrics.ranked.find((x) => x.id === metrics.fusions[j].id)!.rank);
+      assert.deepEqual(r[col("weights_mean")].split(";").map(Number), metrics.fusions[j].weights_mean);
     });
   });
 

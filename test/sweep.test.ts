@@ -23,25 +23,26 @@ function sweepErrors(sweep: unknown, nModels = 2): string[] {
 }
 
 describe("expansion", () => {
-  test("4 strategies × 5 × 5 temperatures = 100 settings, ids that say the settings", () => {
+  test("every strategy × 5 × 5 temperatures, ids that say the settings", () => {
     const settings = expandSweep({ strategies: [...KNOWN_STRATEGIES], temperatures: [GRID, GRID] }, 2);
-    assert.equal(settings.length, 4 * 5 * 5);
-    assert.equal(new Set(settings.map((s) => s.id)).size, 100, "ids are unique");
-    assert.equal(new Set(settings.map(settingKey)).size, 100, "settings are distinct");
+    const size = KNOWN_STRATEGIES.length * 5 * 5;
+    assert.equal(settings.length, size);
+    assert.equal(new Set(settings.map((s) => s.id)).size, size, "ids are unique");
+    assert.equal(new Set(settings.map(settingKey)).size, size, "settings are distinct");
     for (const s of settings) assert.ok(Setting.safeParse(s).success, s.id);
-    assert.deepEqual(settings[0], { id: "average@t=0.7,0.7", type: "average", temperatures: [0.7, 0.7], betas: null });
+    assert.deepEqual(settings[0], { id: "average@t=0.7,0.7", type: "average", temperatures: [0.7, 0.7], betas: null, weights: null });
     assert.deepEqual(settings[1].temperatures, [0.7, 0.85], "the last model's temperature varies fastest");
     assert.equal(settings[12].id, "average@t=1,1", "default temperatures still say t= in a sweep");
     const poe = settings.filter((s) => s.type === "poe");
     assert.equal(poe.length, 25);
     assert.ok(poe.every((s) => s.betas![0] === 0.5 && s.betas![1] === 0.5), "poe uses its default betas");
     assert.equal(poe[0].id, "poe@t=0.7,0.7");
+    const mix = settings.filter((s) => s.type === "mix");
+    assert.equal(mix.length, 25);
+    assert.ok(mix.every((s) => s.weights![0] === 0.5 && s.weights![1] === 0.5 && s.betas === null), "mix uses its default weights");
+    assert.equal(mix[0].id, "mix@t=0.7,0.7");
     assert.ok(settings.some((s) => s.id === "entropy@t=0.85,1.15"));
-    assert.deepEqual(
-      [...new Set(settings.map((s) => s.type))],
-      ["average", "poe", "entropy", "gap"],
-      "strategies in the order listed",
-    );
+    assert.deepEqual([...new Set(settings.map((s) => s.type))], [...KNOWN_STRATEGIES], "strategies in the order listed");
   });
 
   test("the number of settings is the product of the list lengths", () => {
@@ -63,6 +64,35 @@ describe("expansion", () => {
     assert.ok(settings.filter((s) => s.type === "entropy").every((s) => s.betas === null && !s.id.includes("b=")));
   });
 
+  test("weights (one list per model) multiply mix only; ids say them", () => {
+    const settings = expandSweep(
+      { strategies: ["average", "mix"], temperatures: [[1], [0.9, 1]], weights: [[0.7, 0.3], [0.3, 0.7]] },
+      2,
+    );
+    const mix = settings.filter((s) => s.type === "mix");
+    assert.equal(mix.length, 2 * 2 * 2);
+    assert.equal(settings.length - mix.length, 2);
+    assert.deepEqual(mix.slice(0, 4).map((s) => s.id), ["mix@t=1,0.9;w=0.7,0.3", "mix@t=1,0.9;w=0.7,0.7", "mix@t=1,0.9;w=0.3,0.3", "mix@t=1,0.9;w=0.3,0.7"]);
+    assert.ok(settings.filter((s) => s.type === "average").every((s) => s.weights === null && !s.id.includes("w=")));
+    for (const s of settings) assert.ok(Setting.safeParse(s).success, s.id);
+    assert.equal(sweepSize(checkSweep({ strategies: ["average", "mix"], temperatures: [[1], [0.9, 1]], weights: [[0.7, 0.3], [0.3, 0.7]] }, 2).value!), settings.length);
+  });
+
+  test("betas and weights in one sweep: each multiplies its own strategy", () => {
+    const settings = expandSweep(
+      { strategies: ["poe", "mix"], temperatures: [[1], [1]], betas: [[1, 0.5], [1]], weights: [[1], [0, 1, 2]] },
+      2,
+    );
+    assert.deepEqual(settings.map((s) => s.id), [
+      "poe@t=1,1;b=1,1", "poe@t=1,1;b=0.5,1", "mix@t=1,1;w=1,0", "mix@t=1,1;w=1,1", "mix@t=1,1;w=1,2",
+    ]);
+  });
+
+  test("all-zero weight combinations are skipped", () => {
+    const settings = expandSweep({ strategies: ["mix"], temperatures: [[1], [1]], weights: [[0, 1], [0, 1]] }, 2);
+    assert.deepEqual(settings.map((s) => s.weights), [[0, 1], [1, 0], [1, 1]]);
+  });
+
   test("all-zero beta combinations are skipped", () => {
     const settings = expandSweep({ strategies: ["poe"], temperatures: [[1], [1]], betas: [[0, 1], [0, 1]] }, 2);
     assert.deepEqual(
@@ -78,9 +108,9 @@ describe("expansion", () => {
 
 describe("dedupe", () => {
   test("same type + temperatures + betas, whatever the id: the first is kept", () => {
-    const a: Setting = { id: "mine", type: "entropy", temperatures: [1, 1], betas: null };
-    const b: Setting = { id: "entropy@t=1,1", type: "entropy", temperatures: [1, 1], betas: null };
-    const c: Setting = { id: "gap@t=1,1", type: "gap", temperatures: [1, 1], betas: null };
+    const a: Setting = { id: "mine", type: "entropy", temperatures: [1, 1], betas: null, weights: null };
+    const b: Setting = { id: "entropy@t=1,1", type: "entropy", temperatures: [1, 1], betas: null, weights: null };
+    const c: Setting = { id: "gap@t=1,1", type: "gap", temperatures: [1, 1], betas: null, weights: null };
     const dropped: string[] = [];
     assert.deepEqual(
       dedupeSettings([a, c, b], (d, k) => dropped.push(`${d.id}->${k.id}`)),
@@ -90,8 +120,10 @@ describe("dedupe", () => {
   });
 
   test("different betas are different settings", () => {
-    const p = (b: number[]): Setting => ({ id: String(b), type: "poe", temperatures: [1, 1], betas: b });
+    const p = (b: number[]): Setting => ({ id: String(b), type: "poe", temperatures: [1, 1], betas: b, weights: null });
     assert.equal(dedupeSettings([p([0.5, 0.5]), p([0.4, 0.6]), p([0.5, 0.5])]).length, 2);
+    const m = (w: number[]): Setting => ({ id: String(w), type: "mix", temperatures: [1, 1], betas: null, weights: w });
+    assert.equal(dedupeSettings([m([0.5, 0.5]), m([0.4, 0.6]), m([0.5, 0.5])]).length, 2);
   });
 
   test("in a config, the sweep is appended to the strategies and repeats are evaluated once", () => {
@@ -107,11 +139,11 @@ describe("dedupe", () => {
       },
       dir,
     );
-    assert.equal(plan.settings.length, 100, "2 explicit + 100 swept − 2 repeats");
+    assert.equal(plan.settings.length, KNOWN_STRATEGIES.length * 25, "2 explicit + the swept − 2 repeats");
     assert.deepEqual(plan.settings.slice(0, 2).map((s) => s.id), ["entropy", "cool"]);
     assert.ok(!plan.settings.some((s) => s.id === "entropy@t=1,1" || s.id === "gap@t=0.7,0.85"));
     assert.equal(plan.notes.length, 2);
-    assert.deepEqual(plan.sweep, { strategies: [...KNOWN_STRATEGIES], temperatures: [GRID, GRID], betas: null });
+    assert.deepEqual(plan.sweep, { strategies: [...KNOWN_STRATEGIES], temperatures: [GRID, GRID], betas: null, weights: null });
   });
 });
 
@@ -164,12 +196,25 @@ describe("bad grids are rejected with the field path", () => {
   });
   test("an unknown strategy name", () => {
     assert.deepEqual(sweepErrors({ strategies: ["entropy", "median"], temperatures: [[1], [1]] }), [
-      'sweep.strategies[1]: unknown strategy "median"; known: average, poe, entropy, gap',
+      'sweep.strategies[1]: unknown strategy "median"; known: average, poe, entropy, gap, mix',
     ]);
   });
   test("betas without poe", () => {
     assert.deepEqual(sweepErrors({ strategies: ["entropy"], temperatures: [[1], [1]], betas: [[1], [1]] }), [
       "sweep.betas: only poe takes betas, and sweep.strategies does not list poe",
+    ]);
+  });
+  test("weights without mix", () => {
+    assert.deepEqual(sweepErrors({ strategies: ["poe"], temperatures: [[1], [1]], weights: [[1], [1]] }), [
+      "sweep.weights: only mix takes weights, and sweep.strategies does not list mix",
+    ]);
+  });
+  test("a negative weight, and the wrong number of weight lists", () => {
+    assert.deepEqual(sweepErrors({ strategies: ["mix"], temperatures: [[1], [1]], weights: [[0.5, -1], [1]] }), [
+      "sweep.weights[0][1]: a weight must be ≥ 0, got -1",
+    ]);
+    assert.deepEqual(sweepErrors({ strategies: ["mix"], temperatures: [[1], [1]], weights: [[0.5, 1]] }), [
+      "sweep.weights: expected 2 lists (one per model), got 1",
     ]);
   });
   test("the wrong number of beta lists", () => {
@@ -179,13 +224,13 @@ describe("bad grids are rejected with the field path", () => {
   });
   test("an unknown key", () => {
     assert.deepEqual(sweepErrors({ strategies: ["poe"], temperatures: [[1], [1]], temperature: [] }), [
-      "sweep.temperature: unknown key; allowed: strategies, temperatures, betas",
+      "sweep.temperature: unknown key; allowed: strategies, temperatures, betas, weights",
     ]);
   });
   test("a grid too large to evaluate", () => {
     const big = Array.from({ length: 60 }, (_, i) => 0.5 + i / 100);
     const lines = sweepErrors({ strategies: [...KNOWN_STRATEGIES], temperatures: [big, big] });
-    assert.deepEqual(lines, [`sweep: expands to ${4 * 60 * 60} settings; at most ${MAX_SWEEP_SETTINGS} are allowed (use fewer values)`]);
+    assert.deepEqual(lines, [`sweep: expands to ${KNOWN_STRATEGIES.length * 60 * 60} settings; at most ${MAX_SWEEP_SETTINGS} are allowed (use fewer values)`]);
   });
 });
 
@@ -205,6 +250,10 @@ describe("temperatureGrid (the TypeScript builder)", () => {
       settings.map((s) => s.id),
       ["poe@t=1,1;b=0.25,0.25", "poe@t=1,1;b=0.25,0.75", "poe@t=1,1;b=0.75,0.25", "poe@t=1,1;b=0.75,0.75"],
     );
+  });
+  test("weights for mix", () => {
+    const settings = temperatureGrid({ strategies: ["mix"], temperatures: [1], weights: [[1], [0, 1]] }, 2);
+    assert.deepEqual(settings.map((s) => s.id), ["mix@t=1,1;w=1,0", "mix@t=1,1;w=1,1"]);
   });
   test("the same checks as a config", () => {
     assert.throws(() => temperatureGrid({ strategies: ["entropy"], temperatures: [[1], [1], [1]] }, 2), ConfigError);

@@ -53,6 +53,12 @@ __all__ = ["ByteModel", "LOG_FLOOR", "byte_models", "check_byte_settings", "chec
 # bytes tie) gives 0 · floor = 0: that model does not take part, where 0 · -inf would be
 # NaN. A NEGATIVE poe beta turns a ruled-out byte into the fused favourite (the exact
 # value is +inf; here it is ~|β| · 1e30): such a fused NLL is meaningless either way.
+# `mix` (log Σ w_m p_m) takes log_softmax(l_m / T_m) per model: a floored entry is
+# -1e30 / T_m minus a finite normalizer, whose exp is exactly 0 in float32 for the same
+# temperatures, so it adds exactly nothing to that model's normalizer and gets
+# probability exactly 0 in the mixture; the mixture is read only at the text's byte, which
+# no model rules out (_window_sums checks each model's own NLL first), and a model whose
+# weight is 0 is left out of the sum altogether.
 LOG_FLOOR = -1e30
 VOCAB = 257      # 256 bytes and "end"
 

@@ -10,6 +10,16 @@ from Σ β_m y_m by a per-position constant, which the final softmax removes.
 So a strategy is only a small function that returns its weights, and one shared
 fast path turns coefficients into NLLs:  NLL = -log_softmax(Σ_m c_m z_m)[target].
 
+`mix` is the exception: it mixes probabilities, f = log Σ_m w_m p_m, which is no
+linear combination of logits, so its registry entry brings its own NLL function. Its
+mixture is normalized already (Σ w = 1), so only its value at the target is needed:
+
+    NLL = -logsumexp_m(log w_m + log_softmax(y_m)[target])
+
+with log_softmax(y_m) computed once per (model, temperature) in float32 blocks of
+positions and shared by every mix setting, and the logsumexp over the N models in
+float64. A model whose weight is 0 is left out of the sum (log 0 is never added).
+
 Cost model (a sweep is 100 settings over a 50k vocabulary): the fused pass is
 K × P × V work and is done in small blocks of (positions × settings) that stay
 in cache; everything that depends on a (model, temperature) pair only — entropy,
@@ -30,7 +40,8 @@ from typing import Any
 
 import torch
 
-Setting = Mapping[str, Any]   # {"id", "type", "temperatures": [N], "betas": [N] | None} (protocol.ts)
+# {"id", "type", "temperatures": [N], "betas": [N] | None, "weights": [N] | None} (protocol.ts)
+Setting = Mapping[str, Any]
 
 
 class NumericalError(Exception):
@@ -63,10 +74,11 @@ class FusionConfig:
 class ModelLogits:
     """One model's logits at P positions, and what all its temperatures share."""
 
-    def __init__(self, z: torch.Tensor, vocab: int, cfg: FusionConfig):
+    def __init__(self, z: torch.Tensor, vocab: int, cfg: FusionConfig, targets: torch.Tensor | None = None):
         self.z = z                      # [P, V_m] model dtype; the fusion uses [:, :vocab]
         self.vocab = vocab
         self.cfg = cfg
+        self.targets = targets          # [P] on z's device (what target_log_prob reads)
         self._stats: dict[float, TempStats] = {}
 
     @property
@@ -108,6 +120,24 @@ class ModelLogits:
             ed[i:i + b] = torch.bmm(e.unsqueeze(1), d.unsqueeze(2)).view(b)        # [b] Σ e·d
         return eps.cpu().double(), ed.cpu().double()
 
+    def target_log_prob(self, temperature: float) -> torch.Tensor:
+        """log_softmax(z[:, :vocab] / T)[target] per position, [P] float64 CPU, from float32
+        blocks of positions ([rows, V] at a time, within the block budget)."""
+        if self.targets is None:
+            raise ValueError("target_log_prob needs the targets")
+        P, V = self.n_positions, self.vocab
+        rows = max(1, self.cfg.block_elems // V)
+        out = torch.empty(P, dtype=torch.float32, device=self.z.device)
+        y_buf = torch.empty(min(rows, P), V, dtype=torch.float32, device=self.z.device)
+        l_buf = torch.empty_like(y_buf)
+        for i in range(0, P, rows):
+            b = min(rows, P - i)
+            y, logp = y_buf[:b], l_buf[:b]
+            torch.div(self.z[i:i + b, :V].float(), temperature, out=y)             # [b, V] y = z / T
+            torch.log_softmax(y, -1, out=logp)                                     # [b, V]
+            out[i:i + b] = logp.gather(1, self.targets[i:i + b, None]).view(b)
+        return out.cpu().double()
+
 
 class TempStats:
     """Per-position statistics of p = softmax(z / T) over the shared vocabulary,
@@ -139,6 +169,16 @@ class TempStats:
         values, _ = self.logits.top2
         d2 = (values[:, 1] - values[:, 0]).cpu().double()                 # [P] ≤ 0
         return -torch.expm1(d2 / self.temperature) / (1.0 + eps)
+
+    @cached_property
+    def target_log_prob(self) -> torch.Tensor:
+        """log p(target) [P] float64: what mix reads, once per (model, temperature)."""
+        return self.logits.target_log_prob(self.temperature)
+
+    @cached_property
+    def log_probs(self) -> torch.Tensor:
+        """log_softmax(z[:, :vocab] / T) [P, V] float32: the whole row (generation's few positions)."""
+        return torch.log_softmax(self.logits.z[:, :self.logits.vocab].float() / self.temperature, -1)
 
 
 # ----------------------------------------------------------------------------- strategies: weights only
@@ -173,12 +213,51 @@ def gap(stats: list[TempStats], setting: Setting) -> torch.Tensor:
     return _normalize(torch.stack([s.top_gap for s in stats], 1))          # [P, N]
 
 
+def _shares(values: Sequence[float]) -> torch.Tensor:
+    """Static per-model weights scaled to sum 1 [N] float64 (check_settings has made sure
+    they are ≥ 0 with a positive sum)."""
+    w = torch.tensor(values, dtype=torch.float64)
+    return w / w.sum()
+
+
+def mix_weights(stats: list[TempStats], setting: Setting) -> torch.Tensor:
+    # the mixture's weights, normalized to sum 1 (SPEC §3: log Σ w_m p_m); the controller
+    # resolves the default (1/N each) and sends them as written
+    return _shares(setting["weights"]).expand(stats[0].n_positions, len(stats))
+
+
+def mix_nll(stats: list[TempStats], setting: Setting) -> torch.Tensor:
+    """-log Σ_m w_m p_m(target) [P] float64 = -logsumexp_m(log w_m + log p_m(target)).
+    Models with w_m = 0 are left out: they have no say, and cost nothing."""
+    w = _shares(setting["weights"])
+    say = [m for m in range(len(stats)) if w[m] > 0]
+    terms = torch.stack([stats[m].target_log_prob + math.log(float(w[m])) for m in say], 1)   # [P, N']
+    return -torch.logsumexp(terms, 1)
+
+
+def mix_log_probs(stats: list[TempStats], setting: Setting) -> torch.Tensor:
+    """The whole mixture, log Σ_m w_m p_m over the vocabulary [P, V] float64 (what
+    generation samples from; mix_nll is its value at the targets, without building it)."""
+    w = _shares(setting["weights"])
+    say = [m for m in range(len(stats)) if w[m] > 0]
+    terms = torch.stack([stats[m].log_probs.double() + math.log(float(w[m])) for m in say], 1)   # [P, N', V]
+    return torch.logsumexp(terms, 1)
+
+
+NllFn = Callable[[list[TempStats], Setting], torch.Tensor]     # -> fused NLL [P] float64
+LogProbsFn = Callable[[list[TempStats], Setting], torch.Tensor]   # -> fused log p [P, V]
+
+
 @dataclass(frozen=True)
 class Strategy:
     """A registry entry: the weight function, and the per-model list parameters (beyond
-    `temperatures`, which every strategy takes) that it reads from a setting."""
+    `temperatures`, which every strategy takes) that it reads from a setting. `nll`: a
+    strategy that is not a weighted sum of logits (mix) brings its own fused NLL; the
+    others go through the shared fast path."""
     weights: WeightFn
     params: tuple[str, ...] = ()
+    nll: NllFn | None = None
+    log_probs: LogProbsFn | None = None     # with nll: the whole fused distribution (generation)
 
 
 # The one place a strategy is declared on this side (its parameters' defaults and
@@ -189,8 +268,29 @@ STRATEGIES: dict[str, Strategy] = {
     "poe": Strategy(poe, params=("betas",)),
     "entropy": Strategy(entropy),
     "gap": Strategy(gap),
+    "mix": Strategy(mix_weights, params=("weights",), nll=mix_nll, log_probs=mix_log_probs),
 }
 _FIXED_FIELDS = ("id", "type", "temperatures")
+
+
+def _static_shares_problem(values: list[float]) -> str | None:
+    if any(x < 0 for x in values):
+        return f"must be >= 0, got {values}"
+    if not any(x > 0 for x in values):
+        return f"need at least one > 0, got {values}"
+    if not math.isfinite(sum(values)):
+        return f"must have a finite sum, got {values}"
+    return None
+
+
+# What each kind of per-model list must be as a whole, beyond one finite number per model
+# (src/strategies.ts LIST_PARAMS `problem` says the same to the user, earlier). Betas may
+# be anything finite here: a negative beta is well defined in token space (byte space
+# refuses it, byte_eval.check_byte_settings). Mixture weights are probabilities' weights.
+LIST_CHECKS: dict[str, Callable[[list[float]], str | None]] = {
+    "betas": lambda values: None,
+    "weights": _static_shares_problem,
+}
 
 
 def _number_per_model(s: Setting, key: str, n_models: int, name: str) -> list[float]:
@@ -215,7 +315,9 @@ def check_settings(settings: Sequence[Setting], n_models: int) -> None:
         if not all(t > 0 for t in temps):
             raise ValueError(f"setting {name}: temperatures must be > 0, got {temps}")
         for key in strategy.params:
-            _number_per_model(s, key, n_models, name)
+            problem = LIST_CHECKS[key](_number_per_model(s, key, n_models, name))
+            if problem:
+                raise ValueError(f"setting {name}: {key} {problem}")
         for key, value in s.items():
             if key not in _FIXED_FIELDS and key not in strategy.params and value is not None:
                 takes = " and ".join(("temperatures", *strategy.params))
@@ -280,6 +382,32 @@ def fused_nll(zs: Sequence[torch.Tensor], targets: torch.Tensor, vocab: int, coe
     return out.t().cpu().double()                                          # [K, P]
 
 
+def fused_log_probs(logits: Sequence[torch.Tensor], vocab: int, setting: Setting,
+                    cfg: FusionConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One setting's whole fused distribution at P positions (generation): log p [P, vocab]
+    and the weights α [P, N] float64. The same weights as evaluation (the registry's
+    functions on the same per-(model, T) statistics) and, for the rules f = Σ c_m z_m,
+    the same fused logits by the same bmm as fused_nll; a strategy with its own NLL (mix)
+    brings its own log_probs. The setting is trusted (check_settings first)."""
+    device = logits[0].device
+    cfg = cfg or FusionConfig.for_device(device)
+    views = [ModelLogits(z, vocab, cfg) for z in logits]
+    try:
+        temps = [float(t) for t in setting["temperatures"]]
+        strategy = STRATEGIES[setting["type"]]
+        stats = [v.at(t) for v, t in zip(views, temps)]
+        alpha = strategy.weights(stats, setting)                                          # [P, N]
+        if strategy.nll is not None:
+            return strategy.log_probs(stats, setting).float(), alpha
+        coef = (alpha / torch.tensor(temps, dtype=torch.float64)).float().to(device)      # [P, N]
+        zb = torch.stack([z[:, :vocab].float() for z in logits], 1)                       # [P, N, V]
+        f = torch.bmm(coef.unsqueeze(1), zb).squeeze(1)                                   # [P, V] fused logits
+        return torch.log_softmax(f, -1), alpha
+    finally:
+        for v in views:
+            v._stats.clear()
+
+
 @dataclass
 class PositionScores:
     model_nll: torch.Tensor    # [N, P] float64: each model alone, T = 1, whole output layer
@@ -334,31 +462,45 @@ def _each_position(logits: Sequence[torch.Tensor], targets: torch.Tensor, vocab:
     if not settings:
         return PositionScores(model_nll=base, fusion_nll=torch.zeros(0, P, dtype=torch.float64),
                               weights=torch.zeros(0, P, n, dtype=torch.float64))
-    alphas, coefs = _weights(logits, vocab, settings, cfg)                               # [P, N] each
-    # settings with identical coefficients share one fused pass: e.g. poe with betas
-    # 1/N IS average, so a sweep over both does that half of its work once
-    unique: dict[bytes, int] = {}
-    slot = [unique.setdefault(c.numpy().tobytes(), len(unique)) for c in coefs]        # [K]
-    distinct = [coefs[slot.index(u)] for u in range(len(unique))]
-    coef = torch.stack(distinct, 1).float().to(device)                                   # [P, U, N]
-    fused = fused_nll(logits, targets, vocab, coef, cfg)[slot]                           # [K, P]
+    alphas, coefs, own = _weights(logits, targets, vocab, settings, cfg)                 # per setting
+    fused = torch.empty(len(settings), P, dtype=torch.float64)                           # [K, P]
+    for k, nll in own.items():                                                           # mix: its own path
+        fused[k] = nll
+    linear = [k for k in range(len(settings)) if k not in own]
+    if linear:
+        # settings with identical coefficients share one fused pass: e.g. poe with betas
+        # 1/N IS average, so a sweep over both does that half of its work once
+        unique: dict[bytes, int] = {}
+        slot = [unique.setdefault(coefs[k].numpy().tobytes(), len(unique)) for k in linear]   # [K_linear]
+        distinct = [coefs[linear[slot.index(u)]] for u in range(len(unique))]
+        coef = torch.stack(distinct, 1).float().to(device)                               # [P, U, N]
+        fused[linear] = fused_nll(logits, targets, vocab, coef, cfg)[slot]                # [K_linear, P]
     return PositionScores(model_nll=base, fusion_nll=fused, weights=torch.stack(alphas))  # weights [K, P, N]
 
 
-def _weights(logits: Sequence[torch.Tensor], vocab: int, settings: Sequence[Setting],
-             cfg: FusionConfig) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per setting: α [P, N] and the coefficients c = α / T [P, N] (float64, CPU)."""
-    views = [ModelLogits(z, vocab, cfg) for z in logits]
-    alphas, coefs = [], []
+def _weights(logits: Sequence[torch.Tensor], targets: torch.Tensor, vocab: int, settings: Sequence[Setting],
+             cfg: FusionConfig) -> tuple[list[torch.Tensor], list[torch.Tensor | None], dict[int, torch.Tensor]]:
+    """Per setting: α [P, N]; for the fast path the coefficients c = α / T [P, N] (float64,
+    CPU), for a strategy with its own NLL (mix) None, its fused NLL [P] going into the dict
+    under the setting's index. What a (model, temperature) pair needs is computed once."""
+    views = [ModelLogits(z, vocab, cfg, targets) for z in logits]
+    alphas: list[torch.Tensor] = []
+    coefs: list[torch.Tensor | None] = []
+    own: dict[int, torch.Tensor] = {}
     try:
-        for s in settings:
+        for k, s in enumerate(settings):
             temps = [float(t) for t in s["temperatures"]]
-            alpha = STRATEGIES[s["type"]].weights([v.at(t) for v, t in zip(views, temps)], s)  # [P, N]
-            alphas.append(alpha)
-            coefs.append(alpha / torch.tensor(temps, dtype=torch.float64))                     # [P, N]
+            strategy = STRATEGIES[s["type"]]
+            stats = [v.at(t) for v, t in zip(views, temps)]
+            alphas.append(strategy.weights(stats, s))                                      # [P, N]
+            if strategy.nll is not None:
+                own[k] = strategy.nll(stats, s)                                            # [P]
+                coefs.append(None)
+            else:
+                coefs.append(alphas[-1] / torch.tensor(temps, dtype=torch.float64))        # [P, N]
     finally:
         # TempStats points back at its ModelLogits: break the cycle now, or each chunk's
         # logits live until the cyclic GC runs and peak memory grows with the text.
         for v in views:
             v._stats.clear()
-    return alphas, coefs
+    return alphas, coefs, own

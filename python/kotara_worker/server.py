@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import transformers
 
-from . import __version__, byte_eval, evaluate as ev, protocol
+from . import __version__, byte_eval, evaluate as ev, generate as gen, protocol
 from .fusion import check_settings
 from .models import load_session
 from .protocol import RequestError
@@ -64,11 +64,13 @@ class Server:
                 self.load(message)
             elif kind == "evaluate":
                 self.evaluate(message)
+            elif kind == "generate":
+                self.generate(message)
         except RequestError as e:
             self.error(request_id, e.code, e.message)
         except ev.NumericalError as e:
             self.error(request_id, "numerical", str(e))
-        except ev.Cancelled:
+        except (ev.Cancelled, gen.Interrupted):
             self.error(request_id, "cancelled", "cancelled by the controller")
         except Exception as e:  # noqa: BLE001 - report, keep serving
             self.error(request_id, "internal", f"{type(e).__name__}: {e}", traceback.format_exc())
@@ -185,6 +187,36 @@ class Server:
             raise RequestError("bad_request", str(e)) from None
         self.send_result(request_id, "bytes", len(text), len(windows), out.sums, [b.to_dict() for b in out.beams],
                          started, tokenize_seconds)
+
+    def generate(self, message: dict) -> None:
+        """Fused generation (generate.py): every prompt of the request decoded together,
+        a chunk message per step, a generated message at the end."""
+        request_id = message["request_id"]
+        if not self.models:
+            raise RequestError("bad_request", "no models are loaded")
+        if self.space == "bytes":
+            raise RequestError("bad_request", "generation in byte space (models whose tokenizers differ) is not "
+                                              "implemented yet; token space needs one shared vocabulary")
+        try:
+            check_settings([message["setting"]], len(self.models))
+            sampling = gen.Sampling.from_dict(message["sampling"])
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
+        tok = self.tokenizer
+        start_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        if start_id is None:
+            raise RequestError("bad_request", "the tokenizer has neither a BOS nor an EOS token to start from")
+        request = gen.Request(list(message["prompts"]), message["setting"], int(message["max_new"]), sampling,
+                              list(message["stop"]), bool(message["truncate"]))
+
+        def on_step(step: int, chunks: list[dict]) -> None:
+            self.channel.send({"type": "chunk", "request_id": request_id, "step": step, "chunks": chunks})
+
+        out = gen.generate(self.models, tok, len(tok), request, start_id, on_step, self.stop_check(request_id),
+                           warn=lambda m: self.status(f"warning: {m}"))
+        self.channel.send({"type": "generated", "request_id": request_id, "space": "tokens", **out})
+        if self.stopping:
+            self.channel.send({"type": "bye"})
 
     def send_result(self, request_id, space: str, positions: int, n_windows: int, sums: ev.Sums,
                     byte_stats: list[dict] | None, started: float, tokenize_seconds: float) -> None:

@@ -19,7 +19,7 @@ from kotara_worker.models import load_session
 from kotara_worker.protocol import RequestError
 from kotara_worker.token_bytes import start_token, token_bytes
 from kotara_worker.windows import plan_byte_windows
-from test_fusion import setting
+from test_fusion import U64, close, mix64, setting
 from test_server import FakeChannel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,7 +33,9 @@ BEAM = 4
 def settings2() -> list[dict]:
     return [setting("average", 2), setting("poe", 2, betas=[0.7, 0.4]),
             setting("entropy", 2, temps=[0.8, 1.3], id_="entropy-t"), setting("gap", 2, temps=[1.2, 0.9]),
-            setting("entropy", 2), setting("gap", 2, id_="gap-1")]
+            setting("entropy", 2), setting("gap", 2, id_="gap-1"), setting("mix", 2),
+            setting("mix", 2, temps=[0.8, 1.3], weights=[0.7, 0.3], id_="mix-w"),
+            setting("mix", 2, temps=[1.0, 0.5], weights=[0.0, 1.0], id_="mix-b")]
 
 
 def _save(d: Path, model, tok) -> str:
@@ -106,6 +108,11 @@ def fused64(rows: list[torch.Tensor], targets: torch.Tensor, s: dict) -> tuple[t
     y = [r / t for r, t in zip(rows, temps)]                                  # -inf stays -inf
     p = [torch.softmax(v, -1) for v in y]                                      # exp(-inf) = 0
     P = targets.numel()
+    if s["type"] == "mix":                                                     # log Σ w_m p_m
+        w = torch.tensor(s["weights"], dtype=torch.float64)
+        w = w / w.sum()
+        mixture = sum(w[m] * p[m] for m in range(n))
+        return -torch.log(mixture.gather(1, targets[:, None]).squeeze(1)), w.expand(P, n)
     if s["type"] == "average":
         alpha = torch.full((P, n), 1.0 / n, dtype=torch.float64)
     elif s["type"] == "poe":
@@ -363,7 +370,7 @@ def test_the_floor_is_minus_infinity_for_the_fusion(tiny):
     keep = (~out).nonzero().squeeze(1)
     for t in (1e-3, 0.5, 1.0, 3.0, 1e6):
         ss = [setting(k, 2, temps=[t, t]) for k in ("average", "entropy", "gap")] + \
-             [setting("poe", 2, temps=[t, t], betas=[0.6, 0.4])]
+             [setting("poe", 2, temps=[t, t], betas=[0.6, 0.4]), setting("mix", 2, temps=[t, t], weights=[0.6, 0.4])]
         floored = score_each_position([r.clamp(min=byte_eval.LOG_FLOOR) for r in rows], targets, 257, ss)
         removed = score_each_position([r[:, keep].clamp(min=byte_eval.LOG_FLOOR) for r in rows],
                                       torch.searchsorted(keep, targets), len(keep), ss)
@@ -371,5 +378,56 @@ def test_the_floor_is_minus_infinity_for_the_fusion(tiny):
         assert torch.allclose(floored.weights, removed.weights, rtol=1e-5, atol=1e-6), t
         for k, s in enumerate(ss):
             want, alpha = fused64(rows, targets, s)
-            assert torch.allclose(floored.fusion_nll[k], want, rtol=1e-4, atol=1e-4), (t, s["type"])
             assert math.isfinite(float(floored.fusion_nll[k].sum()))
+            if s["type"] == "mix" and not bool(torch.isfinite(want).all()):
+                continue             # T = 1e-3: the plain float64 mixture underflows (NLL ~5e3); floored = removed above
+            assert torch.allclose(floored.fusion_nll[k], want, rtol=1e-4, atol=1e-4), (t, s["type"])
+            if s["type"] == "mix":   # and within its derived bound of the rows without the floor (-inf)
+                ref = mix64(rows, targets, 257, s)
+                close(floored.fusion_nll[k], ref.nll, ref.mix_err, (t, "mix, floored"))
+                close(removed.fusion_nll[k], ref.nll, ref.mix_err, (t, "mix, removed"))
+
+
+def test_byte_space_mix_is_the_mixture_of_each_windows_rows(tiny, byte_dirs, monkeypatch):
+    """mix in byte space against −log Σ w_m softmax(l_m / T_m) recomputed in float64 from the
+    rows the pass fused (captured at _window_sums, -inf and all), within mix_allowed summed
+    over each window's bytes; the rows themselves are ByteLM's (the pass test checks that).
+    Ruled-out bytes (the floor) get probability exactly 0: the bound counts them as 0."""
+    refs = [str(tiny["gpt2-a"]), byte_dirs["sp"]]
+    session = load_session([spec(r) for r in refs], None, None, False, quiet, space="bytes")
+    models = byte_eval.byte_models(session.models, session.readers, beam=2, prune=0.0)   # K = 2: many -inf
+    text = TEXT.encode()
+    windows = plan_byte_windows(text, 64, 40)
+    settings = [setting("mix", 2), setting("mix", 2, temps=[0.7, 1.4], weights=[3.0, 1.0], id_="mix-31"),
+                setting("mix", 2, temps=[0.05, 2.0], weights=[0.5, 0.5], id_="mix-cold"),
+                setting("mix", 2, temps=[1.0, 1.0], weights=[0.0, 1.0], id_="mix-sp")]
+    seen = []
+    window_sums = byte_eval._window_sums
+
+    def spy(models_, rows, text_, i, w, settings_, cfg):
+        part = window_sums(models_, rows, text_, i, w, settings_, cfg)
+        seen.append((w, [r.clone() for r in rows], part))
+        return part
+    monkeypatch.setattr(byte_eval, "_window_sums", spy)
+    out = byte_eval.run_pass(models, text, windows, settings, 2, None, quiet, 10**6, lambda: False)
+    assert [w for w, _, _ in seen] == list(windows)
+    assert any(bool(torch.isinf(r).any()) for _, rows, _ in seen for r in rows)      # the floor is exercised
+    total = torch.zeros(len(settings), dtype=torch.float64)
+    sp_alone, sp_allowed = 0.0, 0.0
+    for w, rows, part in seen:
+        targets = torch.tensor(list(text[w.first_scored:w.end]))
+        for k, s in enumerate(settings):
+            ref = mix64(rows, targets, 257, s)
+            # the window's sum of float64 per-byte values adds ≤ P·2^-53·Σ|nll| on each side
+            allowed = ref.mix_err.sum() + 2 * len(targets) * U64 * ref.nll.abs().sum()
+            close(part.fusion_nll[k], ref.nll.sum(), allowed, (s["id"], w))
+            close(part.fusion_weights[k], ref.alpha.sum(0), len(targets) * ref.alpha_err[0] * 2, (s["id"], "weights"))
+            if s["id"] == "mix-sp":
+                sp_allowed += float(allowed)
+        total += part.fusion_nll
+        sp_alone += float(-rows[1][torch.arange(len(targets)), targets].sum())
+    assert out.sums.fusion_nll == total.tolist()
+    # weight 0 for the first model: the second model alone, its own byte NLL from its rows (float64,
+    # exact log-probabilities: softmax(l) = p), within the same bounds
+    assert out.sums.fusion_weights[3][0] == 0.0
+    close(torch.tensor(out.sums.fusion_nll[3]), torch.tensor(sp_alone), sp_allowed, "mix-sp is the second model")

@@ -29,6 +29,7 @@ class Fused64:
     alpha_err: torch.Tensor              # [P, N] bound on |α_code − α| + |α_ref − α| (weights_allowed)
     alpha_ref_err: torch.Tensor          # [P, N] the reference's own share of it
     y: list[torch.Tensor]                # [P, V] per model: the tempered logits z / T
+    mix_err: torch.Tensor | None = None  # [P] mix only: its whole bound (mix_allowed), else None
 
 
 def raw_weights64(y: list[torch.Tensor], kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,6 +63,8 @@ def fuse64(logits: list[torch.Tensor], targets: torch.Tensor, vocab: int, settin
     y = [v / t for v, t in zip(z, temps)]
     zero = torch.zeros(len(targets), n, dtype=torch.float64)
     kind = setting["type"]
+    if kind == "mix":
+        return mix64(logits, targets, vocab, setting)
     if kind == "average":
         alpha, alpha_err, ref_err = torch.full_like(zero, 1.0 / n), zero, zero
         f = sum(v / n for v in y)
@@ -78,6 +81,24 @@ def fuse64(logits: list[torch.Tensor], targets: torch.Tensor, vocab: int, settin
         f = sum(alpha[:, m:m + 1] * y[m] for m in range(n))
     nll = -torch.log_softmax(f, -1).gather(1, targets[:, None]).squeeze(1)
     return Fused64(nll=nll, alpha=alpha, alpha_err=alpha_err, alpha_ref_err=ref_err, y=y)
+
+
+def mix64(logits: list[torch.Tensor], targets: torch.Tensor, vocab: int, setting: dict) -> Fused64:
+    """mix, plainly: NLL = −log Σ_m w_m softmax(z_m / T_m)[target], w normalized to sum 1,
+    in float64 (the tests keep −log p below ~700, where float64 does not underflow)."""
+    n = len(logits)
+    w = torch.tensor(setting["weights"], dtype=torch.float64)
+    w = w / w.sum()
+    y = [x[:, :vocab].double() / t for x, t in zip(logits, setting["temperatures"])]
+    p = [torch.softmax(v, -1) for v in y]                                       # [P, V] each
+    mixture = sum(w[m] * p[m] for m in range(n))                                # [P, V]
+    nll = -torch.log(mixture.gather(1, targets[:, None]).squeeze(1))
+    assert bool(torch.isfinite(nll).all()), "the float64 reference underflowed: pick other inputs"
+    alpha = w.expand(len(targets), n)
+    alpha_err = 4 * U64 * alpha                            # both sides: x / Σx in float64
+    rounds = logits[0].dtype not in (torch.float32, torch.bfloat16, torch.float16)
+    return Fused64(nll=nll, alpha=alpha, alpha_err=alpha_err, alpha_ref_err=torch.zeros_like(alpha), y=y,
+                   mix_err=mix_allowed(y, p, w, targets, input_rounds=rounds))
 
 
 def reference(logits: list[torch.Tensor], targets: torch.Tensor, vocab: int, setting: dict):
@@ -115,7 +136,22 @@ def reference_base(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 #     |ΔNLL| ≤ Σ_m |Δα_m|·range_i(y_m,i), with Δα = α_code − α_ref as measured plus the
 #     reference's own bound (a third float64 computation, the golden file, is then covered).
 #     α_code itself is checked against weights_allowed (below).
-# Taken together:  fused:  (1) on f + (2) + (3);   base (T = 1, no fusion):  (1) on z.
+# (4) mix, NLL = −log Σ_m w_m exp(l_m,t), l_m = log_softmax(y_m) (mix_allowed):
+#     y_m = z_m / T_m is one float32 division (u|y_i|; logits in float64, as byte space
+#     passes them, are cast to float32 first: another u|y_i|). l_t = y_t − LSE(y) has
+#     gradient e_t − p in y, so  |Δl_t| ≤ k·u·(|y_t| + Σ_i p_i |y_i|), k = 1 or 2; an entry
+#     with p_i = 0 exactly (the byte floor) counts 0: its exp is 0 either way.
+#     The float32 log_softmax of y_m adds (1): u(|max y_m| + 2·NLL_m + V + 4 ln V + 3).
+#     The mixture −LSE_m(a_m), a_m = l_m,t + log w_m, is float64; its gradient in a_m is the
+#     posterior π_m (π ≥ 0, Σ π = 1), so the float32 errors move it by ≤ max_m |Δl_m,t| over
+#     the models with w_m > 0 (a weight of 0 drops the model, exactly, on both sides).
+#     Its own float64 steps: w / Σw (N·2^-53 relative, so N·2^-53 in log w), log (2^-53|log w|),
+#     the addition (2^-53|a_m|), and LSE = max + log Σ exp(a − max): 2^-53 per |a_m − max|
+#     weighted by π, N·2^-53 for the sum, 2^-53(|max| + ln N) for the log and the add; with
+#     |log w| ≤ |a| (both ≤ 0) and ln N ≤ N all of it is ≤ 2^-53(5·max|a_m| + 3N + 3),
+#     counted twice (the code's and the reference's float64 steps). The reference's own
+#     float64 softmax is the float32 analysis at 2^-53, covered by u = 2^-24 + 2^-53.
+# Taken together:  fused:  (1) on f + (2) + (3);  mix: (4);  base (T = 1, no fusion):  (1) on z.
 # For near-one-hot rows the reference's entropy loses its digits (H ~ 1e-11 is a
 # difference of terms ~1); the one-hot test brings closed forms instead.
 #
@@ -136,13 +172,33 @@ def log_softmax_error(x: torch.Tensor, nll: torch.Tensor, u: float = UB) -> torc
 
 
 def nll_allowed(ref: Fused64, alpha_got: torch.Tensor) -> torch.Tensor:
-    """(1) + (2) + (3) for one setting: [P]."""
+    """(1) + (2) + (3) for one setting: [P]; (4) for mix."""
+    if ref.mix_err is not None:
+        return ref.mix_err
     n = len(ref.y)
     f = sum(ref.alpha[:, m:m + 1] * ref.y[m] for m in range(n))               # [P, V] what the code fuses
     g = sum((ref.alpha[:, m:m + 1] * ref.y[m]).abs() for m in range(n)).max(-1).values   # [P]
     d_alpha = (alpha_got.double() - ref.alpha).abs() + ref.alpha_ref_err       # [P, N]
     spread = torch.stack([v.max(-1).values - v.min(-1).values for v in ref.y], 1)  # [P, N] range(y_m)
     return log_softmax_error(f, ref.nll) + 2 * (n + 1) * UB * g + (d_alpha * spread).sum(1)
+
+
+def mix_allowed(y: list[torch.Tensor], p: list[torch.Tensor], w: torch.Tensor, targets: torch.Tensor,
+                input_rounds: bool = False) -> torch.Tensor:
+    """(4): bound [P] on |ΔNLL| of mix, from the float64 tempered logits y_m [P, V], their
+    softmax p_m and the normalized weights w [N]. Models with w_m = 0 are out on both sides."""
+    say = [m for m in range(len(y)) if w[m] > 0]
+    k = 2 if input_rounds else 1                           # roundings of y: the float32 cast, z / T
+    per_model, a_max = [], []
+    for m in say:
+        yt = y[m].gather(1, targets[:, None]).squeeze(1)                        # [P]
+        nll_m = torch.logsumexp(y[m], -1) - yt                                  # [P] −l_m,t ≥ 0
+        finite = torch.where(p[m] > 0, y[m].abs(), torch.zeros_like(y[m]))      # 0 · ∞ is 0 here
+        divide = k * UB * (yt.abs() + (p[m] * finite).sum(-1))                  # Δl from Δy
+        per_model.append(divide + log_softmax_error(torch.where(p[m] > 0, y[m], -math.inf), nll_m))
+        a_max.append(nll_m - math.log(float(w[m])))                             # |a_m|, a ≤ 0
+    f32 = torch.stack(per_model, 1).max(1).values
+    return f32 + 2 * U64 * (5 * torch.stack(a_max, 1).max(1).values + 3 * len(y) + 3)
 
 
 def code_raw_error(z: list[torch.Tensor], temps, kind: str, raw: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
@@ -186,12 +242,14 @@ def close(got: torch.Tensor, want: torch.Tensor, allowed: torch.Tensor, what: ob
 
 # ----------------------------------------------------------------------------- inputs
 
-def setting(type_: str, n: int, temps=None, betas=None, id_: str | None = None) -> dict:
+def setting(type_: str, n: int, temps=None, betas=None, id_: str | None = None, weights=None) -> dict:
     """A wire Setting as the controller sends it: everything resolved; poe without betas
-    gets the default 1/N each (SPEC §3), the others null."""
+    and mix without weights get the default 1/N each (SPEC §3), the others null."""
     if type_ == "poe" and betas is None:
         betas = [1.0 / n] * n
-    return {"id": id_ or type_, "type": type_, "temperatures": temps or [1.0] * n, "betas": betas}
+    if type_ == "mix" and weights is None:
+        weights = [1.0 / n] * n
+    return {"id": id_ or type_, "type": type_, "temperatures": temps or [1.0] * n, "betas": betas, "weights": weights}
 
 
 def random_logits(n: int, P: int, V: int, seed: int, scale: float = 3.0) -> list[torch.Tensor]:
@@ -204,7 +262,9 @@ def all_settings(n: int) -> list[dict]:
     b = [1.0 / (m + 1) for m in range(n)]
     return [setting("average", n), setting("average", n, t), setting("poe", n), setting("poe", n, t, b),
             setting("poe", n, betas=[1.0] * n), setting("poe", n, betas=[-0.3] + [1.0] * (n - 1)),
-            setting("entropy", n), setting("entropy", n, t), setting("gap", n), setting("gap", n, t[::-1])]
+            setting("entropy", n), setting("entropy", n, t), setting("gap", n), setting("gap", n, t[::-1]),
+            setting("mix", n), setting("mix", n, t[::-1], weights=[m + 1.0 for m in range(n)]),
+            setting("mix", n, t, weights=[0.0] + [0.25] * (n - 1))]
 
 
 def check_against_reference(logits, targets, vocab, settings, got, what=""):
@@ -327,10 +387,12 @@ def test_blocking_does_not_change_results_and_sums_are_sums():
 
 
 def test_a_sweep_equals_one_setting_at_a_time():
-    # the shape of a real sweep: 4 strategies × a 5 × 5 temperature grid
+    # the shape of a real sweep: every strategy × a 5 × 5 temperature grid, and mix over
+    # a grid of weights too (one of them giving the second model no say)
     grid = [0.7, 0.85, 1.0, 1.15, 1.3]
     settings = [setting(t, 2, [a, b], id_=f"{t}-{a}-{b}") for t in STRATEGIES for a in grid for b in grid]
-    assert len(settings) == 100
+    settings += [setting("mix", 2, [a, 1.0], weights=[w, 1 - w], id_=f"mix-{a}-w{w}") for a in grid for w in (1.0, 0.8, 0.3)]
+    assert len(settings) == 25 * len(STRATEGIES) + 15
     logits = random_logits(2, 8, 300, seed=6)
     targets = torch.randint(0, 300, (8,), generator=torch.Generator().manual_seed(4))
     together = score_each_position(logits, targets, 300, settings)
@@ -340,13 +402,107 @@ def test_a_sweep_equals_one_setting_at_a_time():
         close(together.fusion_nll[k], alone.fusion_nll[0],
               2 * nll_allowed(fuse64(logits, targets, 300, s), alone.weights[0]), s["id"])
         assert torch.equal(together.weights[k], alone.weights[0]), s["id"]
+        if s["type"] == "mix":
+            # its own path: the same float32 log_softmax per (model, T) whatever else is fused
+            assert torch.equal(together.fusion_nll[k], alone.fusion_nll[0]), s["id"]
+
+
+# ----------------------------------------------------------------------------- mix: its own path
+
+@pytest.mark.parametrize("n,P,V,pad,temps,weights", [
+    (2, 9, 50, 0, [1.0, 1.0], [0.5, 0.5]),
+    (2, 7, 40, 13, [0.7, 1.3], [0.7, 0.3]),
+    (3, 6, 33, 5, [1.0, 0.8, 1.2], [0.2, 0.0, 0.8]),         # a zero weight
+    (3, 5, 17, 0, [2.0, 0.5, 1.0], [3.0, 1.0, 2.0]),         # weights that do not sum to 1
+    (4, 4, 64, 7, [0.9, 1.1, 1.0, 0.6], [0.0, 0.0, 1e-3, 5.0]),
+])
+def test_mix_is_the_log_of_the_weighted_mixture_of_probabilities(n, P, V, pad, temps, weights):
+    logits = random_logits(n, P, V + pad, seed=10 * n + P)
+    for z in logits:
+        z[:, V:] += 40.0                       # padding rows that would dominate if they were fused
+    targets = torch.randint(0, V, (P,), generator=torch.Generator().manual_seed(n))
+    s = setting("mix", n, temps, weights=weights)
+    got = score_each_position(logits, targets, V, [s])
+    ref = mix64(logits, targets, V, s)
+    close(got.fusion_nll[0], ref.nll, nll_allowed(ref, got.weights[0]), (n, temps, weights))
+    # the reported weights are the normalized w, the same at every position
+    close(got.weights[0], ref.alpha, ref.alpha_err, (n, weights, "weights"))
+    assert torch.equal(got.weights[0][0] == 0, torch.tensor(weights) == 0)
+
+
+@pytest.mark.parametrize("case", ["offset", "spread", "all-improbable"])
+def test_mix_is_stable_for_huge_logits(case):
+    """Logits where exp in float32 overflows (offset 3e4), where the models disagree by
+    hundreds of nats (spread), and where every model gives the target a probability below
+    float32's smallest (e^-150), so a mixture of float32 probabilities would be 0."""
+    P, V = 6, 40
+    g = torch.Generator().manual_seed(11)
+    logits = [torch.randn(P, V, generator=g) * 3, torch.randn(P, V, generator=g) * 3]
+    targets = torch.randint(0, V, (P,), generator=g)
+    at = torch.arange(P)
+    if case == "offset":
+        logits = [logits[0] + 3e4, logits[1] - 2e4]
+    elif case == "spread":
+        logits = [logits[0] * 60, logits[1]]
+    else:
+        for z in logits:
+            z[at, targets] = z.max(-1).values - 150.0
+    s = setting("mix", 2, [1.0, 0.9], weights=[0.6, 0.4])
+    got = score_each_position(logits, targets, V, [s])
+    ref = mix64(logits, targets, V, s)
+    assert bool(torch.isfinite(got.fusion_nll).all())
+    close(got.fusion_nll[0], ref.nll, nll_allowed(ref, got.weights[0]), case)
+    if case == "all-improbable":               # the case is what it says: float32 probabilities vanish
+        naive = sum(w * torch.softmax(z / t, -1) for w, z, t in zip([0.6, 0.4], logits, [1.0, 0.9]))
+        assert bool((naive[at, targets] == 0).all())
+
+
+def test_a_zero_weight_gives_that_model_exactly_no_say():
+    P, V = 7, 30
+    logits = random_logits(3, P, V, seed=12)
+    logits[1] = logits[1] * 1e4                # wild logits: any share of them would show
+    targets = torch.randint(0, V, (P,), generator=torch.Generator().manual_seed(5))
+    three = score_each_position(logits, targets, V, [setting("mix", 3, [0.8, 1e-3, 1.2], weights=[0.6, 0.0, 0.4])])
+    two = score_each_position([logits[0], logits[2]], targets, V, [setting("mix", 2, [0.8, 1.2], weights=[0.6, 0.4])])
+    assert torch.equal(three.fusion_nll, two.fusion_nll)
+    assert torch.equal(three.weights[0][:, 1], torch.zeros(P, dtype=torch.float64))
+    assert torch.equal(three.weights[0][:, [0, 2]], two.weights[0])
+    # one model with all the weight is that model alone at its temperature
+    one = score_each_position(logits, targets, V, [setting("mix", 3, [1.0, 1.0, 0.7], weights=[0, 0, 2])])
+    alone = -torch.log_softmax(logits[2].double() / 0.7, -1)[torch.arange(P), targets]
+    close(one.fusion_nll[0], alone, mix64(logits, targets, V, setting("mix", 3, [1.0, 1.0, 0.7], weights=[0, 0, 2])).mix_err,
+          "one model")
+
+
+def test_mix_weights_are_normalized_and_a_model_mixed_with_itself_is_itself():
+    logits = random_logits(2, 6, 25, seed=13)
+    targets = torch.randint(0, 25, (6,), generator=torch.Generator().manual_seed(6))
+    scaled = score_each_position(logits, targets, 25, [setting("mix", 2, [0.9, 1.1], weights=[2.0, 6.0]),
+                                                       setting("mix", 2, [0.9, 1.1], weights=[0.25, 0.75])])
+    assert torch.equal(scaled.fusion_nll[0], scaled.fusion_nll[1])      # 2/8 and 6/8 are 0.25 and 0.75 exactly
+    assert torch.equal(scaled.weights[0], scaled.weights[1])
+    same = score_each_position([logits[0], logits[0]], targets, 25, [setting("mix", 2, weights=[0.3, 0.7])])
+    ref = mix64([logits[0], logits[0]], targets, 25, setting("mix", 2, weights=[0.3, 0.7]))
+    close(same.fusion_nll[0], same.model_nll[0], 2 * ref.mix_err, "itself")   # Σ w p = p
+
+
+@pytest.mark.parametrize("weights,problem", [
+    ([-0.1, 1.1], "weights must be >= 0"), ([0.0, 0.0], "weights need at least one > 0"),
+    ([0.5], "weights must list one finite number per model (2)"), (None, "weights must list one finite number per model (2)"),
+    ([0.5, float("nan")], "weights must list one finite number per model (2)"),
+    ([1e308, 1e308], "weights must have a finite sum"),
+])
+def test_mix_weights_are_checked(weights, problem):
+    message = refusal([{"id": "m", "type": "mix", "temperatures": [1.0, 1.0], "betas": None, "weights": weights}])
+    assert f"setting m: {problem}" in message
+    assert "mix takes no betas" in refusal([setting("mix", 2, betas=[0.5, 0.5], id_="m")])
 
 
 # ----------------------------------------------------------------------------- settings
 
 def test_registry_declares_each_strategys_parameters():
     assert {name: s.params for name, s in STRATEGIES.items()} == {
-        "average": (), "poe": ("betas",), "entropy": (), "gap": ()}
+        "average": (), "poe": ("betas",), "entropy": (), "gap": (), "mix": ("weights",)}
 
 
 def refusal(settings, n: int = 2) -> str:

@@ -12,7 +12,7 @@ from kotara_worker import protocol
 
 GOLDEN = Path(__file__).resolve().parents[2] / "protocol" / "golden"
 KEY = os.urandom(32)
-TO_WORKER = {"load", "evaluate", "evaluate_resume", "cancel", "shutdown"}
+TO_WORKER = {"load", "evaluate", "evaluate_resume", "generate", "cancel", "shutdown"}
 
 
 def golden_names():
@@ -20,7 +20,7 @@ def golden_names():
 
 
 def test_golden_set_is_complete():
-    assert set(golden_names()) >= TO_WORKER | {"hello", "loaded", "progress", "result", "error", "bye", "heartbeat", "status"}
+    assert set(golden_names()) >= TO_WORKER | {"hello", "loaded", "progress", "result", "chunk", "generated", "error", "bye", "heartbeat", "status"}
 
 
 @pytest.mark.parametrize("name", golden_names())

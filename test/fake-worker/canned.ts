@@ -9,18 +9,20 @@
 // NLL per scored token (nats), the same for every token:
 //   model m (0-based):             ν_m = ln(20 + 5·m)                 → PPL 20, 25, 30, …
 //   setting s over M models:       ν_s = ln(B(type) · (1 + Σ_m (T_m − τ_m)²) · (1 + D(s)))
-//       B: average 18, poe 18, entropy 17, gap 19
+//       B: average 18, poe 18, entropy 17, gap 19, mix 18.5
 //       τ_m = 1 + 0.1·m            (model 0 is best at T = 1, model 1 at T = 1.1, …)
-//       D(s) = Σ_m (β_m/Σβ − 1/M)² for poe with betas, else 0
+//       D(s) = Σ_m (x_m/Σx − 1/M)² for the static per-model list x of the type (poe's
+//              betas, mix's weights: the first list the registry says it takes), else 0
 //     so PPL_s = B · (1 + Σ (T_m − τ_m)²) · (1 + D): poe with equal betas is average
 //     (as SPEC §3 has it), and a temperature sweep has an interior best cell.
 // Weight α_m per scored token (Σ_m α_m = 1):
-//   average: 1/M;  poe: β_m/Σβ (1/M when Σβ = 0);  entropy and gap: (1/T_m) / Σ_k (1/T_k)
+//   average: 1/M;  poe, mix: x_m/Σx (1/M when Σx = 0);  entropy and gap: (1/T_m) / Σ_k (1/T_k)
 //
 // Sums: each window adds n_scored(w)·ν (and n_scored(w)·α_m) in window order, in float64,
 // so sum/scored_tokens is ν up to rounding, and a run resumed from a checkpoint's sums
 // repeats the uninterrupted run's additions bit for bit.
 import type { Setting, Sums } from "../../src/protocol.js";
+import { paramsOf } from "../../src/strategies.js";
 
 export interface Window {
   start: number; // first stream index fed to the model
@@ -67,7 +69,7 @@ export function planBatches(windows: Window[], batchSize: number): [number, numb
   return batches;
 }
 
-export const BASE_PPL: Record<Setting["type"], number> = { average: 18, poe: 18, entropy: 17, gap: 19 };
+export const BASE_PPL: Record<Setting["type"], number> = { average: 18, poe: 18, entropy: 17, gap: 19, mix: 18.5 };
 
 /** The canned perplexity of model m alone. */
 export const modelPpl = (m: number): number => 20 + 5 * m;
@@ -75,18 +77,21 @@ export const modelPpl = (m: number): number => 20 + 5 * m;
 /** τ_m: the temperature at which the fake's fusion is best for model m. */
 export const bestTemperature = (m: number): number => 1 + 0.1 * m;
 
-function normalizedBetas(s: Setting): number[] | null {
-  if (s.type !== "poe" || !s.betas) return null;
-  const total = s.betas.reduce((a, b) => a + b, 0);
+/** The type's static per-model list (poe's betas, mix's weights), normalized to sum 1; null for the others. */
+function normalizedShares(s: Setting): number[] | null {
+  const [param] = paramsOf(s.type);
+  const xs = param ? s[param] : null;
+  if (!xs) return null;
+  const total = xs.reduce((a, b) => a + b, 0);
   const M = s.temperatures.length;
-  return total > 0 ? s.betas.map((b) => b / total) : s.betas.map(() => 1 / M);
+  return total > 0 ? xs.map((b) => b / total) : xs.map(() => 1 / M);
 }
 
 /** The canned perplexity of a fusion setting. */
 export function fusionPpl(s: Setting): number {
   const M = s.temperatures.length;
   const temp = s.temperatures.reduce((acc, t, m) => acc + (t - bestTemperature(m)) ** 2, 0);
-  const b = normalizedBetas(s);
+  const b = normalizedShares(s);
   const d = b ? b.reduce((acc, x) => acc + (x - 1 / M) ** 2, 0) : 0;
   return BASE_PPL[s.type] * (1 + temp) * (1 + d);
 }
@@ -95,7 +100,7 @@ export function fusionPpl(s: Setting): number {
 export function fusionWeights(s: Setting): number[] {
   const M = s.temperatures.length;
   if (s.type === "average") return s.temperatures.map(() => 1 / M);
-  if (s.type === "poe") return normalizedBetas(s) ?? s.temperatures.map(() => 1 / M);
+  if (s.type === "poe" || s.type === "mix") return normalizedShares(s) ?? s.temperatures.map(() => 1 / M);
   const inv = s.temperatures.map((t) => 1 / t);
   const total = inv.reduce((a, b) => a + b, 0);
   return inv.map((x) => x / total);

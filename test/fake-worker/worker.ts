@@ -40,6 +40,7 @@ import { parseArgs } from "node:util";
 import { decode, encode } from "@msgpack/msgpack";
 import * as zmq from "zeromq";
 import { FromWorker, PROTOCOL_VERSION, ToWorker, type ErrorMsg, type Setting, type Sums } from "../../src/protocol.js";
+import { LIST_PARAMS, LIST_PARAM_NAMES } from "../../src/strategies.js";
 import { addWindow, firstBadUtf8, planBatches, planWindows, rates, zeroSums } from "./canned.js";
 
 const FAKE_WORKER_VERSION = "0.1.0-fake";
@@ -414,7 +415,10 @@ function checkSettings(settings: Setting[], nModels: number): void {
     if (!s.temperatures.every((t) => t > 0)) {
       throw new RequestError("bad_request", `setting ${name}: temperatures must be > 0, got [${s.temperatures.join(", ")}]`);
     }
-    if (s.betas !== null && s.betas.length !== nModels) throw new RequestError("bad_request", `setting ${name}: needs one beta per model (${nModels})`);
+    for (const p of LIST_PARAM_NAMES) {
+      const xs = s[p];
+      if (xs !== null && xs.length !== nModels) throw new RequestError("bad_request", `setting ${name}: needs one ${LIST_PARAMS[p].noun} per model (${nModels})`);
+    }
   }
 }
 
