@@ -11,7 +11,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { encode } from "@msgpack/msgpack";
-import { FromWorker, PROTOCOL_VERSION, ToWorker } from "../src/protocol.js";
+import { FromWorker, PROTOCOL_VERSION, ToWorker, type Sums } from "../src/protocol.js";
+import { appendWindows } from "../src/sums.js";
 import { PACKAGE_ROOT } from "../src/worker.js";
 import { planWindows } from "./fake-worker/canned.js";
 import { FAKE_PYTHON, RawWorker } from "./fake-worker/harness.js";
@@ -203,19 +204,26 @@ describe("one fake worker, request after request", () => {
     await w.send({ type: "cancel", request_id: "r1" });
     const cancelled = await w.next("error");
     assert.deepEqual([cancelled.request_id, cancelled.code, cancelled.message], ["r1", "cancelled", "cancelled by the controller"]);
-    const last = w.progress("r1").pop()!;
+    const progress = w.progress("r1");
+    const last = progress.at(-1)!;
     assert.equal(w.messages[w.messages.indexOf(cancelled) - 1], last, "the finished windows come just before the error");
     assert.ok(last.sums.windows_done > 0 && last.sums.windows_done < last.windows_total);
-    await w.send(evaluate("r2", { resume: last.sums, batch_size: 4 }));
+    // each progress message lists the windows since the previous one; appended, they are the checkpoint
+    const checkpoint = progress.reduce<Sums | null>((acc, p) => appendWindows(acc, p.sums), null)!;
+    assert.equal(checkpoint.window_targets.length, last.sums.windows_done);
+    await w.send(evaluate("r2", { resume: checkpoint, batch_size: 4 }));
     const resumed = await w.next("result");
     await w.send(evaluate("r3", { batch_size: 4 }));
     const fresh = await w.next("result");
     assert.deepEqual(resumed.sums, fresh.sums);
     assert.equal(resumed.sums.scored_tokens, N - 1);
-    // resume sums that do not fit the request: the worker's ValueError, as an internal error
+    // resume sums that do not fit the request, or whose totals are not their windows' sums: bad_request
     await w.send(evaluate("r4", { resume: { ...fresh.sums, model_nll: [1] } }));
     const e = await w.next("error");
-    assert.deepEqual([e.code, e.message.startsWith("ValueError: resume sums do not match 2 models")], ["internal", true]);
+    assert.deepEqual([e.code, e.message.startsWith("resume sums do not match 2 models")], ["bad_request", true]);
+    await w.send(evaluate("r5", { resume: { ...checkpoint, fusion_nll: checkpoint.fusion_nll.map((x) => x + 1) } }));
+    const e5 = await w.next("error");
+    assert.deepEqual([e5.code, e5.message.startsWith("resume sums do not add up")], ["bad_request", true]);
   });
 
   test("the worker's checks: context, BOS, settings, not UTF-8, too short, a missing model", async () => {

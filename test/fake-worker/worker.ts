@@ -40,7 +40,7 @@ import { parseArgs } from "node:util";
 import { decode, encode } from "@msgpack/msgpack";
 import * as zmq from "zeromq";
 import { FromWorker, PROTOCOL_VERSION, ToWorker, type ErrorMsg, type Setting, type Sums } from "../../src/protocol.js";
-import { addWindow, firstBadUtf8, planBatches, planWindows, rates, zeroSums } from "./canned.js";
+import { addWindow, firstBadUtf8, planBatches, planWindows, rates, sumsSince, windowBytes, zeroSums } from "./canned.js";
 
 const FAKE_WORKER_VERSION = "0.1.0-fake";
 const PEAK_MEMORY_BYTES = 64 * 1024 * 1024;
@@ -345,16 +345,29 @@ class Server {
     const nModels = this.models.length;
     const nSettings = message.settings.length;
     const sums: Sums = message.resume ? structuredClone(message.resume) : zeroSums(nModels, nSettings);
+    const done = sums.windows_done;
+    const lists = [sums.window_targets, sums.window_bytes, ...sums.window_model_nll, ...sums.window_fusion_nll];
     if (sums.model_nll.length !== nModels || sums.fusion_nll.length !== nSettings || sums.fusion_weights.length !== nSettings
-        || sums.fusion_weights.some((r) => r.length !== nModels) || !(sums.windows_done >= 0 && sums.windows_done <= windows.length)) {
-      throw new RequestError("internal", `ValueError: resume sums do not match ${nModels} models, ${nSettings} settings, ${windows.length} windows`);
+        || sums.fusion_weights.some((r) => r.length !== nModels) || !(done >= 0 && done <= windows.length)
+        || sums.window_model_nll.length !== nModels || sums.window_fusion_nll.length !== nSettings
+        || sums.window_first !== 0 || lists.some((l) => l.length !== done)) {
+      throw new RequestError("bad_request", `resume sums do not match ${nModels} models, ${nSettings} settings, ${windows.length} windows`);
+    }
+    const addsUp = (total: number, values: number[]) => values.reduce((a, x) => a + x, 0) === total;
+    if (![...sums.model_nll.map((t, m) => addsUp(t, sums.window_model_nll[m])), ...sums.fusion_nll.map((t, k) => addsUp(t, sums.window_fusion_nll[k])),
+      addsUp(sums.scored_tokens, sums.window_targets)].every(Boolean)) {
+      throw new RequestError("bad_request", `resume sums do not add up: a total is not the sum of its ${done} windows`);
     }
     const r = rates(nModels, message.settings);
     const started = performance.now();
-    const progress = () => void this.channel.send({
-      type: "progress", request_id: requestId, windows_total: windows.length, tokens_total: nTokens,
-      seconds: (performance.now() - started) / 1000, sums: structuredClone(sums),
-    });
+    let sent = done; // progress messages carry the windows since the previous one (server.py progress_sender)
+    const progress = () => {
+      void this.channel.send({
+        type: "progress", request_id: requestId, windows_total: windows.length, tokens_total: nTokens,
+        seconds: (performance.now() - started) / 1000, sums: sumsSince(sums, sent),
+      });
+      sent = sums.windows_done;
+    };
     const running = { requestId, cancelled: false };
     this.running = running;
     try {
@@ -370,7 +383,7 @@ class Server {
           throw new RequestError("cancelled", "cancelled by the controller");
         }
         await this.faultsAt(evaluated);
-        for (let i = start; i < stop; i++) addWindow(sums, windows[i], r);
+        for (let i = start; i < stop; i++) addWindow(sums, windows[i], r, windowBytes(windows, i, nTokens));
         evaluated += stop - start;
         sums.windows_done = stop;
         if (sums.windows_done - reported >= message.progress_every) {
