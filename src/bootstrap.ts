@@ -198,6 +198,8 @@ export interface PairedInterval {
   delta_bits_per_byte: [number, number] | null;
   /** exp((Σ fused − Σ best) / Σ scored positions). */
   ppl_ratio: [number, number];
+  /** Whether the intervals exclude 0 (and 1): decided on the resampled Σ differences' quantiles, before exp. */
+  excludes_zero: boolean;
 }
 
 /** What every setting of a run shares: the plan, and the resampled bytes and scored positions. */
@@ -243,5 +245,5 @@ export function pairedInterval(boot: PairedBootstrap, fused: readonly number[], 
     logRatio[r] = delta[r] / boot.targets[r];
   }
   const [lo, hi] = percentileInterval(logRatio);
-  return { delta_bits_per_byte: noBytes ? null : percentileInterval(bpb), ppl_ratio: [Math.exp(lo), Math.exp(hi)] };
+  return { delta_bits_per_byte: noBytes ? null : percentileInterval(bpb), ppl_ratio: [Math.exp(lo), Math.exp(hi)], excludes_zero: lo > 0 || hi < 0 };
 }

@@ -7,6 +7,10 @@
 //   weights_mean[m] = Σ α_m / n
 // In byte space (SPEC §7) n counts bytes, so ppl is the byte perplexity (also written
 // as byte_perplexity) and nll is nats per scored byte.
+//
+// Every fusion against the best single model (the lowest NLL), vs_best_model: Δ bits per
+// byte = (S_fusion − S_best) / (ln 2 · B), PPL ratio = exp((S_fusion − S_best) / n), and
+// their paired 95% intervals from the per-window sums (src/bootstrap.ts; docs/metrics.md).
 import { LEVEL, blockChoice, pairedBootstrap, pairedInterval, type BootstrapOptions } from "./bootstrap.js";
 import type { DatasetStats } from "./dataset.js";
 import { DEFAULTS } from "./defaults.js";
@@ -256,8 +260,7 @@ function vsBestModel(sums: Sums, best: number, bestRef: string, textBytes: numbe
       ci95: bpb,
       ppl_ratio: Math.exp(diff / sums.scored_tokens),
       ppl_ratio_ci95: ci ? ci.ppl_ratio : null,
-      // the two intervals have the same sign pattern; the PPL one exists whenever there are resamples
-      excludes_zero: ci ? ci.ppl_ratio[0] > 1 || ci.ppl_ratio[1] < 1 : null,
+      excludes_zero: ci ? ci.excludes_zero : null,
     };
   };
   return { report, fusion };

@@ -12,8 +12,9 @@ module; a window's rows die with it, so memory does not grow with the text.
 
 Sums mean what they mean in token space (model_nll, fusion_nll, fusion_weights,
 scored_tokens = scored bytes, windows_done, and per window its scored bytes twice, as
-window_targets and window_bytes), so progress, checkpoints and resume work unchanged. Each model's NLL is summed in float64 straight from its rows (they are
-exact log-probabilities already); the fusions go through fusion.py's float32 path.
+window_targets and window_bytes), so progress, checkpoints and resume work unchanged.
+Each model's NLL is summed in float64 straight from its rows (they are exact
+log-probabilities already); the fusions go through fusion.py's float32 path.
 """
 from __future__ import annotations
 
