@@ -58,6 +58,34 @@ export const OutputConfig = strictObject({
   metrics: nonEmpty.nullish(),
 });
 
+/** The most resamples report.bootstrap takes (each costs ~⌈n^(2/3)⌉ additions per setting). */
+export const MAX_RESAMPLES = 1_000_000;
+/** Fewer resamples than this put the 2.5% and 97.5% quantiles on a handful of values. */
+export const MIN_RESAMPLES = 100;
+
+/** The paired intervals of fusions[].vs_best_model (src/bootstrap.ts). */
+export const BootstrapConfig = strictObject({
+  resamples: z
+    .number()
+    .int({ error: (iss) => `must be an integer, got ${show(iss.input)}` })
+    .refine((n) => n === 0 || (n >= MIN_RESAMPLES && n <= MAX_RESAMPLES), {
+      error: (iss) => `must be 0 (no intervals) or from ${MIN_RESAMPLES} to ${MAX_RESAMPLES}, got ${show(iss.input)}`,
+    })
+    .default(DEFAULTS.bootstrap.resamples),
+  seed: z
+    .number()
+    .int({ error: (iss) => `must be an integer, got ${show(iss.input)}` })
+    .min(0, { error: (iss) => `must be an integer from 0 to 4294967295, got ${show(iss.input)}` })
+    .max(0xffffffff, { error: (iss) => `must be an integer from 0 to 4294967295, got ${show(iss.input)}` })
+    .default(DEFAULTS.bootstrap.seed),
+  /** Windows per block; null: ⌈n^(1/3)⌉ for n windows. */
+  block_length: positiveInt.nullish(),
+});
+
+export const ReportConfig = strictObject({
+  bootstrap: BootstrapConfig.nullish(),
+});
+
 /** The YAML document. */
 export const ConfigSchema = strictObject({
   /** tokens | bytes | auto: tokens when every vocabulary agrees, bytes otherwise. */
@@ -72,6 +100,7 @@ export const ConfigSchema = strictObject({
   sweep: z.unknown().optional(),
   runtime: RuntimeConfig.nullish(),
   output: OutputConfig.nullish(),
+  report: ReportConfig.nullish(),
 });
 export type ConfigInput = z.input<typeof ConfigSchema>;
 

@@ -16,6 +16,11 @@ export const DEFAULTS = {
   dtype: "auto",
   device: "auto",
   trust_remote_code: false,
+  /**
+   * The paired block bootstrap of fusions[].vs_best_model (report.bootstrap): resamples
+   * (0: no intervals), the seed, and windows per block (null: ⌈n^(1/3)⌉; src/bootstrap.ts).
+   */
+  bootstrap: { resamples: 2000, seed: 0, block_length: null },
   /** The strategy of `kotara eval` (the original research script's default). */
   eval_strategy: "entropy",
   /** Generation: new tokens per prompt (bytes in byte space). */

@@ -7,7 +7,14 @@
 //   weights_mean[m] = Σ α_m / n
 // In byte space (SPEC §7) n counts bytes, so ppl is the byte perplexity (also written
 // as byte_perplexity) and nll is nats per scored byte.
+//
+// Every fusion against the best single model (the lowest NLL), vs_best_model: Δ bits per
+// byte = (S_fusion − S_best) / (ln 2 · B), PPL ratio = exp((S_fusion − S_best) / n), and
+// their paired 95% intervals from the per-window sums (src/bootstrap.ts; docs/metrics.md).
+import { LEVEL, blockChoice, pairedBootstrap, pairedInterval, type BootstrapOptions } from "./bootstrap.js";
 import type { DatasetStats } from "./dataset.js";
+import { DEFAULTS } from "./defaults.js";
+import { windowProblem } from "./sums.js";
 import type { ByteOptions, ByteStats, DatasetSpec, HelloMsg, LoadedMsg, ModelSpec, ResultMsg, Setting, Space, Sums } from "./protocol.js";
 import type { Sweep } from "./sweep.js";
 
@@ -33,6 +40,39 @@ export interface FusionMetrics extends Scores {
   strategy: Omit<Setting, "id">;
   /** Mean α_m over scored positions, per model (static weights for average/poe). */
   weights_mean: number[];
+  /** Against the best single model, with paired 95% intervals over windows (src/bootstrap.ts). */
+  vs_best_model: VsBestModel;
+}
+
+/** A fusion against the best single model (the lowest NLL): the differences, and their 95% intervals. */
+export interface VsBestModel {
+  /** fusion − best model, bits per byte (negative: the fusion is better). */
+  delta_bits_per_byte: number;
+  /** Its 95% interval; null where there is none (fewer than 2 windows, or resamples 0: see Metrics.bootstrap.note). */
+  ci95: [number, number] | null;
+  /** fusion PPL / best model PPL (per scored position: byte PPL in byte space). */
+  ppl_ratio: number;
+  ppl_ratio_ci95: [number, number] | null;
+  /** Whether ci95 excludes 0 (and so ppl_ratio_ci95 excludes 1); null without an interval. */
+  excludes_zero: boolean | null;
+}
+
+/** How the intervals of vs_best_model were drawn. */
+export interface BootstrapReport {
+  method: string;
+  level: number;
+  resamples: number;
+  seed: number;
+  /** Windows resampled. */
+  windows: number;
+  /** Windows per block; null without intervals. */
+  block_length: number | null;
+  /** How block_length was chosen. */
+  block_rule: string | null;
+  /** The model every fusion is compared with (the lowest NLL). */
+  best_model: string;
+  /** Why there are no intervals, or what to keep in mind about them; null when nothing. */
+  note: string | null;
 }
 
 export interface RankedFusion {
@@ -70,6 +110,8 @@ export interface Metrics {
   /** Fusions by PPL, best first. */
   ranked: RankedFusion[];
   sweep: Sweep | null;
+  /** The paired block bootstrap behind fusions[].vs_best_model. */
+  bootstrap: BootstrapReport;
   /** Byte space only: the beam, and per model how much it pruned (0: its byte NLL is exact). */
   bytes?: ByteOptions & {
     /** The windows the per-model stats cover: all of them, or those after a checkpoint this run resumed from. */
@@ -118,6 +160,8 @@ export interface EvaluationRequest {
   batchSize: number;
   /** The config the run came from, as parsed, echoed into the metrics. */
   config: unknown;
+  /** How the paired intervals are drawn (default: DEFAULTS.bootstrap). */
+  bootstrap?: BootstrapOptions;
 }
 
 export interface BuildMetricsInput {
@@ -143,11 +187,14 @@ export function buildMetrics(input: BuildMetricsInput): Metrics {
   const bytes = result.space === "bytes";
   const stats = statsOf(n, request.text, bytes);
   const models: ModelMetrics[] = input.models.map((m, i) => ({ ref: m.ref, ...stats(result.sums.model_nll[i]) }));
+  const best = bestModelIndex(models);
+  const paired = vsBestModel(result.sums, best, models[best].ref, request.text.bytes, request.bootstrap ?? DEFAULTS.bootstrap);
   const fusions: FusionMetrics[] = request.settings.map(({ id, ...strategy }, j) => ({
     id,
     strategy: structuredClone(strategy),
     ...stats(result.sums.fusion_nll[j]),
     weights_mean: result.sums.fusion_weights[j].map((w) => w / n),
+    vs_best_model: paired.fusion(j),
   }));
   const { bestModel, ranked } = rank(models, fusions);
   const metrics: Metrics = {
@@ -171,6 +218,7 @@ export function buildMetrics(input: BuildMetricsInput): Metrics {
     best_model: { ref: bestModel.ref, ppl: bestModel.ppl },
     ranked,
     sweep: request.sweep,
+    bootstrap: paired.report,
     ...(bytes ? { bytes: byteReport(input) } : {}),
     runtime: runtimeOf(input),
     config: request.config ?? null,
@@ -184,6 +232,46 @@ function checkSums(sums: Sums, nModels: number, nSettings: number): void {
     throw new Error(`result has ${sums.fusion_nll.length} fusion sums for ${nSettings} settings`);
   }
   if (sums.scored_tokens <= 0) throw new Error("no tokens were scored: the text is too short for one window with a target");
+  const problem = windowProblem(sums, nModels, nSettings);
+  if (problem) throw new Error(`the worker's per-window sums do not fit its totals: ${problem}`);
+}
+
+/** The best single model: the lowest NLL (hence the lowest PPL; the first of equals). */
+function bestModelIndex(models: ModelMetrics[]): number {
+  return models.reduce((b, m, i) => (m.ppl < models[b].ppl ? i : b), 0);
+}
+
+/**
+ * Every fusion against the best single model: the differences from the totals (the
+ * numbers the report shows), the intervals from the paired bootstrap over windows,
+ * its resamples drawn once for all the settings.
+ */
+function vsBestModel(sums: Sums, best: number, bestRef: string, textBytes: number, opts: BootstrapOptions) {
+  const n = sums.windows_done;
+  const boot = pairedBootstrap(sums.window_bytes, sums.window_targets, textBytes, opts);
+  const ell = boot?.plan.blockLength ?? null;
+  const rule = boot ? blockChoice(n, opts.block_length).rule : null;
+  const note = opts.resamples === 0 ? "report.bootstrap.resamples is 0: no intervals"
+    : n < 2 ? `only ${n} window${n === 1 ? "" : "s"}: the bootstrap resamples windows, so there is no interval`
+    : boot && boot.plan.blocks < 10 ? `only ${n} windows (${boot.plan.blocks} blocks of ${ell}): an interval from so few is rough and tends to be too narrow`
+    : null;
+  const report: BootstrapReport = {
+    method: "paired circular block bootstrap over windows, percentile intervals",
+    level: LEVEL, resamples: opts.resamples, seed: opts.seed, windows: n, block_length: ell, block_rule: rule, best_model: bestRef, note,
+  };
+  const fusion = (k: number): VsBestModel => {
+    const diff = sums.fusion_nll[k] - sums.model_nll[best];
+    const ci = boot ? pairedInterval(boot, sums.window_fusion_nll[k], sums.window_model_nll[best]) : null;
+    const bpb = ci?.delta_bits_per_byte ?? null;
+    return {
+      delta_bits_per_byte: diff / (Math.LN2 * textBytes),
+      ci95: bpb,
+      ppl_ratio: Math.exp(diff / sums.scored_tokens),
+      ppl_ratio_ci95: ci ? ci.ppl_ratio : null,
+      excludes_zero: ci ? ci.excludes_zero : null,
+    };
+  };
+  return { report, fusion };
 }
 
 /** Σ NLL over n scored positions → the numbers of a model or a fusion. */
@@ -211,7 +299,7 @@ function byteReport({ result, models, bytes, resumedWindows = 0 }: BuildMetricsI
 
 /** The best single model, and the fusions by PPL (ties in request order). */
 function rank(models: ModelMetrics[], fusions: FusionMetrics[]) {
-  const bestModel = models.reduce((a, b) => (b.ppl < a.ppl ? b : a));
+  const bestModel = models[bestModelIndex(models)];
   const order = fusions.map((_, i) => i).sort((a, b) => fusions[a].ppl - fusions[b].ppl || a - b);
   const ranked: RankedFusion[] = order.map((i, k) => ({
     rank: k + 1,

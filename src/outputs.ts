@@ -31,6 +31,9 @@ export async function writeTextAtomic(file: string, data: string): Promise<void>
 export const CSV_COLUMNS = [
   "rank", "id", "type", "temperatures", ...LIST_PARAM_NAMES,
   "ppl", "nll", "bits_per_byte", "word_perplexity", "weights_mean", "delta_vs_best_model_pct",
+  // vs_best_model: the paired 95% intervals (empty where there is none)
+  "delta_bits_per_byte", "delta_bits_per_byte_ci95_lo", "delta_bits_per_byte_ci95_hi",
+  "ppl_ratio", "ppl_ratio_ci95_lo", "ppl_ratio_ci95_hi", "ci95_excludes_zero",
 ] as const;
 
 /** One row per fusion, in request order; lists are `;`-separated; full precision. */
@@ -50,6 +53,13 @@ export function toCsv(metrics: Metrics): string {
     num(f.word_perplexity),
     list(f.weights_mean),
     num(rank.get(f.id)?.delta_vs_best_model_pct),
+    num(f.vs_best_model.delta_bits_per_byte),
+    num(f.vs_best_model.ci95?.[0]),
+    num(f.vs_best_model.ci95?.[1]),
+    num(f.vs_best_model.ppl_ratio),
+    num(f.vs_best_model.ppl_ratio_ci95?.[0]),
+    num(f.vs_best_model.ppl_ratio_ci95?.[1]),
+    f.vs_best_model.excludes_zero === null ? "" : String(f.vs_best_model.excludes_zero),
   ]);
   return stringify([[...CSV_COLUMNS], ...rows], { record_delimiter: "unix" });
 }

@@ -17,6 +17,7 @@ import { DEFAULTS } from "./defaults.js";
 import { ConfigError } from "./errors.js";
 import type { EvaluationRequest } from "./metrics.js";
 import { isDirectory, resolveCommand, resolvePath, resolveRef } from "./paths.js";
+import type { BootstrapOptions } from "./bootstrap.js";
 import type { ByteOptions, DatasetSpec, ModelSpec, Setting } from "./protocol.js";
 import { KNOWN_STRATEGIES, checkStrategies, dedupeSettings } from "./strategies.js";
 import { type Sweep, checkSweep, expandValidSweep } from "./sweep.js";
@@ -41,6 +42,8 @@ export interface RunPlan {
   /** `python`: the config's runtime.python, resolved; python-env.ts decides what runs. */
   runtime: { batch_size: number; python: string | null; checkpoint_every: number };
   output: { metrics: string | null };
+  /** How the report's paired intervals are drawn (report.bootstrap). */
+  report: { bootstrap: BootstrapOptions };
   /** Things worth telling the user that are not errors (e.g. settings evaluated once). */
   notes: string[];
   /** The config as parsed from YAML, for the metrics file. */
@@ -87,9 +90,10 @@ export function parseConfig(obj: unknown, baseDir: string, opts: ParseOptions = 
   const { settings, sweep, notes } = planStrategies(obj.strategies, obj.sweep, nModels, ctx);
   const runtime = planRuntime(obj.runtime, ctx);
   const output = planOutput(obj.output, ctx);
+  const report = planReport(obj.report, ctx);
   if (ctx.lines.length > 0 || !models || !data) throw new ConfigError(sortLines(ctx.lines), configPath ?? undefined);
   return {
-    configPath, space, bytes, models, tokenizer, dataset: data.dataset, text: data.text, settings, sweep, runtime, output, notes, raw: obj,
+    configPath, space, bytes, models, tokenizer, dataset: data.dataset, text: data.text, settings, sweep, runtime, output, report, notes, raw: obj,
   };
 }
 
@@ -192,6 +196,12 @@ function planOutput(raw: unknown, ctx: Ctx): RunPlan["output"] {
   return { metrics };
 }
 
+function planReport(raw: unknown, ctx: Ctx): RunPlan["report"] {
+  const r = section(ConfigSchema.shape.report, raw, "report", ctx);
+  const b = r?.bootstrap;
+  return { bootstrap: { ...DEFAULTS.bootstrap, ...(b ? { resamples: b.resamples, seed: b.seed, block_length: b.block_length ?? null } : {}) } };
+}
+
 /** Problems in the order of the file: by top-level key, then by list index. */
 function sortLines(lines: string[]): string[] {
   const rank = (line: string): [number, number] => {
@@ -215,5 +225,6 @@ export function planRequest(plan: RunPlan): EvaluationRequest {
     sweep: plan.sweep,
     batchSize: plan.runtime.batch_size,
     config: plan.raw,
+    bootstrap: plan.report.bootstrap,
   };
 }

@@ -13,12 +13,36 @@ export function protocolJsonSchema(): Record<string, unknown> {
   };
 }
 
+// Every total is the sum of its per-window values in window order (exactly: these are
+// binary fractions), as the worker sends them.
 const sums = {
   windows_done: 3,
   scored_tokens: 1021,
   model_nll: [4211.5, 3977.25],
   fusion_nll: [3890.125, 3901.0],
   fusion_weights: [[510.5, 510.5], [498.25, 522.75]],
+  window_first: 0,
+  window_targets: [340, 341, 340],
+  window_bytes: [1502, 1490, 1511],
+  window_model_nll: [[1400.5, 1411.0, 1400.0], [1320.25, 1330.5, 1326.5]],
+  window_fusion_nll: [[1290.125, 1300.0, 1300.0], [1300.5, 1301.0, 1299.5]],
+};
+
+/** In byte space a window's bytes are its scored bytes. */
+const byteSums = { ...sums, window_bytes: sums.window_targets };
+
+/** A progress message's sums: the totals so far, and the one window finished since the previous message. */
+const progressSums = {
+  windows_done: 2,
+  scored_tokens: 681,
+  model_nll: [2811.5, 2650.75],
+  fusion_nll: [2590.125, 2601.5],
+  fusion_weights: [[340.5, 340.5], [332.25, 348.75]],
+  window_first: 1,
+  window_targets: [341],
+  window_bytes: [1490],
+  window_model_nll: [[1411.0], [1330.5]],
+  window_fusion_nll: [[1300.0], [1301.0]],
 };
 
 /** One example of every message type; the worker's tests decode and validate them. */
@@ -61,14 +85,14 @@ export const GOLDEN_MESSAGES: Record<string, To | From> = {
   status: { seq: 2, type: "status", message: "loading gpt2" },
   heartbeat: { seq: 3, type: "heartbeat" },
   progress: {
-    seq: 4, type: "progress", request_id: "r1", windows_total: 10, tokens_total: 5000, seconds: 1.25, sums,
+    seq: 4, type: "progress", request_id: "r1", windows_total: 10, tokens_total: 5000, seconds: 1.25, sums: progressSums,
   },
   result: {
     seq: 5, type: "result", request_id: "r1", space: "tokens", tokens: 5000, windows: 10, sums, byte_stats: null,
     seconds: 4.5, tokenize_seconds: 0.25, peak_memory_bytes: 123456789, device: "cpu", dtype: "float32",
   },
   result_bytes: {
-    seq: 6, type: "result", request_id: "r3", space: "bytes", tokens: 22000, windows: 11, sums,
+    seq: 6, type: "result", request_id: "r3", space: "bytes", tokens: 22000, windows: 11, sums: byteSums,
     byte_stats: [
       { pruned: 0, pruned_positions: 0, max_pruned_share: 0, max_hypotheses: 5 },
       { pruned: 1204, pruned_positions: 310, max_pruned_share: 2.5e-7, max_hypotheses: 8 },

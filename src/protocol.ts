@@ -11,7 +11,7 @@
 import { z } from "zod";
 import { KNOWN_STRATEGIES, LIST_PARAM_NAMES, type ListParam } from "./strategies.js";
 
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 
 // zod 4 numbers are finite (NaN and ±Infinity fail); these also map onto JSON Schema.
 const finite = z.number();
@@ -46,13 +46,35 @@ export const ModelSpec = z.strictObject({
 });
 export type ModelSpec = z.infer<typeof ModelSpec>;
 
-/** Running sums of one evaluation: all a result (or a checkpoint) needs. */
+const count = z.number().int().nonnegative();
+
+/**
+ * Running sums of one evaluation: all a result (or a checkpoint) needs. Besides the
+ * totals, the per-window sums (protocol v3) that the paired bootstrap resamples
+ * (src/bootstrap.ts): for every window, its scored positions, its bytes, and the Σ NLL
+ * of every model and every setting over it. A total is the float64 sum of its
+ * per-window values, added in window order (so a controller can check one against the
+ * other exactly). A window's bytes are those of the stream positions it adds (from the
+ * previous window's end to its own end; the first window from the text's start, the
+ * last to the text's end): they add up to the text's bytes. In byte space they are its
+ * scored bytes.
+ *
+ * The window_* lists hold windows window_first .. windows_done − 1. In a result, in a
+ * resume and in a checkpoint window_first is 0: every window. A progress message carries
+ * only the windows finished since the previous progress message of its request (the
+ * controller appends them), so that what crosses the bridge stays linear in the text.
+ */
 export const Sums = z.strictObject({
-  windows_done: z.number().int().nonnegative(),
-  scored_tokens: z.number().int().nonnegative(),
+  windows_done: count,
+  scored_tokens: count,
   model_nll: z.array(finite), // per model: Σ NLL (nats) over scored tokens
   fusion_nll: z.array(finite), // per setting, in request order
   fusion_weights: z.array(z.array(finite)), // per setting: Σ α_m over scored tokens
+  window_first: count, // the index of the first window in the window_* lists
+  window_targets: z.array(count), // per window: scored positions (tokens; bytes in byte space)
+  window_bytes: z.array(count), // per window: UTF-8 bytes of the text it covers
+  window_model_nll: z.array(z.array(finite)), // per model, per window: Σ NLL (nats)
+  window_fusion_nll: z.array(z.array(finite)), // per setting, per window: Σ NLL (nats)
 });
 export type Sums = z.infer<typeof Sums>;
 
@@ -106,7 +128,7 @@ export const EvaluateMsg = z.strictObject({
   settings: z.array(Setting),
   batch_size: z.number().int().positive(),
   progress_every: z.number().int().positive(), // windows between progress messages (which carry sums)
-  resume: Sums.nullable(), // continue from these sums (a checkpoint)
+  resume: Sums.nullable(), // continue from these sums (a checkpoint; every window so far: window_first 0)
 });
 /** How generation picks each token from the fused distribution (it does not change what is reported). */
 export const Sampling = z.strictObject({
@@ -171,7 +193,7 @@ export const ProgressMsg = z.strictObject({
   windows_total: z.number().int().nonnegative(),
   tokens_total: z.number().int().nonnegative(), // positions of the whole stream: tokens, or bytes in byte space
   seconds: finite, // compute seconds so far in this request
-  sums: Sums,
+  sums: Sums, // the totals so far; window_*: the windows finished since the previous progress message
 });
 export const ResultMsg = z.strictObject({
   ...base,
@@ -180,7 +202,7 @@ export const ResultMsg = z.strictObject({
   space: Space,
   tokens: z.number().int().nonnegative(), // positions of the stream: tokens, or bytes in byte space
   windows: z.number().int().nonnegative(),
-  sums: Sums, // scored_tokens: scored positions (bytes in byte space)
+  sums: Sums, // scored_tokens: scored positions (bytes in byte space); window_first 0: every window
   byte_stats: z.array(ByteStats).nullable(), // byte space: per model, how much its beam pruned; null in token space
   seconds: finite, // compute loop only
   tokenize_seconds: finite, // reading and tokenizing the text

@@ -2,7 +2,7 @@
 // the verdict, and for a two-model sweep a text heatmap per strategy.
 import { heatmapText, isTwoModelGrid } from "./heatmap.js";
 import { displayRef, fmtBpb, fmtInt as int, fmtPct, fmtPpl, fmtWeights, shortName, table } from "./format.js";
-import type { Metrics } from "./metrics.js";
+import type { Metrics, VsBestModel } from "./metrics.js";
 import { sidePath } from "./outputs.js";
 
 export interface ReportOptions {
@@ -87,17 +87,19 @@ function fusionTable(metrics: Metrics, opts: ReportOptions): string[] {
     const best = bestModelBpb(metrics);
     out.push(
       ...table(
-        ["#", "", "bits/byte", "Δ vs best model", "byte PPL", "word PPL", "mean weights"],
-        shown.map(({ r, f }) => [String(r.rank), r.id, fmtBpb(f.bits_per_byte), fmtDeltaBpb(f.bits_per_byte - best), fmtPpl(f.ppl), fmtPpl(f.word_perplexity), fmtWeights(f.weights_mean)]),
-        ["r", "l", "r", "r", "r", "r", "l"],
+        ["#", "", "bits/byte", "Δ vs best model", "95% CI", "byte PPL", "word PPL", "mean weights"],
+        shown.map(({ r, f }) => [String(r.rank), r.id, fmtBpb(f.bits_per_byte), fmtDeltaBpb(f.bits_per_byte - best), ciCell(f.vs_best_model, "bytes"),
+          fmtPpl(f.ppl), fmtPpl(f.word_perplexity), fmtWeights(f.weights_mean)]),
+        ["r", "l", "r", "r", "l", "r", "r", "l"],
       ),
     );
   } else {
     out.push(
       ...table(
-        ["#", "", "PPL", "Δ vs best model", "bits/byte", "word PPL", "mean weights"],
-        shown.map(({ r, f }) => [String(r.rank), r.id, fmtPpl(f.ppl), fmtPct(r.delta_vs_best_model_pct), fmtBpb(f.bits_per_byte), fmtPpl(f.word_perplexity), fmtWeights(f.weights_mean)]),
-        ["r", "l", "r", "r", "r", "r", "l"],
+        ["#", "", "PPL", "Δ vs best model", "95% CI", "bits/byte", "word PPL", "mean weights"],
+        shown.map(({ r, f }) => [String(r.rank), r.id, fmtPpl(f.ppl), fmtPct(r.delta_vs_best_model_pct), ciCell(f.vs_best_model, "tokens"),
+          fmtBpb(f.bits_per_byte), fmtPpl(f.word_perplexity), fmtWeights(f.weights_mean)]),
+        ["r", "l", "r", "r", "l", "r", "r", "l"],
       ),
     );
   }
@@ -106,7 +108,30 @@ function fusionTable(metrics: Metrics, opts: ReportOptions): string[] {
     const where = opts.metricsPath ? `${displayRef(opts.metricsPath)} (and ${displayRef(sidePath(opts.metricsPath, ".csv"))})` : "the metrics file";
     out.push(`  … ${more} more fusion${more === 1 ? "" : "s"} in ${where}`);
   }
+  out.push(...ciFootnote(metrics));
   return out;
+}
+
+/** The marker of a fusion whose 95% interval excludes 0: it is better (or worse) than the best model beyond the windows' noise. */
+export const CI_MARK = "*";
+
+/**
+ * The 95% interval of the change against the best single model, in the unit of the
+ * Δ column: the PPL change in % (token space), bits per byte (byte space); marked when
+ * it excludes 0 (the PPL ratio's and the bits-per-byte interval exclude 0 together).
+ */
+function ciCell(v: VsBestModel, space: Metrics["space"]): string {
+  if (space === "bytes" ? !v.ci95 : !v.ppl_ratio_ci95) return "—";
+  const [lo, hi] = space === "bytes" ? v.ci95!.map(fmtDeltaBpb) : v.ppl_ratio_ci95!.map((x) => fmtPct((x - 1) * 100));
+  return `[${lo}, ${hi}]${v.excludes_zero ? ` ${CI_MARK}` : ""}`;
+}
+
+/** How the intervals were drawn, what the mark means, or why there are none. */
+function ciFootnote({ bootstrap: b }: Metrics): string[] {
+  if (!b) return [];
+  if (b.block_length === null) return [`  95% CI: none (${b.note ?? "no resamples"})`];
+  const how = `paired block bootstrap over ${int(b.windows)} windows (blocks of ${b.block_length}), ${int(b.resamples)} resamples, seed ${b.seed}`;
+  return [`  95% CI vs ${displayRef(b.best_model)}: ${how}; ${CI_MARK} the interval excludes 0`, ...(b.note ? [`  note: ${b.note}`] : [])];
 }
 
 /** The best single model's bits per byte (also the lowest-PPL one: the same text, the same bytes). */

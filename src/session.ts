@@ -5,6 +5,8 @@
 //   const { metrics } = await session.evaluate({ dataset: { path: "text.txt", max_length: 256, stride: 128 },
 //                                                strategies: ["entropy", { type: "poe", betas: [0.7, 0.3] }] });
 //   await session.close();
+import type { BootstrapOptions } from "./bootstrap.js";
+import { BootstrapConfig } from "./config-schema.js";
 import { datasetStats } from "./dataset.js";
 import { DEFAULTS } from "./defaults.js";
 import { ConfigError, Interrupted, UserError } from "./errors.js";
@@ -13,6 +15,7 @@ import { ByteOptions, type LoadedMsg, type ModelSpec, type ProgressMsg, type Res
 import { errorMap, issueLines } from "./validation.js";
 import { resolvePython, withSetupHint } from "./python-env.js";
 import { resolveStrategies, type StrategyEntry } from "./strategies.js";
+import { appendWindows } from "./sums.js";
 import type { Sweep } from "./sweep.js";
 import { Worker, type WorkerOptions } from "./worker.js";
 import { chunkStream, generateRequest, type GenerateOptions, type Generation } from "./generation.js";
@@ -54,7 +57,7 @@ export interface DatasetInput {
 
 /** How a request is watched and steered while it runs. */
 export interface RunHooks {
-  /** Windows between progress callbacks (each carries the running sums). */
+  /** Windows between progress callbacks (each carries the running sums, every window so far listed). */
   progressEvery?: number;
   onProgress?: (progress: ProgressMsg) => void;
   /** Continue from these sums (a checkpoint of the same evaluation). */
@@ -73,6 +76,8 @@ export interface EvaluateOptions extends RunHooks {
   batchSize?: number;
   /** The raw config, echoed into the metrics. */
   config?: unknown;
+  /** How fusions[].vs_best_model's paired intervals are drawn (as the config's report.bootstrap). */
+  bootstrap?: Partial<BootstrapOptions> | null;
 }
 
 export interface Evaluation {
@@ -157,9 +162,12 @@ export class Session {
       stride: opts.dataset.stride ?? max_length,
       bos_per_window: opts.dataset.bos_per_window ?? DEFAULTS.bos_per_window,
     };
+    const boot = BootstrapConfig.safeParse(opts.bootstrap ?? {}, { error: errorMap });
+    if (!boot.success) throw new ConfigError(issueLines(boot.error, "bootstrap"));
     const request: EvaluationRequest = {
       dataset, text: datasetStats(dataset.path), settings, sweep: opts.sweep ?? null,
       batchSize: opts.batchSize ?? DEFAULTS.batch_size, config: opts.config ?? null,
+      bootstrap: { resamples: boot.data.resamples, seed: boot.data.seed, block_length: boot.data.block_length ?? null },
     };
     return this.run(request, opts);
   }
@@ -176,7 +184,7 @@ export class Session {
             request_id, dataset: request.dataset, settings: [...request.settings], batch_size: request.batchSize,
             progress_every: hooks.progressEvery ?? DEFAULTS.progress_every, resume: hooks.resume ?? null,
           },
-          hooks.onProgress,
+          hooks.onProgress && progressWithEveryWindow(hooks.resume ?? null, hooks.onProgress),
         ),
         aborted,
       ]);
@@ -239,3 +247,25 @@ export class Session {
 }
 
 export const openSession = (opts: SessionOptions) => Session.open(opts);
+
+/**
+ * A progress message lists only the windows finished since the previous one (protocol
+ * v3): the hook gets the sums with every window so far (from the resume on), so that a
+ * checkpoint made from them can be resumed. Should a message not continue the ones
+ * before it (a worker bug), the hook hears nothing more: its last sums stay a valid
+ * checkpoint, and the result (which lists every window) is checked on its own.
+ */
+function progressWithEveryWindow(resume: Sums | null, hook: (p: ProgressMsg) => void): (p: ProgressMsg) => void {
+  let sums = resume;
+  let broken = false;
+  return (p) => {
+    if (broken) return;
+    try {
+      sums = appendWindows(sums, p.sums);
+    } catch {
+      broken = true;
+      return;
+    }
+    hook({ ...p, sums });
+  };
+}

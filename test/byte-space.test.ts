@@ -14,7 +14,7 @@ import type { HelloMsg, LoadedMsg, ResultMsg } from "../src/protocol.js";
 import { formatReport } from "../src/report.js";
 import { PACKAGE_ROOT } from "../src/worker.js";
 import { execa } from "execa";
-import { KOTARA, PYTHON, alive, childPids, kotara, rng, tempDir, tinyModels, waitFor, writeFile } from "./helpers.js";
+import { KOTARA, PYTHON, alive, childPids, kotara, rng, tempDir, tinyModels, waitFor, windowedSums, writeFile } from "./helpers.js";
 
 const root = mkdtempSync(path.join(tmpdir(), "kotara-bytes-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -62,13 +62,11 @@ function byteResult(p: RunPlan, pruned: number[]) {
   const probs = (k: number) => Array.from({ length: k }, () => Array.from({ length: n }, () => 0.05 + 0.9 * rand()));
   const modelP = probs(2);
   const fusionP = probs(p.settings.length);
-  const nll = (ps: number[]) => ps.reduce((a, x) => a - Math.log(x), 0);
+  const nlls = (ps: number[]) => ps.map((x) => -Math.log(x));
+  const sizes = Array.from({ length: Math.ceil(BYTES / 64) }, (_, w) => Math.min(64, BYTES - 64 * w)); // windows of 64 bytes
   const result: ResultMsg = {
-    seq: 5, type: "result", request_id: "r1", space: "bytes", tokens: BYTES, windows: Math.ceil(BYTES / 64),
-    sums: {
-      windows_done: Math.ceil(BYTES / 64), scored_tokens: n, model_nll: modelP.map(nll), fusion_nll: fusionP.map(nll),
-      fusion_weights: p.settings.map(() => [n / 2, n / 2]),
-    },
+    seq: 5, type: "result", request_id: "r1", space: "bytes", tokens: BYTES, windows: sizes.length,
+    sums: windowedSums({ modelNll: modelP.map(nlls), fusionNll: fusionP.map(nlls), sizes, bytes: sizes, fusionWeights: p.settings.map(() => [n / 2, n / 2]) }),
     byte_stats: pruned.map((k) => ({ pruned: k, pruned_positions: Math.min(k, 3), max_pruned_share: k ? 1.5e-6 : 0, max_hypotheses: 8 })),
     seconds: 2, tokenize_seconds: 0.1, peak_memory_bytes: 1, device: "cpu", dtype: "float32",
   };
@@ -119,7 +117,7 @@ describe("metrics and report in byte space", () => {
     assert.match(lines[0], new RegExp(`byte space \\(beam 8\\): ${BYTES} bytes scored in \\d+ windows of 64 bytes, stride 64$`));
     assert.match(lines[1], / bytes\/s\) · /);
     assert.match(text, /^\s+bits\/byte\s+byte PPL\s+word PPL$/m);
-    assert.match(text, /^\s+#\s+bits\/byte\s+Δ vs best model\s+byte PPL/m);
+    assert.match(text, /^\s+#\s+bits\/byte\s+Δ vs best model\s+95% CI\s+byte PPL/m);
     const best = Math.min(...metrics.models.map((m) => m.bits_per_byte));
     const top = metrics.fusions.find((f) => f.id === metrics.best!.id)!;
     const d = top.bits_per_byte - best;

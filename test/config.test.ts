@@ -177,7 +177,7 @@ describe("relative paths", () => {
 
 describe("rejected: unknown keys", () => {
   test("at the top level", async () => {
-    hasLine(await problems(BASE + "modles: []\n"), "modles: unknown key; allowed: space, bytes, models, tokenizer, dataset, strategies, sweep, runtime, output");
+    hasLine(await problems(BASE + "modles: []\n"), "modles: unknown key; allowed: space, bytes, models, tokenizer, dataset, strategies, sweep, runtime, output, report");
   });
   test("in a model", async () => {
     hasLine(

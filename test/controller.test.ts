@@ -105,6 +105,24 @@ test("a run with a sweep: metrics, ranking, dedupe, CSV and heatmap agree with t
   for (const x of m.ranked) close(x.delta_vs_best_model_pct, (100 * (x.ppl - 20)) / 20, `${x.id} Δ`, 1e-9);
   assert.match(r.stdout, /^Best: entropy@t=1,1\.1, PPL 17\.00/m);
 
+  // against the best model (a, PPL 20): the differences from the closed forms; the paired
+  // intervals over windows hold them, narrowly (every window has the same NLL per token; a
+  // window's bytes are its scored tokens, but for the first, which also has token 0)
+  assert.equal(m.bootstrap.best_model, a);
+  assert.equal(m.bootstrap.windows, m.dataset.windows);
+  assert.equal(m.bootstrap.block_length, Math.ceil(Math.cbrt(m.dataset.windows) - 1e-9));
+  for (const f of m.fusions) {
+    const v = f.vs_best_model;
+    const dNll = (Math.log(fakeFusionPpl(f.strategy.type, f.strategy.temperatures, f.strategy.betas)) - Math.log(20)) * scored;
+    close(v.delta_bits_per_byte, dNll / (LN2 * BYTES), `${f.id} Δ bits/byte`, 1e-9);
+    close(v.ppl_ratio, f.ppl / 20, `${f.id} PPL ratio`, 1e-9);
+    const tol = 1e-12 * Math.abs(v.delta_bits_per_byte);
+    assert.ok(v.ci95[0] - tol <= v.delta_bits_per_byte && v.delta_bits_per_byte <= v.ci95[1] + tol, `${f.id}: ${v.delta_bits_per_byte} in ${v.ci95}`);
+    assert.ok(Math.abs(v.ci95[1] - v.ci95[0]) <= 0.05 * Math.abs(v.delta_bits_per_byte), `${f.id}: ${v.ci95}`);
+    assert.equal(v.excludes_zero, true, f.id);
+  }
+  assert.match(r.stdout, /95% CI vs .*model-a: paired block bootstrap over \d+ windows \(blocks of \d+\), 2,000 resamples, seed 0/);
+
   // the CSV next to the metrics: one row per fusion, its PPL at full precision
   const csv = readFileSync(join(work, "sweep.csv"), "utf8").trimEnd().split("\n");
   const header = csv[0].split(",");
@@ -132,6 +150,9 @@ test("a worker-reported error mid-run: exit 1, the finished windows kept; --resu
   assert.ok(existsSync(checkpoint) && !existsSync(out));
   assert.doesNotMatch(r.stderr, /Traceback|at .*\.js:\d+/);
 
+  // the checkpoint lists every finished window (progress messages carry only their newest ones)
+  const saved = JSON.parse(readFileSync(checkpoint, "utf8")).sums;
+  assert.deepEqual([saved.window_first, saved.window_targets.length, saved.window_fusion_nll[0].length], [0, 20, 20]);
   const record = join(work, "fails.jsonl");
   const resumed = await kotara(["run", cfg, "--metrics", out, "--resume"], { env: { KOTARA_PYTHON: FAKE_PYTHON, KOTARA_FAKE_RECORD: record } });
   assert.equal(resumed.exitCode, 0, resumed.stderr);
@@ -143,6 +164,10 @@ test("a worker-reported error mid-run: exit 1, the finished windows kept; --resu
   assert.equal(m.dataset.scored_tokens, BYTES - 1);
   close(m.models[0].ppl, 20, "model a");
   close(m.fusions[0].ppl, 19 * (1 + 0.01), "gap at T = (1, 1)");
+  // the same numbers as a run that never stopped, the intervals too
+  const whole = join(work, "whole.json");
+  assert.equal((await kotara(["run", cfg, "--metrics", whole, "--quiet"], { env: { KOTARA_PYTHON: FAKE_PYTHON } })).exitCode, 0);
+  assert.deepEqual(m.fusions, JSON.parse(readFileSync(whole, "utf8")).fusions);
 });
 
 test("session API: worker errors carry their exit codes, a death its stderr; an abort stops at a batch, and resuming from the last progress gives the uninterrupted sums", async () => {
@@ -172,11 +197,13 @@ test("session API: worker errors carry their exit codes, a death its stderr; an 
       (e: any) => e.exitCode === 130,
     );
     assert.ok(last.sums.windows_done >= 2 && last.sums.windows_done < last.windows_total, JSON.stringify(last.sums));
+    // the hook sees every window so far, though each progress message carries only its newest
+    assert.deepEqual([last.sums.window_first, last.sums.window_targets.length], [0, last.sums.windows_done]);
     // the same worker keeps serving: resume from the last progress, and a fresh pass
     const resumed = await s.evaluate({ dataset, strategies: ["entropy", "gap"], batchSize: 2, resume: last.sums });
     const fresh = await s.evaluate({ dataset, strategies: ["entropy", "gap"], batchSize: 2 });
     assert.deepEqual(resumed.result.sums, fresh.result.sums);
-    assert.deepEqual(resumed.metrics.fusions.map((f) => f.ppl), fresh.metrics.fusions.map((f) => f.ppl));
+    assert.deepEqual(resumed.metrics.fusions, fresh.metrics.fusions); // PPLs and the paired intervals
     close(fresh.metrics.fusions[0].ppl, 17 * 1.01, "entropy");
   } finally {
     await Promise.all(sessions.map((x) => x?.close()));

@@ -11,7 +11,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { encode } from "@msgpack/msgpack";
-import { FromWorker, PROTOCOL_VERSION, ToWorker } from "../src/protocol.js";
+import { FromWorker, PROTOCOL_VERSION, ToWorker, type Sums } from "../src/protocol.js";
+import { appendWindows } from "../src/sums.js";
 import { PACKAGE_ROOT } from "../src/worker.js";
 import { planWindows } from "./fake-worker/canned.js";
 import { FAKE_PYTHON, RawWorker } from "./fake-worker/harness.js";
@@ -123,6 +124,17 @@ describe("the fake worker speaks the protocol", () => {
       close(Math.exp(result.sums.fusion_nll[2] / scored), 18.5 * (1 + 0.1 ** 2) * (1 + (3 / 4 - 1 / 2) ** 2 + (1 / 4 - 1 / 2) ** 2), "mix");
       close(result.sums.fusion_weights[2][0] / scored, 3 / 4, "mix α_0");
 
+      // generation: the canned letters; a stop string cuts prompt 1's text ("bcdef" ends before "ef")
+      await w.send({
+        type: "generate", request_id: "g1", prompts: ["x", "y"], max_new: 5, stop: ["ef"], truncate: true,
+        setting: { id: "entropy", type: "entropy", temperatures: [1, 1], betas: null, weights: null },
+        sampling: { greedy: true, temperature: 1, top_k: 0, top_p: 1, seed: 0 },
+      });
+      const generated = await w.next("generated");
+      assert.deepEqual(generated.outputs.map((o) => [o.text, o.finish]), [["abcde", "length"], ["bcd", "stop"]]);
+      const streamed = w.messages.filter((m) => m.type === "chunk").flatMap((m) => m.chunks);
+      assert.deepEqual(streamed.filter((c) => c.prompt === 1).map((c) => c.text), ["b", "c", "d", "", ""], "the start of a stop string is held back, then dropped");
+
       await w.send(evaluate("r2", { dataset: { path: join(dir, "missing.txt"), max_length: 32, stride: 16, bos_per_window: false } }));
       const err = await w.next("error");
       assert.deepEqual([err.request_id, err.code], ["r2", "not_found"]);
@@ -207,19 +219,26 @@ describe("one fake worker, request after request", () => {
     await w.send({ type: "cancel", request_id: "r1" });
     const cancelled = await w.next("error");
     assert.deepEqual([cancelled.request_id, cancelled.code, cancelled.message], ["r1", "cancelled", "cancelled by the controller"]);
-    const last = w.progress("r1").pop()!;
+    const progress = w.progress("r1");
+    const last = progress.at(-1)!;
     assert.equal(w.messages[w.messages.indexOf(cancelled) - 1], last, "the finished windows come just before the error");
     assert.ok(last.sums.windows_done > 0 && last.sums.windows_done < last.windows_total);
-    await w.send(evaluate("r2", { resume: last.sums, batch_size: 4 }));
+    // each progress message lists the windows since the previous one; appended, they are the checkpoint
+    const checkpoint = progress.reduce<Sums | null>((acc, p) => appendWindows(acc, p.sums), null)!;
+    assert.equal(checkpoint.window_targets.length, last.sums.windows_done);
+    await w.send(evaluate("r2", { resume: checkpoint, batch_size: 4 }));
     const resumed = await w.next("result");
     await w.send(evaluate("r3", { batch_size: 4 }));
     const fresh = await w.next("result");
     assert.deepEqual(resumed.sums, fresh.sums);
     assert.equal(resumed.sums.scored_tokens, N - 1);
-    // resume sums that do not fit the request: the worker's ValueError, as an internal error
+    // resume sums that do not fit the request, or whose totals are not their windows' sums: bad_request
     await w.send(evaluate("r4", { resume: { ...fresh.sums, model_nll: [1] } }));
     const e = await w.next("error");
-    assert.deepEqual([e.code, e.message.startsWith("ValueError: resume sums do not match 2 models")], ["internal", true]);
+    assert.deepEqual([e.code, e.message.startsWith("resume sums do not match 2 models")], ["bad_request", true]);
+    await w.send(evaluate("r5", { resume: { ...checkpoint, fusion_nll: checkpoint.fusion_nll.map((x) => x + 1) } }));
+    const e5 = await w.next("error");
+    assert.deepEqual([e5.code, e5.message.startsWith("resume sums do not add up")], ["bad_request", true]);
   });
 
   test("the worker's checks: context, BOS, settings, not UTF-8, too short, a missing model", async () => {

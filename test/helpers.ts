@@ -6,6 +6,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, w
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
+import type { Sums } from "../src/protocol.js";
 import { resolvePython } from "../src/session.js";
 import { PACKAGE_ROOT } from "../src/worker.js";
 
@@ -108,5 +109,24 @@ export function rng(seed: number): () => number {
     let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
     t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Sums as the worker sends them (protocol v3), from per-position NLLs: the positions cut
+ * into consecutive windows of `sizes` scored positions, each window's value the in-order
+ * sum of its positions, each total the in-order sum of its windows (as the worker adds them).
+ * modelNll[m][p], fusionNll[k][p]; fusionWeights: the totals Σ α, per setting and model.
+ */
+export function windowedSums(o: { modelNll: number[][]; fusionNll: number[][]; fusionWeights: number[][]; sizes: number[]; bytes: number[] }): Sums {
+  const cuts = o.sizes.reduce<number[]>((acc, s) => [...acc, acc[acc.length - 1] + s], [0]);
+  const perWindow = (row: number[]) => o.sizes.map((_, w) => row.slice(cuts[w], cuts[w + 1]).reduce((a, x) => a + x, 0));
+  const inOrder = (xs: number[]) => xs.reduce((a, x) => a + x, 0);
+  const wm = o.modelNll.map(perWindow);
+  const wf = o.fusionNll.map(perWindow);
+  return {
+    windows_done: o.sizes.length, scored_tokens: inOrder(o.sizes), model_nll: wm.map(inOrder), fusion_nll: wf.map(inOrder),
+    fusion_weights: o.fusionWeights, window_first: 0, window_targets: [...o.sizes], window_bytes: [...o.bytes],
+    window_model_nll: wm, window_fusion_nll: wf,
   };
 }

@@ -6,7 +6,8 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { decode, encode } from "@msgpack/msgpack";
 import { GOLDEN_MESSAGES, protocolJsonSchema } from "../src/protocol-schema.js";
-import { FromWorker, ToWorker } from "../src/protocol.js";
+import { FromWorker, ToWorker, type Sums } from "../src/protocol.js";
+import { appendWindows, windowProblem } from "../src/sums.js";
 import { PACKAGE_ROOT } from "../src/worker.js";
 
 const dir = join(PACKAGE_ROOT, "protocol");
@@ -47,4 +48,25 @@ test("bad messages are refused with the field named", () => {
     assert.equal(r.success, false, what);
     assert.ok(r.error!.issues.some((i) => i.path.join(".") === path), `${what}: ${JSON.stringify(r.error!.issues)}`);
   }
+});
+
+test("per-window sums: a progress message's windows append to those before them; a result's add up to its totals", () => {
+  const full = (GOLDEN_MESSAGES.result as { sums: Sums }).sums;
+  const progress = (GOLDEN_MESSAGES.progress as { sums: Sums }).sums; // windows 1..1, the totals after 2
+  assert.equal(windowProblem(full, 2, 2), null);
+  const first: Sums = {
+    ...full, windows_done: 1, scored_tokens: full.window_targets[0], window_targets: full.window_targets.slice(0, 1), window_bytes: full.window_bytes.slice(0, 1),
+    model_nll: full.window_model_nll.map((r) => r[0]), fusion_nll: full.window_fusion_nll.map((r) => r[0]),
+    window_model_nll: full.window_model_nll.map((r) => r.slice(0, 1)), window_fusion_nll: full.window_fusion_nll.map((r) => r.slice(0, 1)),
+  };
+  const two = appendWindows(first, progress);
+  assert.deepEqual(two.window_model_nll, full.window_model_nll.map((r) => r.slice(0, 2)));
+  assert.deepEqual([two.window_first, two.windows_done, two.model_nll], [0, 2, progress.model_nll]);
+  assert.equal(windowProblem(two, 2, 2), null);
+  assert.equal(appendWindows(null, first), first);
+  assert.equal(first.window_targets.length, 1, "the earlier sums are not changed");
+  assert.throws(() => appendWindows(null, progress), /list windows 1\.\.1 after 0 windows/);
+  assert.throws(() => appendWindows(two, progress), /list windows 1\.\.1 after 2 windows/);
+  assert.match(windowProblem({ ...full, fusion_nll: [full.fusion_nll[0] + 1e-9, full.fusion_nll[1]] }, 2, 2)!, /setting 1's per-window NLL does not add up/);
+  assert.match(windowProblem(progress, 2, 2)!, /list windows from 1/);
 });

@@ -13,7 +13,7 @@ import { type Metrics, buildMetrics } from "../src/metrics.js";
 import { CSV_COLUMNS, toCsv, writeJsonAtomic, writeRunOutputs } from "../src/outputs.js";
 import { type RunPlan, parseConfig, planRequest } from "../src/plan.js";
 import { formatReport } from "../src/report.js";
-import { rng } from "./helpers.js";
+import { rng, windowedSums } from "./helpers.js";
 
 const root = mkdtempSync(path.join(tmpdir(), "kotara-report-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -51,7 +51,12 @@ function simulate(plan: RunPlan, seed = 7, better: Record<string, number> = {}):
       return raw.map((x) => x / sum);
     }),
   );
-  const nllSum = (ps: number[]) => ps.reduce((acc, p) => acc - Math.log(p), 0);
+  const nlls = (ps: number[]) => ps.map((p) => -Math.log(p));
+  const third = Math.floor(BYTES / 3);
+  const sums = windowedSums({
+    modelNll: modelP.map(nlls), fusionNll: fusionP.map(nlls), sizes: [40, 40, 40], bytes: [third, third, BYTES - 2 * third],
+    fusionWeights: alpha.map((perPos) => Array.from({ length: nM }, (_, m) => perPos.reduce((acc, a) => acc + a[m], 0))),
+  });
   const result: ResultMsg = {
     seq: 9,
     type: "result",
@@ -61,13 +66,7 @@ function simulate(plan: RunPlan, seed = 7, better: Record<string, number> = {}):
     tokenize_seconds: 0.1,
     tokens: SCORED + 1,
     windows: 3,
-    sums: {
-      windows_done: 3,
-      scored_tokens: SCORED,
-      model_nll: modelP.map(nllSum),
-      fusion_nll: fusionP.map(nllSum),
-      fusion_weights: alpha.map((perPos) => Array.from({ length: nM }, (_, m) => perPos.reduce((acc, a) => acc + a[m], 0))),
-    },
+    sums,
     seconds: 2.5,
     peak_memory_bytes: 1 << 20,
     device: "cpu",
@@ -226,6 +225,15 @@ describe("buildMetrics", () => {
       () => buildMetrics({ models: plan.models, request: planRequest(plan), result, loaded: loadedFor(plan), hello, seconds: 1, version: "x" }),
       /fusion sums for 19 settings/,
     );
+    // per-window sums whose totals are not their in-order sums, or that miss a window
+    const off = simulate(plan).result;
+    off.sums.model_nll[1] += 1e-9;
+    assert.throws(() => buildMetrics({ models: plan.models, request: planRequest(plan), result: off, loaded: loadedFor(plan), hello, seconds: 1, version: "x" }),
+      /per-window sums do not fit its totals: model 2's per-window NLL does not add up/);
+    const short = simulate(plan).result;
+    short.sums.window_fusion_nll[3].pop();
+    assert.throws(() => buildMetrics({ models: plan.models, request: planRequest(plan), result: short, loaded: loadedFor(plan), hello, seconds: 1, version: "x" }),
+      /per-window lists do not all have 3 entries/);
   });
 });
 

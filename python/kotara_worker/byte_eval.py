@@ -11,13 +11,13 @@ code (fusion.score_chunk) with l_m in place of the logits, the byte values as ta
 module; a window's rows die with it, so memory does not grow with the text.
 
 Sums mean what they mean in token space (model_nll, fusion_nll, fusion_weights,
-scored_tokens = scored bytes, windows_done), so progress, checkpoints and resume work
-unchanged. Each model's NLL is summed in float64 straight from its rows (they are
-exact log-probabilities already); the fusions go through fusion.py's float32 path.
+scored_tokens = scored bytes, windows_done, and per window its scored bytes twice, as
+window_targets and window_bytes), so progress, checkpoints and resume work unchanged.
+Each model's NLL is summed in float64 straight from its rows (they are exact
+log-probabilities already); the fusions go through fusion.py's float32 path.
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,7 +191,7 @@ def run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window]
     reported = sums.windows_done
     for batch in plan_byte_batches(len(windows), batch_size, sums.windows_done):
         if should_stop():
-            raise Cancelled(copy.deepcopy(sums))
+            raise Cancelled(sums.copy())
         # every model over the batch's windows: [n_scored, 257] float64 rows per window
         # (all the batch's windows advance together: their token extensions share forwards)
         rows: list[list[torch.Tensor]] = []
@@ -202,17 +202,20 @@ def run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window]
             except NonFiniteLogits:
                 raise _numerical_batch(m.ref, mi, m, text, windows, batch) from None
             except Interrupted:
-                raise Cancelled(copy.deepcopy(sums)) from None
+                raise Cancelled(sums.copy()) from None
             for _, stats in scored:
                 beams[mi].add(stats)
             rows.append([r for r, _ in scored])
         for b, i in enumerate(batch):
-            sums.add(_window_sums(models, [r[b] for r in rows], text, i, windows[i], settings, fusion_cfg))
+            part = _window_sums(models, [r[b] for r in rows], text, i, windows[i], settings, fusion_cfg)
+            # a window's bytes are its scored bytes (they partition the text)
+            sums.add_window(part.positions, part.positions, part.model_nll.tolist(), part.fusion_nll.tolist())
+            sums.add_weights(part.fusion_weights)
         del rows
         sums.windows_done = batch.stop
         if sums.windows_done - reported >= progress_every:
             reported = sums.windows_done
-            on_progress(copy.deepcopy(sums))
+            on_progress(sums.copy())
     return ByteResult(sums, beams)
 
 

@@ -5,12 +5,12 @@ Per batch: each model's body gives hidden states [B, L, H]; only the scored
 positions go through the output head, a chunk of positions at a time, so the
 float32 logits of a whole batch never exist at once. Models whose logits are
 post-processed after the head (head_path "full") run the plain forward instead.
-Only sums leave this module (never logits).
+Only sums leave this module (never logits): totals, and per window one float per
+model and per setting (for the controller's paired bootstrap).
 """
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -18,7 +18,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .fusion import ChunkSums, FusionConfig, NumericalError, Setting, check_settings, score_chunk
+from .fusion import FusionConfig, NumericalError, PositionScores, Setting, check_settings
+from .fusion import _each_position as each_position   # score_chunk's per-position scores, settings trusted
 from .windows import Window
 
 __all__ = ["Model", "Sums", "Cancelled", "NumericalError", "EvalConfig", "plan_batches", "evaluate", "run_pass"]
@@ -50,30 +51,81 @@ class Model(Protocol):
 
 @dataclass
 class Sums:
-    """Running sums of one evaluation (protocol.ts Sums): all a result or a checkpoint needs."""
+    """Running sums of one evaluation (protocol.ts Sums): all a result or a checkpoint needs.
+
+    Besides the totals, the per-window sums that the controller's paired bootstrap
+    resamples: per window its scored positions, its bytes, and the Σ NLL of every model
+    and every setting over it (floats per window; never per position). Every NLL total
+    is the float64 sum of its per-window values in window order (add_window adds each
+    window's value to the total as it appends it), so the two agree exactly and a
+    resumed run repeats both bit for bit. Here the window_* lists always hold every
+    window done (window_first 0); to_dict(since=k) gives a progress message's share."""
     windows_done: int = 0
     scored_tokens: int = 0
     model_nll: list[float] = field(default_factory=list)            # per model: Σ NLL (nats)
     fusion_nll: list[float] = field(default_factory=list)           # per setting, request order
     fusion_weights: list[list[float]] = field(default_factory=list)  # per setting: Σ α_m
+    window_first: int = 0                                           # always 0 here (see to_dict)
+    window_targets: list[int] = field(default_factory=list)         # per window: scored positions
+    window_bytes: list[int] = field(default_factory=list)           # per window: bytes it covers
+    window_model_nll: list[list[float]] = field(default_factory=list)   # per model, per window
+    window_fusion_nll: list[list[float]] = field(default_factory=list)  # per setting, per window
 
     @staticmethod
     def zeros(n_models: int, n_settings: int) -> "Sums":
-        return Sums(0, 0, [0.0] * n_models, [0.0] * n_settings, [[0.0] * n_models for _ in range(n_settings)])
+        return Sums(0, 0, [0.0] * n_models, [0.0] * n_settings, [[0.0] * n_models for _ in range(n_settings)],
+                    0, [], [], [[] for _ in range(n_models)], [[] for _ in range(n_settings)])
 
-    def add(self, part: ChunkSums) -> None:
-        # float64 Python floats, added in a fixed order: a resumed run repeats it bit for bit
-        self.scored_tokens += part.positions
-        for i, x in enumerate(part.model_nll.tolist()):
+    def add_window(self, targets: int, n_bytes: int, model_nll: Sequence[float], fusion_nll: Sequence[float]) -> None:
+        """One finished window: its values appended, and added to the totals (float64
+        Python floats, in window order: the totals are the sums of the lists)."""
+        self.window_targets.append(int(targets))
+        self.window_bytes.append(int(n_bytes))
+        self.scored_tokens += int(targets)
+        for i, x in enumerate(model_nll):
+            x = float(x)
+            self.window_model_nll[i].append(x)
             self.model_nll[i] += x
-        for k, x in enumerate(part.fusion_nll.tolist()):
+        for k, x in enumerate(fusion_nll):
+            x = float(x)
+            self.window_fusion_nll[k].append(x)
             self.fusion_nll[k] += x
-        for k, row in enumerate(part.fusion_weights.tolist()):
+
+    def add_weights(self, fusion_weights: torch.Tensor) -> None:
+        """Σ α of a chunk of positions [K, N] (float64, added in a fixed order: a resumed
+        run repeats it bit for bit)."""
+        for k, row in enumerate(fusion_weights.tolist()):
             for m, x in enumerate(row):
                 self.fusion_weights[k][m] += x
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def copy(self) -> "Sums":
+        """An independent copy (lists of floats copied by slicing: cheap per progress message,
+        where deepcopy would cost ~1 µs a float)."""
+        return Sums(self.windows_done, self.scored_tokens, self.model_nll[:], self.fusion_nll[:],
+                    [r[:] for r in self.fusion_weights], self.window_first, self.window_targets[:],
+                    self.window_bytes[:], [r[:] for r in self.window_model_nll],
+                    [r[:] for r in self.window_fusion_nll])
+
+    def to_dict(self, since: int = 0) -> dict:
+        """The wire form; since=k keeps only windows k.. in the window_* lists (a progress
+        message: the windows finished since the previous one), window_first = k."""
+        d = asdict(self)
+        if since:
+            d["window_first"] = since
+            for key in ("window_targets", "window_bytes"):
+                d[key] = d[key][since:]
+            for key in ("window_model_nll", "window_fusion_nll"):
+                d[key] = [r[since:] for r in d[key]]
+        return d
+
+    @staticmethod
+    def from_dict(d: Mapping) -> "Sums":
+        """Sums from the wire (a resume) or from to_dict(); the numbers as floats."""
+        return Sums(int(d["windows_done"]), int(d["scored_tokens"]), [float(x) for x in d["model_nll"]],
+                    [float(x) for x in d["fusion_nll"]], [[float(x) for x in r] for r in d["fusion_weights"]],
+                    int(d["window_first"]), [int(x) for x in d["window_targets"]], [int(x) for x in d["window_bytes"]],
+                    [[float(x) for x in r] for r in d["window_model_nll"]],
+                    [[float(x) for x in r] for r in d["window_fusion_nll"]])
 
 
 class Cancelled(Exception):
@@ -140,26 +192,31 @@ def _forward(model: Model, ids: torch.Tensor) -> torch.Tensor:
 def evaluate(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence[Window],
              settings: Sequence[Setting], batch_size: int, bos_id: int | None, vocab: int, resume: Sums | None,
              on_progress: Callable[[Sums], None], progress_every: int,
-             should_stop: Callable[[], bool], cfg: EvalConfig | None = None) -> Sums:
+             should_stop: Callable[[], bool], cfg: EvalConfig | None = None,
+             window_bytes: Sequence[int] | None = None) -> Sums:
     """Σ NLL of every model (T = 1, whole output layer) and every setting (over [:vocab])
-    on the scored targets of `windows`; `resume` continues from a checkpoint's sums.
+    on the scored targets of `windows`, in total and per window; `resume` continues from
+    a checkpoint's sums. window_bytes: each window's bytes of text (windows.window_bytes;
+    the server always passes them), recorded per window; None records 0 for each.
     The library's entry point: checks the settings, then run_pass checks the rest."""
     check_settings(settings, len(models))
     return run_pass(models, token_ids, windows, settings, batch_size, bos_id, vocab, resume,
-                    on_progress, progress_every, should_stop, cfg)
+                    on_progress, progress_every, should_stop, cfg, window_bytes)
 
 
 @torch.inference_mode()
 def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence[Window],
              settings: Sequence[Setting], batch_size: int, bos_id: int | None, vocab: int, resume: Sums | None,
              on_progress: Callable[[Sums], None], progress_every: int,
-             should_stop: Callable[[], bool], cfg: EvalConfig | None = None) -> Sums:
+             should_stop: Callable[[], bool], cfg: EvalConfig | None = None,
+             window_bytes: Sequence[int] | None = None) -> Sums:
     """evaluate() for a caller that has checked the settings already (the server does, once
     per request, before tokenizing): the settings are trusted, everything else is checked."""
     cfg = cfg or EvalConfig.for_device(models[0].device)
     token_ids = token_ids.reshape(-1).long().cpu()                                 # [n]
     offset = 0 if bos_id is None else 1
     _check_stream(windows, token_ids, offset, vocab)
+    window_bytes = _check_window_bytes(window_bytes, len(windows))
     sums = _starting_sums(resume, len(models), len(settings), len(windows))
     fusion_cfg = cfg.fusion or FusionConfig.for_device(models[0].device)
     reported = sums.windows_done
@@ -169,7 +226,7 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
                 continue                                            # done before the checkpoint
             batch = range(max(batch.start, sums.windows_done), batch.stop)
             if should_stop():
-                raise Cancelled(copy.deepcopy(sums))
+                raise Cancelled(sums.copy())
             ws = [windows[i] for i in batch]
             ids = torch.stack([token_ids[w.start:w.end] for w in ws])                 # [B, L]
             if bos_id is not None:
@@ -179,6 +236,10 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
             # each model runs once: hidden states (or, for head_path "full", its own logits);
             # on separate devices all at once, each in its own thread
             sources = list(pool.map(_forward, models, [ids] * len(models))) if pool else [_forward(m, ids) for m in models]
+            # per window of the batch: Σ NLL of each model and each setting, every position
+            # added in order (index_add_ on the CPU), whatever the chunks
+            model_acc = torch.zeros(len(models), len(ws), dtype=torch.float64)        # [N, B]
+            fusion_acc = torch.zeros(len(settings), len(ws), dtype=torch.float64)     # [K, B]
             for c in range(0, targets.numel(), cfg.position_chunk):
                 sel = slice(c, c + cfg.position_chunk)
                 try:
@@ -186,12 +247,17 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
                                         fusion_cfg)
                 except NumericalError as e:
                     raise _in_window(e, models, windows, batch.start + int(b_idx[c + e.position])) from None
-                sums.add(part)
+                model_acc.index_add_(1, b_idx[sel], part.model_nll)
+                fusion_acc.index_add_(1, b_idx[sel], part.fusion_nll)
+                sums.add_weights(part.weights.sum(1))
+                del part
             del sources
+            for b, (i, w) in enumerate(zip(batch, ws)):
+                sums.add_window(w.n_scored, window_bytes[i], model_acc[:, b].tolist(), fusion_acc[:, b].tolist())
             sums.windows_done = batch.stop
             if sums.windows_done - reported >= progress_every:
                 reported = sums.windows_done
-                on_progress(copy.deepcopy(sums))
+                on_progress(sums.copy())
     return sums
 
 
@@ -205,13 +271,37 @@ def _check_stream(windows: Sequence[Window], token_ids: torch.Tensor, offset: in
         raise ValueError(f"token ids must lie in [0, {vocab})")
 
 
+def _check_window_bytes(window_bytes: Sequence[int] | None, n_windows: int) -> list[int]:
+    if window_bytes is None:
+        return [0] * n_windows
+    out = [int(b) for b in window_bytes]
+    if len(out) != n_windows or any(b < 0 for b in out):
+        raise ValueError(f"window_bytes must give {n_windows} byte counts >= 0, one per window, got {len(out)}")
+    return out
+
+
 def _starting_sums(resume: Sums | None, n_models: int, n_settings: int, n_windows: int) -> Sums:
-    sums = copy.deepcopy(resume) if resume is not None else Sums.zeros(n_models, n_settings)
+    """Zeros, or a copy of the resume sums once they fit the request: the shapes, every
+    window so far listed (window_first 0), and each total the window-order sum of its
+    per-window values, as add_window makes them (so the run ends with totals and lists
+    that agree exactly, as an uninterrupted run's do)."""
+    sums = resume.copy() if resume is not None else Sums.zeros(n_models, n_settings)
+    done = sums.windows_done
+    per_window = [sums.window_targets, sums.window_bytes, *sums.window_model_nll, *sums.window_fusion_nll]
     if (len(sums.model_nll) != n_models or len(sums.fusion_nll) != n_settings
             or any(len(r) != n_models for r in sums.fusion_weights) or len(sums.fusion_weights) != n_settings
-            or not 0 <= sums.windows_done <= n_windows):
+            or len(sums.window_model_nll) != n_models or len(sums.window_fusion_nll) != n_settings
+            or not 0 <= done <= n_windows or sums.window_first != 0 or any(len(r) != done for r in per_window)):
         raise ValueError(f"resume sums do not match {n_models} models, {n_settings} settings, "
                          f"{n_windows} windows")
+    totals = [(sums.scored_tokens, sums.window_targets)] + list(zip(sums.model_nll, sums.window_model_nll)) \
+        + list(zip(sums.fusion_nll, sums.window_fusion_nll))
+    for total, values in totals:
+        acc = 0 if values is sums.window_targets else 0.0
+        for x in values:
+            acc += x
+        if acc != total:
+            raise ValueError(f"resume sums do not add up: a total is {total!r}, its {done} windows sum to {acc!r}")
     return sums
 
 
@@ -226,16 +316,18 @@ def _forward_pool(models: Sequence[Model], concurrent: bool | None) -> AbstractC
 
 def _score_chunk(models: Sequence[Model], sources: Sequence[torch.Tensor], b_idx: torch.Tensor,
                  p_idx: torch.Tensor, targets: torch.Tensor, vocab: int, settings: Sequence[Setting],
-                 fusion_cfg: FusionConfig) -> ChunkSums:
-    """The sums of one chunk of scored positions. Its [p, V] logits are the pass's biggest
-    tensors; they die when this returns, so none is alive through the next batch's forward."""
+                 fusion_cfg: FusionConfig) -> PositionScores:
+    """The per-position NLLs of one chunk of scored positions. Its [p, V] logits are the
+    pass's biggest tensors; they die when this returns, so none is alive through the next
+    batch's forward."""
     fuse_device = models[0].device
     logits = []
     for m, src in zip(models, sources):
         rows = src[b_idx.to(src.device), p_idx.to(src.device)]                     # [p, H] or [p, V]
         z = m.head(rows) if m.head_path == "scored" else rows                       # [p, V_m]
         logits.append(z.to(fuse_device))
-    return score_chunk(logits, targets, vocab, settings, fusion_cfg)
+    # the settings were checked once for the request (fusion.score_chunk's contract, per position)
+    return each_position(logits, targets, vocab, settings, fusion_cfg)
 
 
 def _in_window(e: NumericalError, models: Sequence[Model], windows: Sequence[Window], w: int) -> NumericalError:

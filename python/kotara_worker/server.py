@@ -21,6 +21,7 @@ from .fusion import check_settings
 from .models import load_session
 from .protocol import RequestError
 from .windows import plan_byte_windows, plan_windows
+from .windows import window_bytes as windows_bytes
 
 
 class Server:
@@ -118,30 +119,35 @@ class Server:
         bos_id = self.check_request(message)  # before tokenizing: fail fast
         reset_peak_memory()  # the request's peak: tokenizing and the pass
         tokenize_started = time.perf_counter()
-        token_ids = self.tokenize(data["path"])
+        token_ids, text, token_ends = self.tokenize(data["path"])
+        try:
+            windows = plan_windows(len(token_ids), data["max_length"], data["stride"], bos=data["bos_per_window"])
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
+        # each window's bytes of text (the paired bootstrap's weights); then the text goes
+        window_bytes = (windows_bytes(windows, text, token_ends) if token_ends is not None
+                        else self.decoded_window_bytes(windows, token_ids))
+        del text, token_ends
         # the fast tokenizer frees ~850 bytes a token that glibc would keep resident
         # through the pass: hand them back (0.3 ms at 1.5k tokens, 2 ms at 25k), so the
         # request's peak grows with the text by its ids alone (docs/benchmarks.md)
         release_memory()
         tokenize_seconds = time.perf_counter() - tokenize_started
-        try:
-            windows = plan_windows(len(token_ids), data["max_length"], data["stride"], bos=data["bos_per_window"])
-        except ValueError as e:
-            raise RequestError("bad_request", str(e)) from None
-        resume = ev.Sums(**message["resume"]) if message["resume"] else None
+        resume = self.resume_sums(message)
+        if resume is not None:
+            try:
+                ev._starting_sums(resume, len(self.models), len(message["settings"]), len(windows))
+            except ValueError as e:                        # resume sums that do not fit the request
+                raise RequestError("bad_request", str(e)) from None
         tokens_total = len(token_ids)
         started = time.perf_counter()
-
-        def on_progress(sums: ev.Sums) -> None:
-            self.channel.send({"type": "progress", "request_id": request_id, "windows_total": len(windows),
-                               "tokens_total": tokens_total, "seconds": time.perf_counter() - started,
-                               "sums": sums.to_dict()})
+        on_progress = self.progress_sender(request_id, len(windows), tokens_total, started, resume)
 
         try:
             # the settings were checked above, once for the whole request: run_pass trusts them
             sums = ev.run_pass(self.models, token_ids, windows, message["settings"], message["batch_size"], bos_id,
                                len(self.tokenizer), resume, on_progress, message["progress_every"],
-                               self.stop_check(request_id))
+                               self.stop_check(request_id), window_bytes=window_bytes)
         except ev.Cancelled as c:
             on_progress(c.sums)  # what was finished reaches the controller before the error
             raise
@@ -169,13 +175,9 @@ class Server:
         byte_eval.check_windows(self.byte_models, text, windows)   # refusals before any window runs
         release_memory()        # the tokenizers' freed heap (it grows with the text), as in token space
         tokenize_seconds = time.perf_counter() - tokenize_started
-        resume = ev.Sums(**message["resume"]) if message["resume"] else None
+        resume = self.resume_sums(message)
         started = time.perf_counter()
-
-        def on_progress(sums: ev.Sums) -> None:
-            self.channel.send({"type": "progress", "request_id": request_id, "windows_total": len(windows),
-                               "tokens_total": len(text), "seconds": time.perf_counter() - started,
-                               "sums": sums.to_dict()})
+        on_progress = self.progress_sender(request_id, len(windows), len(text), started, resume)
 
         try:
             out = byte_eval.run_pass(self.byte_models, text, windows, message["settings"], message["batch_size"],
@@ -217,6 +219,39 @@ class Server:
         self.channel.send({"type": "generated", "request_id": request_id, "space": "tokens", **out})
         if self.stopping:
             self.channel.send({"type": "bye"})
+
+    @staticmethod
+    def resume_sums(message: dict) -> ev.Sums | None:
+        try:
+            return ev.Sums.from_dict(message["resume"]) if message["resume"] else None
+        except (KeyError, TypeError, ValueError) as e:
+            raise RequestError("bad_request", f"resume: not the sums of a run ({e})") from None
+
+    def progress_sender(self, request_id, n_windows: int, positions: int, started: float,
+                        resume: ev.Sums | None) -> Callable[[ev.Sums], None]:
+        """The pass's on_progress: a progress message with the totals so far and the
+        per-window sums of the windows finished since the previous message (the first
+        one: since the resume), so that the messages of a request carry each window once."""
+        sent = resume.windows_done if resume is not None else 0
+
+        def on_progress(sums: ev.Sums) -> None:
+            nonlocal sent
+            self.channel.send({"type": "progress", "request_id": request_id, "windows_total": n_windows,
+                               "tokens_total": positions, "seconds": time.perf_counter() - started,
+                               "sums": sums.to_dict(since=sent)})
+            sent = sums.windows_done
+
+        return on_progress
+
+    def decoded_window_bytes(self, windows, token_ids: torch.Tensor) -> list[int]:
+        """windows_bytes for a tokenizer without an offset mapping (a Python tokenizer):
+        the UTF-8 length of each window's new tokens, decoded. Normalizers and decoding
+        clean-ups can make these add up to a little more or less than the text's bytes
+        (the controller scales them to the text's bytes)."""
+        cuts = [0] + [w.end for w in windows[:-1]] + [len(token_ids)]
+        return [len(self.tokenizer.decode(token_ids[a:b].tolist(), skip_special_tokens=True,
+                                          clean_up_tokenization_spaces=False).encode("utf-8"))
+                for a, b in zip(cuts, cuts[1:])]
 
     def send_result(self, request_id, space: str, positions: int, n_windows: int, sums: ev.Sums,
                     byte_stats: list[dict] | None, started: float, tokenize_seconds: float) -> None:
@@ -293,7 +328,9 @@ class Server:
             raise RequestError("bad_request", f"dataset {path} is not UTF-8 (first bad byte at offset {e.start})") from None
         return text
 
-    def tokenize(self, path: str) -> torch.Tensor:
+    def tokenize(self, path: str) -> tuple[torch.Tensor, str, torch.Tensor | None]:
+        """The text as one token stream [n] (SPEC §2), the text, and where each token's text
+        ends in it (character offsets, [n]; None for a tokenizer without offsets)."""
         try:
             # newline="": the text exactly as its bytes say (no \r\n folding), as the byte count assumes.
             with open(path, encoding="utf-8", newline="") as f:
@@ -307,11 +344,16 @@ class Server:
         # windows cut the stream to max_length.
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()
+        ends = None
         try:
-            ids = self.tokenizer(text, return_attention_mask=False)["input_ids"]
+            try:
+                out = self.tokenizer(text, return_attention_mask=False, return_offsets_mapping=True)
+                ends = torch.tensor([e for _, e in out["offset_mapping"]], dtype=torch.long)      # [n]
+            except NotImplementedError:      # a Python tokenizer has no offset mapping
+                out = self.tokenizer(text, return_attention_mask=False)
         finally:
             transformers.logging.set_verbosity(verbosity)
-        return torch.tensor(ids, dtype=torch.long)  # [n]
+        return torch.tensor(out["input_ids"], dtype=torch.long), text, ends  # [n]
 
 
 def release_memory() -> None:

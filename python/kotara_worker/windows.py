@@ -110,3 +110,30 @@ def plan_byte_windows(data: bytes, max_length: int, stride: int) -> list[Window]
             while data[nxt] & 0xC0 == 0x80:
                 nxt += 1
         start = nxt
+
+
+def window_bytes(windows: list[Window], text: str, token_ends) -> list[int]:
+    """Token space: per window, the UTF-8 bytes of the text that its new stream positions
+    spell, from where the previous window ended (the text's start, for the first window)
+    to where it ends (the text's end, for the last). With stride < max_length those are
+    its scored tokens (the first window also has the unscored token 0); with stride =
+    max_length also the unscored first token of each window. So the counts partition the
+    text: they add up to len(text.encode()), the bytes that bits per byte divides by.
+
+    token_ends[j]: the character offset in `text` where token j's text ends (a fast
+    tokenizer's offset mapping; a special token's is 0). A cut between two windows is the
+    largest end among the tokens before it, so a special token (0, 0) moves nothing back,
+    and whitespace an offset mapping leaves out (GPT-2 trims the space in front of a
+    word) goes with the token after the cut, whose text it is."""
+    import torch
+    if not windows:
+        return []
+    ends = torch.as_tensor(token_ends, dtype=torch.long).reshape(-1)
+    if ends.numel() < windows[-1].end:
+        raise ValueError(f"token_ends has {ends.numel()} entries for a stream of at least {windows[-1].end} tokens")
+    running = torch.cummax(ends, 0).values if ends.numel() else ends
+    cuts = [0]
+    for w in windows[:-1]:
+        cuts.append(min(max(int(running[w.end - 1]), cuts[-1]), len(text)))
+    cuts.append(len(text))
+    return [len(text[a:b].encode("utf-8")) for a, b in zip(cuts, cuts[1:])]

@@ -20,7 +20,8 @@ from kotara_worker.protocol import RequestError
 from kotara_worker.token_bytes import start_token, token_bytes
 from kotara_worker.windows import plan_byte_windows
 from test_fusion import U64, close, mix64, setting
-from test_server import FakeChannel
+from test_evaluate import assert_windows_add_up
+from test_server import FakeChannel, append_progress
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GOLDEN = Path(__file__).resolve().parents[2] / "protocol" / "golden"
@@ -170,6 +171,17 @@ def test_byte_pass_is_bytelm_window_by_window_and_fusions_are_spec(tiny, byte_di
     for got, r in zip(sums.model_nll, rows):
         want = float(-r[torch.arange(len(text)), targets].sum())
         assert got == pytest.approx(want, rel=1e-11)
+    # per window: its scored bytes (twice: targets and bytes), each sum the window's own
+    scored = [w.end - w.first_scored for w in windows]
+    assert_windows_add_up(sums, windows, window_bytes=scored)
+    cuts = [sum(scored[:i]) for i in range(len(windows) + 1)]
+    for got_row, r in zip(sums.window_model_nll, rows):
+        nll = -r[torch.arange(len(text)), targets]
+        assert got_row == pytest.approx([float(nll[a:b].sum()) for a, b in zip(cuts, cuts[1:])], rel=1e-11)
+    for k, s in enumerate(settings):
+        nll, _ = fused64(rows, targets, s)
+        want = [float(nll[a:b].sum()) for a, b in zip(cuts, cuts[1:])]
+        assert sums.window_fusion_nll[k] == pytest.approx(want, rel=1e-5), s["id"]
     for k, s in enumerate(settings):
         nll, alpha = fused64(rows, targets, s)
         assert sums.fusion_nll[k] == pytest.approx(float(nll.sum()), rel=1e-5), s["id"]
@@ -193,6 +205,9 @@ def test_the_server_answers_in_byte_space(tiny, byte_dirs, tmp_path):
     assert [p["sums"]["windows_done"] for p in progress] == [2 * (i + 1) for i in range(len(windows) // 2)] + \
         ([len(windows)] if len(windows) % 2 else [])
     assert all(p["tokens_total"] == len(TEXT.encode()) for p in progress)
+    assert append_progress(None, progress) == result["sums"]             # each window once, then all of them
+    assert_windows_add_up(result["sums"], windows, window_bytes=[w.end - w.first_scored for w in windows])
+    assert sum(result["sums"]["window_bytes"]) == len(TEXT.encode())
     # the pass's float32 rows against ByteLM's, window by window
     for m, ref, got in zip(s.models, (str(tiny["gpt2-a"]), byte_dirs["sp"]), result["sums"]["model_nll"]):
         rows = bytelm_rows(m.model, ref, TEXT.encode(), windows, BEAM)
@@ -280,7 +295,9 @@ def test_resume_from_mid_run_sums_is_bit_identical(tiny, byte_dirs):
     with pytest.raises(Cancelled) as c:
         run(stop_mid_second_batch=True)                               # a few bytes into the second batch
     assert c.value.sums.windows_done == 2 and c.value.sums == snapshots[0]   # the finished batches only
-    assert run(resume=c.value.sums).sums == full                       # floats compared exactly
+    assert_windows_add_up(full, windows)
+    assert c.value.sums.window_fusion_nll == [r[:2] for r in full.window_fusion_nll]
+    assert run(resume=c.value.sums).sums == full                       # floats compared exactly (per window too)
     assert run(resume=snapshots[1]).sums == full
     assert run(resume=Sums(**json.loads(json.dumps(snapshots[0].to_dict())))).sums == full   # as the wire carries it
 

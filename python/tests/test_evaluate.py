@@ -110,24 +110,53 @@ def test_head_paths_agree_and_softcap_takes_the_full_path(loaded, tiny_tokens):
 
 # ----------------------------------------------------------------------------- fusion inside the pass
 
-def reference_sums(hf_models, ids, windows, settings, vocab):
-    """Σ NLL per model and per setting from plain HF forwards, one window at a time."""
+def reference_sums(hf_models, ids, windows, settings, vocab, per_window=None):
+    """Σ NLL per model and per setting from plain HF forwards, one window at a time.
+    per_window: a dict that receives each window's Σ NLL, "model": [model][window] and
+    "fusion": [setting][window]."""
     model_nll = [0.0] * len(hf_models)
     fusion_nll = [0.0] * len(settings)
     weights = [[0.0] * len(hf_models) for _ in settings]
+    by_window = {"model": [[] for _ in hf_models], "fusion": [[] for _ in settings]}
     for w in windows:
         rows = slice(w.first_scored - w.start - 1, w.end - w.start - 1)
         targets = ids[w.first_scored:w.end]
         with torch.no_grad():
             logits = [m(ids[w.start:w.end].unsqueeze(0)).logits[0, rows] for m in hf_models]   # [p, V_m]
         for i, z in enumerate(logits):
-            model_nll[i] += float(reference_base(z, targets).sum())
+            x = float(reference_base(z, targets).sum())
+            model_nll[i] += x
+            by_window["model"][i].append(x)
         for k, s in enumerate(settings):
             nll, alpha = reference(logits, targets, vocab, s)
             fusion_nll[k] += float(nll.sum())
+            by_window["fusion"][k].append(float(nll.sum()))
             for m in range(len(hf_models)):
                 weights[k][m] += float(alpha[:, m].sum())
+    if per_window is not None:
+        per_window.update(by_window)
     return model_nll, fusion_nll, weights
+
+
+def assert_windows_add_up(sums, windows, window_bytes=None) -> None:
+    """The per-window sums of a whole run (protocol.ts Sums): one entry per window, the
+    windows' scored counts, and every total exactly the float64 sum of its per-window
+    values in window order (a Sums or its wire dict)."""
+    d = sums if isinstance(sums, dict) else sums.to_dict()
+    n = len(windows)
+    assert d["window_first"] == 0 and d["windows_done"] == n
+    assert d["window_targets"] == [w.end - w.first_scored for w in windows]
+    assert sum(d["window_targets"]) == d["scored_tokens"] and len(d["window_bytes"]) == n
+    if window_bytes is not None:
+        assert d["window_bytes"] == list(window_bytes)
+    for totals, lists in ((d["model_nll"], d["window_model_nll"]), (d["fusion_nll"], d["window_fusion_nll"])):
+        assert len(lists) == len(totals)
+        for total, values in zip(totals, lists):
+            assert len(values) == n
+            acc = 0.0
+            for x in values:
+                acc += x
+            assert acc == total                               # exactly: the total IS this sum
 
 
 @pytest.mark.parametrize("names", [("gpt2-a", "llama"), ("gpt2-a", "gpt2-padded", "gpt2-b")])
@@ -136,10 +165,21 @@ def test_fusions_in_the_pass_equal_the_formulas(loaded, hf, tiny_tokens, names):
     ids = ids[:900]
     windows = plan_windows(ids.numel(), 64, 48)
     settings = all_settings(len(names))
-    sums = run([loaded[1][n] for n in names], ids, windows, settings, batch_size=3, vocab=len(tok))
-    model_nll, fusion_nll, weights = reference_sums([hf[n] for n in names], ids, windows, settings, len(tok))
+    nbytes = [3 * i + 1 for i in range(len(windows))]          # recorded as given
+    sums = run([loaded[1][n] for n in names], ids, windows, settings, batch_size=3, vocab=len(tok),
+               cfg=EvalConfig(position_chunk=50), window_bytes=nbytes)   # chunks straddle windows
+    per_window: dict = {}
+    model_nll, fusion_nll, weights = reference_sums([hf[n] for n in names], ids, windows, settings, len(tok),
+                                                    per_window)
     for got, want in zip(sums.model_nll + sums.fusion_nll, model_nll + fusion_nll):
         assert rel(got, want) < 1e-5
+    # each window's own sums, against the same window scored alone by plain HF
+    assert_windows_add_up(sums, windows, nbytes)
+    for got_rows, want_rows in ((sums.window_model_nll, per_window["model"]),
+                                (sums.window_fusion_nll, per_window["fusion"])):
+        for got_row, want_row in zip(got_rows, want_rows):
+            for got, want in zip(got_row, want_row):
+                assert rel(got, want) < 1e-5
     for got_row, want_row in zip(sums.fusion_weights, weights):
         for got, want in zip(got_row, want_row):
             assert abs(got - want) <= 1e-5 * sums.scored_tokens
@@ -202,9 +242,12 @@ def test_resume_after_cancel_is_bitwise_identical(bos):
             should_stop=lambda: next(calls) == 7)
     checkpoint = e.value.sums
     assert checkpoint.windows_done == batches[6].stop == 7 * 4  # seven full batches of 4
+    assert checkpoint.window_targets == whole.window_targets[:28]   # the per-window sums of what finished
     resumed = run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id,
                   resume=Sums(**checkpoint.to_dict()))
     assert resumed == whole                                   # dataclass equality: exact floats
+    assert resumed.window_fusion_nll == whole.window_fusion_nll   # (per-window lists included)
+    assert_windows_add_up(whole, windows)
 
     snapshots: list[Sums] = []
     run(fakes(), ids, windows, settings, batch_size=4, vocab=50, bos_id=bos_id,
@@ -282,6 +325,44 @@ def test_sweep_sized_settings_equal_one_setting_at_a_time():
         assert rel(together.fusion_nll[k], alone.fusion_nll[0]) < 1e-6
         assert together.fusion_weights[k] == alone.fusion_weights[0]
     assert together.model_nll == alone.model_nll
+
+
+def test_per_window_sums_do_not_depend_on_batches_or_chunks():
+    ids = fake_stream(2000, 50, 5)
+    windows = plan_windows(ids.numel(), 64, 40)
+    nbytes = list(range(len(windows)))
+    a = run(fakes(), ids, windows, all_settings(2), batch_size=1, vocab=50, window_bytes=nbytes,
+            cfg=EvalConfig(position_chunk=1000))
+    b = run(fakes(), ids, windows, all_settings(2), batch_size=5, vocab=50, window_bytes=nbytes,
+            cfg=EvalConfig(position_chunk=7))
+    for x in (a, b):
+        assert_windows_add_up(x, windows, nbytes)
+    for rows_a, rows_b in ((a.window_model_nll, b.window_model_nll), (a.window_fusion_nll, b.window_fusion_nll)):
+        for ra, rb in zip(rows_a, rows_b):
+            assert all(rel(x, y) < 1e-6 for x, y in zip(ra, rb))
+    # without byte counts (a library call) each window records 0 bytes
+    assert run(fakes(), ids, windows[:3], vocab=50).window_bytes == [0, 0, 0]
+    with pytest.raises(ValueError, match="window_bytes"):
+        run(fakes(), ids, windows, vocab=50, window_bytes=nbytes[:-1])
+
+
+def test_resume_sums_that_do_not_add_up_are_refused():
+    ids = fake_stream(1200, 50, 6)
+    windows = plan_windows(ids.numel(), 64, 64)
+    with pytest.raises(Cancelled) as e:
+        calls = iter(range(10**9))
+        run(fakes(), ids, windows, all_settings(2), batch_size=2, vocab=50, should_stop=lambda: next(calls) == 3)
+    good = e.value.sums
+    assert good.windows_done == 6
+    bad_total = good.copy()
+    bad_total.fusion_nll[1] += 1e-9                          # the total no longer is the sum of its windows
+    short = good.copy()
+    short.window_model_nll[0].pop()
+    partial = good.copy()
+    partial.window_first = 2                                 # a progress message's share is not a checkpoint
+    for bad, why in ((bad_total, "do not add up"), (short, "do not match"), (partial, "do not match")):
+        with pytest.raises(ValueError, match=why):
+            run(fakes(), ids, windows, all_settings(2), batch_size=2, vocab=50, resume=bad)
 
 
 def test_bad_inputs_are_refused():

@@ -1,6 +1,7 @@
 """The worker's side of the protocol: golden messages from the TypeScript definition
 decode and validate; forged, replayed, off-schema and non-msgpack messages are dropped."""
 import json
+import math
 import os
 from pathlib import Path
 
@@ -103,3 +104,21 @@ def test_channel_drops_replays_and_forgeries():
     assert len(dropped) == 3 and "replayed" in dropped[0] and "signature" in dropped[2]
     a.close(0)
     b.close(0)
+
+
+def test_golden_sums_list_their_windows_and_add_up():
+    from kotara_worker.evaluate import Sums
+    for name in ("evaluate_resume", "progress", "result", "result_bytes"):
+        message = json.loads((GOLDEN / f"{name}.json").read_text())
+        sums = message["resume"] if name == "evaluate_resume" else message["sums"]
+        first, done = sums["window_first"], sums["windows_done"]
+        assert (first == 0) == (name != "progress")           # a progress message: the newest windows only
+        assert len(sums["window_targets"]) == len(sums["window_bytes"]) == done - first
+        if first == 0:
+            assert sum(sums["window_targets"]) == sums["scored_tokens"]
+            for totals, lists in ((sums["model_nll"], sums["window_model_nll"]),
+                                  (sums["fusion_nll"], sums["window_fusion_nll"])):
+                assert [math.fsum(r) for r in lists] == totals
+            assert Sums.from_dict(sums).to_dict() == sums     # the worker reads a resume as it was sent
+    byte_sums = json.loads((GOLDEN / "result_bytes.json").read_text())["sums"]
+    assert byte_sums["window_bytes"] == byte_sums["window_targets"]    # byte space: the scored bytes

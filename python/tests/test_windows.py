@@ -114,3 +114,32 @@ def test_byte_windows_refuse_what_they_cannot_cut():
     with pytest.raises(ValueError, match="stride"):
         plan_byte_windows(b"abc", 2, 3)
     assert plan_byte_windows(b"a", 4, 4) == [Window(0, 1, 0)]       # one byte: the start token is its context
+
+
+# ----------------------------------------------------------------------------- bytes per window (token space)
+
+def test_window_bytes_partition_the_text_along_the_new_tokens_of_each_window():
+    from kotara_worker.windows import window_bytes
+    text = "hello wörld 🙂 and\nmore"
+    # a tokenization with what offset mappings do: a special token (0, 0) in front, a space
+    # trimmed off the front of the token that carries it (" wörld" as (6, 11)), a 4-byte
+    # character split over two tokens with the same offsets, a special token at the end
+    pieces = [(0, 0), (0, 5), (6, 11), (11, 12), (12, 13), (12, 13), (13, 17), (17, 18), (18, 22), (0, 0)]
+    ends = [e for _, e in pieces]
+    n = len(pieces)
+    for L, S, bos in ((3, 3, False), (4, 2, False), (3, 3, True), (2, 1, False), (n, n, False)):
+        windows = plan_windows(n, L, S, bos=bos)
+        got = window_bytes(windows, text, ends)
+        assert sum(got) == len(text.encode()) and all(b >= 0 for b in got)
+        # the cut after window i: the largest token end before its last position (not moved back)
+        cuts, hi = [0], 0
+        for w in windows[:-1]:
+            hi = max([hi] + ends[:w.end])
+            cuts.append(hi)
+        cuts.append(len(text))
+        assert got == [len(text[a:b].encode()) for a, b in zip(cuts, cuts[1:])], (L, S, bos)
+    # the trimmed space goes with the token after the cut, whose text it is
+    w2 = plan_windows(n, 2, 2)
+    assert w2[0].end == 2 and window_bytes(w2, text, ends)[:2] == [len(b"hello"), len(" wörld ".encode())]
+    with pytest.raises(ValueError, match="token_ends"):
+        window_bytes(plan_windows(n, 3, 3), text, ends[:4])

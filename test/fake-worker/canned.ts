@@ -20,7 +20,11 @@
 //
 // Sums: each window adds n_scored(w)·ν (and n_scored(w)·α_m) in window order, in float64,
 // so sum/scored_tokens is ν up to rounding, and a run resumed from a checkpoint's sums
-// repeats the uninterrupted run's additions bit for bit.
+// repeats the uninterrupted run's additions bit for bit. Per window (protocol v3) the
+// same n_scored(w)·ν is listed for every model and setting, with n_scored(w) targets and
+// bytes(w) bytes: the fake's tokens are bytes, so a window's bytes are the stream
+// positions it adds, from the previous window's end (0 for the first) to its own end
+// (the text's end for the last), as the worker counts them; they add up to the text's.
 import type { Setting, Sums } from "../../src/protocol.js";
 import { paramsOf } from "../../src/strategies.js";
 
@@ -110,7 +114,16 @@ export function zeroSums(nModels: number, nSettings: number): Sums {
   return {
     windows_done: 0, scored_tokens: 0, model_nll: Array(nModels).fill(0), fusion_nll: Array(nSettings).fill(0),
     fusion_weights: Array.from({ length: nSettings }, () => Array(nModels).fill(0)),
+    window_first: 0, window_targets: [], window_bytes: [],
+    window_model_nll: Array.from({ length: nModels }, () => []), window_fusion_nll: Array.from({ length: nSettings }, () => []),
   };
+}
+
+/** The bytes of window i of `windows` over a stream of nTokens byte-tokens (see the header). */
+export function windowBytes(windows: Window[], i: number, nTokens: number): number {
+  const from = i === 0 ? 0 : windows[i - 1].end;
+  const to = i === windows.length - 1 ? nTokens : windows[i].end;
+  return to - from;
 }
 
 /** Per-token rates of one request: ν per model and per setting, α per setting. */
@@ -122,15 +135,29 @@ export function rates(nModels: number, settings: Setting[]) {
   };
 }
 
-/** Adds window w to the sums (in place), as the fake's evaluation loop does. */
-export function addWindow(sums: Sums, w: Window, r: ReturnType<typeof rates>): void {
+/** Adds window w (of `bytes` bytes) to the sums (in place), as the fake's evaluation loop does. */
+export function addWindow(sums: Sums, w: Window, r: ReturnType<typeof rates>, bytes: number): void {
   const n = w.end - w.firstScored;
   sums.scored_tokens += n;
-  for (let m = 0; m < r.model.length; m++) sums.model_nll[m] += n * r.model[m];
+  sums.window_targets.push(n);
+  sums.window_bytes.push(bytes);
+  for (let m = 0; m < r.model.length; m++) {
+    sums.model_nll[m] += n * r.model[m];
+    sums.window_model_nll[m].push(n * r.model[m]);
+  }
   for (let k = 0; k < r.fusion.length; k++) {
     sums.fusion_nll[k] += n * r.fusion[k];
+    sums.window_fusion_nll[k].push(n * r.fusion[k]);
     for (let m = 0; m < r.weights[k].length; m++) sums.fusion_weights[k][m] += n * r.weights[k][m];
   }
+}
+
+/** A progress message's share of the sums: the totals, and the windows from `since` on. */
+export function sumsSince(sums: Sums, since: number): Sums {
+  return {
+    ...structuredClone(sums), window_first: since, window_targets: sums.window_targets.slice(since), window_bytes: sums.window_bytes.slice(since),
+    window_model_nll: sums.window_model_nll.map((r) => r.slice(since)), window_fusion_nll: sums.window_fusion_nll.map((r) => r.slice(since)),
+  };
 }
 
 /** The whole evaluation's sums, computed at once (what a result of the fake carries). */
@@ -139,7 +166,7 @@ export function expectedSums(nTokens: number, dataset: { max_length: number; str
   const windows = planWindows(nTokens, dataset.max_length, dataset.stride, dataset.bos_per_window);
   const sums = zeroSums(nModels, settings.length);
   const r = rates(nModels, settings);
-  for (const w of windows) addWindow(sums, w, r);
+  windows.forEach((w, i) => addWindow(sums, w, r, windowBytes(windows, i, nTokens)));
   sums.windows_done = windows.length;
   return sums;
 }

@@ -107,7 +107,7 @@ export class RawWorker {
       while (this.cursor < this.messages.length) {
         const m = this.messages[this.cursor++];
         if (m.type === type) return m as Extract<FromWorker, { type: T }>;
-        if (!["heartbeat", "status", "progress"].includes(m.type)) throw new Error(`expected ${type}, got ${JSON.stringify(m)}`);
+        if (!["heartbeat", "status", "progress", "chunk"].includes(m.type)) throw new Error(`expected ${type}, got ${JSON.stringify(m)}`);
       }
       return undefined;
     }, ms, `a ${type} message`);

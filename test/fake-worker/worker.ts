@@ -19,6 +19,10 @@
 //             worker plans them, progress every progress_every windows, cancel and
 //             shutdown honoured between batches, resume sums continued.
 //             peak_memory_bytes is a canned 64 MiB.
+//   generate  canned text: prompt i writes the letters from "a" + i on, one per step
+//             (token id 97 + letter), log-probability −(1 + step mod 3)/4, equal
+//             weights; stop strings cut it; a chunk per step (KOTARA_FAKE_DELAY_MS
+//             sleeps per step), cancel and shutdown honoured between steps.
 //   cancel    idle: ignored. shutdown: bye, exit 0.
 //   drops     bad frames, bad signatures, undecodable, off-schema and replayed messages,
 //             with the worker's stderr lines ("kotara-worker: dropped a message: …").
@@ -41,7 +45,7 @@ import { decode, encode } from "@msgpack/msgpack";
 import * as zmq from "zeromq";
 import { FromWorker, PROTOCOL_VERSION, ToWorker, type ErrorMsg, type Setting, type Sums } from "../../src/protocol.js";
 import { LIST_PARAMS, LIST_PARAM_NAMES } from "../../src/strategies.js";
-import { addWindow, firstBadUtf8, planBatches, planWindows, rates, zeroSums } from "./canned.js";
+import { addWindow, firstBadUtf8, planBatches, planWindows, rates, sumsSince, windowBytes, zeroSums } from "./canned.js";
 
 const FAKE_WORKER_VERSION = "0.1.0-fake";
 const PEAK_MEMORY_BYTES = 64 * 1024 * 1024;
@@ -230,9 +234,10 @@ class Server {
       return;
     }
     if (message.type === "cancel") return; // nothing is running
-    const requestId = message.type === "evaluate" ? message.request_id : null;
+    const requestId = message.type === "evaluate" || message.type === "generate" ? message.request_id : null;
     try {
       if (message.type === "load") this.load(message);
+      else if (message.type === "generate") await this.generate(message);
       else await this.evaluate(message);
     } catch (e) {
       if (e instanceof RequestError) this.error(requestId, e.code, e.message, e.detail);
@@ -255,6 +260,51 @@ class Server {
       throw new RequestError(f.code, f.message ?? `fake ${stage} failure (KOTARA_FAKE_FAIL=${process.env.KOTARA_FAKE_FAIL})`,
         f.code === "internal" ? "Traceback (most recent call last):\n  (the fake worker's injected failure)" : null);
     }
+  }
+
+  private async generate(message: Extract<ToWorkerMsg, { type: "generate" }>): Promise<void> {
+    if (this.models.length === 0) throw new RequestError("bad_request", "no models are loaded");
+    const n = this.models.length;
+    const rows = message.prompts.map((_, i) => ({ i, tokens: [] as number[], logprobs: [] as number[], text: "", sent: 0, finish: null as null | "length" | "stop" }));
+    const running = { requestId: message.request_id, cancelled: false };
+    this.running = running;
+    const started = performance.now();
+    try {
+      for (let step = 0; step < message.max_new && rows.some((r) => !r.finish); step++) {
+        await (faults.delayMs > 0 ? sleep(faults.delayMs) : new Promise((r) => setImmediate(r)));
+        if (running.cancelled) throw new RequestError("cancelled", "cancelled by the controller");
+        const chunks = rows.filter((r) => !r.finish).map((r) => {
+          const token = 97 + ((r.i + step) % 26);
+          const logprob = -(1 + (step % 3)) / 4;
+          r.tokens.push(token);
+          r.logprobs.push(logprob);
+          r.text += String.fromCharCode(token);
+          const hit = Math.min(...message.stop.map((x) => r.text.indexOf(x)).filter((k) => k >= 0));
+          if (Number.isFinite(hit)) [r.text, r.finish] = [r.text.slice(0, hit), "stop"];
+          else if (r.tokens.length >= message.max_new) r.finish = "length";
+          // hold back a trailing prefix of a stop string, as the worker does
+          const held = r.finish ? 0 : Math.max(0, ...message.stop.map((x) => {
+            for (let k = Math.min(x.length - 1, r.text.length); k > 0; k--) if (r.text.endsWith(x.slice(0, k))) return k;
+            return 0;
+          }));
+          const text = r.text.slice(r.sent, r.text.length - held);
+          r.sent = Math.max(r.sent, r.text.length - held);
+          return { prompt: r.i, token, text, logprob, weights: Array(n).fill(1 / n), done: r.finish !== null };
+        });
+        await this.channel.send({ type: "chunk", request_id: message.request_id, step, chunks });
+      }
+    } finally {
+      this.running = null;
+    }
+    const seconds = (performance.now() - started) / 1000;
+    await this.channel.send({
+      type: "generated", request_id: message.request_id, space: "tokens", steps: Math.max(...rows.map((r) => r.tokens.length)),
+      seconds, first_token_seconds: seconds / Math.max(1, message.max_new),
+      outputs: rows.map((r) => ({
+        prompt: r.i, text: r.text, tokens: r.tokens, logprobs: r.logprobs, weights_mean: Array(n).fill(1 / n),
+        finish: r.finish ?? "length", prompt_tokens: 1, truncated: 0,
+      })),
+    });
   }
 
   private load(message: Extract<ToWorkerMsg, { type: "load" }>): void {
@@ -346,16 +396,29 @@ class Server {
     const nModels = this.models.length;
     const nSettings = message.settings.length;
     const sums: Sums = message.resume ? structuredClone(message.resume) : zeroSums(nModels, nSettings);
+    const done = sums.windows_done;
+    const lists = [sums.window_targets, sums.window_bytes, ...sums.window_model_nll, ...sums.window_fusion_nll];
     if (sums.model_nll.length !== nModels || sums.fusion_nll.length !== nSettings || sums.fusion_weights.length !== nSettings
-        || sums.fusion_weights.some((r) => r.length !== nModels) || !(sums.windows_done >= 0 && sums.windows_done <= windows.length)) {
-      throw new RequestError("internal", `ValueError: resume sums do not match ${nModels} models, ${nSettings} settings, ${windows.length} windows`);
+        || sums.fusion_weights.some((r) => r.length !== nModels) || !(done >= 0 && done <= windows.length)
+        || sums.window_model_nll.length !== nModels || sums.window_fusion_nll.length !== nSettings
+        || sums.window_first !== 0 || lists.some((l) => l.length !== done)) {
+      throw new RequestError("bad_request", `resume sums do not match ${nModels} models, ${nSettings} settings, ${windows.length} windows`);
+    }
+    const addsUp = (total: number, values: number[]) => values.reduce((a, x) => a + x, 0) === total;
+    if (![...sums.model_nll.map((t, m) => addsUp(t, sums.window_model_nll[m])), ...sums.fusion_nll.map((t, k) => addsUp(t, sums.window_fusion_nll[k])),
+      addsUp(sums.scored_tokens, sums.window_targets)].every(Boolean)) {
+      throw new RequestError("bad_request", `resume sums do not add up: a total is not the sum of its ${done} windows`);
     }
     const r = rates(nModels, message.settings);
     const started = performance.now();
-    const progress = () => void this.channel.send({
-      type: "progress", request_id: requestId, windows_total: windows.length, tokens_total: nTokens,
-      seconds: (performance.now() - started) / 1000, sums: structuredClone(sums),
-    });
+    let sent = done; // progress messages carry the windows since the previous one (server.py progress_sender)
+    const progress = () => {
+      void this.channel.send({
+        type: "progress", request_id: requestId, windows_total: windows.length, tokens_total: nTokens,
+        seconds: (performance.now() - started) / 1000, sums: sumsSince(sums, sent),
+      });
+      sent = sums.windows_done;
+    };
     const running = { requestId, cancelled: false };
     this.running = running;
     try {
@@ -371,7 +434,7 @@ class Server {
           throw new RequestError("cancelled", "cancelled by the controller");
         }
         await this.faultsAt(evaluated);
-        for (let i = start; i < stop; i++) addWindow(sums, windows[i], r);
+        for (let i = start; i < stop; i++) addWindow(sums, windows[i], r, windowBytes(windows, i, nTokens));
         evaluated += stop - start;
         sums.windows_done = stop;
         if (sums.windows_done - reported >= message.progress_every) {
