@@ -25,7 +25,7 @@ try {
   }
 
   // The same session again, on the other domain, with the winner: no reload.
-  const best = grid.find((s) => s.id === metrics.best.id)!;
+  const best = grid.find((s) => s.id === metrics.best!.id)!;
   const other = await session.evaluate({ dataset: { path: "data/demo/code-heldout.txt", max_length: 256, stride: 128 }, strategies: [best] });
   console.log(`${best.id} on held-out code: PPL ${other.metrics.fusions[0].ppl.toFixed(3)} ` +
     `(models alone: ${other.metrics.models.map((m) => m.ppl.toFixed(3)).join(", ")})`);

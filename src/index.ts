@@ -1,6 +1,7 @@
 // The library behind the CLI: `import { openSession, temperatureGrid } from "kotara"`.
 export { openSession, Session, resolvePython, VERSION } from "./session.js";
 export type { SessionOptions, EvaluateOptions, Evaluation, DatasetInput, ModelInput } from "./session.js";
+export type { GenerateOptions, Generation, GenerationChunk, GenerationSummary, SamplingInput } from "./generation.js";
 export { loadConfig } from "./config.js";
 export { parseConfig, type RunPlan } from "./plan.js";
 export { resolveStrategies, dedupeSettings, settingId, KNOWN_STRATEGIES, STRATEGIES, type StrategyEntry } from "./strategies.js";
