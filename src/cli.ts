@@ -66,7 +66,7 @@ export function buildProgram(): Command {
     .option("--prompts <file.jsonl>", "several prompts, one {\"prompt\": …} per line, decoded together")
     .option("--strategy <id>", "a strategy id of the config (default: its first)")
     .option("--max-new-tokens <n>", `new tokens per prompt (default: ${DEFAULTS.max_new_tokens})`, positive("--max-new-tokens"))
-    .option("--max-new-bytes <n>", "byte space: new bytes per prompt", positive("--max-new-bytes"))
+    .option("--max-new-bytes <n>", `byte space: new bytes per prompt (default: ${DEFAULTS.max_new_bytes})`, positive("--max-new-bytes"))
     .option("--greedy", "argmax at every step (the default without sampling options)")
     .option("--temperature <t>", "sample at this temperature (of the fused distribution)", number("--temperature"))
     .option("--top-k <k>", "sample from the k most likely tokens only", integer("--top-k"))

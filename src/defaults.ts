@@ -25,6 +25,7 @@ export const DEFAULTS = {
   eval_strategy: "entropy",
   /** Generation: new tokens per prompt (bytes in byte space). */
   max_new_tokens: 64,
+  max_new_bytes: 128,
   /** Windows between the worker's progress messages. */
   progress_every: 1,
   /** After Ctrl-C, how long to wait for the worker to stop at a batch boundary. */

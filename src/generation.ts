@@ -22,7 +22,7 @@ export interface GenerateOptions {
   prompts?: string[];
   /** The fusion that generates: a strategy entry as in YAML, or a resolved Setting (default: entropy). */
   strategy?: StrategyEntry | Setting;
-  /** New tokens per prompt (bytes in byte space). */
+  /** New tokens per prompt (bytes in byte space; default 64 tokens, 128 bytes). */
   maxNewTokens?: number;
   sampling?: SamplingInput;
   /** A prompt's text ends before the first of these it writes. */
@@ -51,12 +51,14 @@ export interface GenerationChunk {
 
 export interface GenerationSummary {
   setting: Setting;
+  /** tokens, or bytes (models whose tokenizers differ: a chunk's token is then a byte, 256 = "end"). */
+  space: "tokens" | "bytes";
   outputs: GeneratedOutput[];
   steps: number;
   /** The worker's decoding time (prefill and steps). */
   seconds: number;
   firstTokenSeconds: number;
-  /** New tokens of every prompt per second of decoding. */
+  /** New tokens (bytes in byte space) of every prompt per second of decoding. */
   tokensPerSecond: number;
   /** generate() to the last message. */
   wallSeconds: number;
@@ -87,10 +89,10 @@ export function resolveSampling(s: SamplingInput = {}): Sampling {
 }
 
 /** The request's fields (all but seq and request_id), checked. */
-export function generateRequest(opts: GenerateOptions, nModels: number) {
+export function generateRequest(opts: GenerateOptions, nModels: number, space: "tokens" | "bytes" = "tokens") {
   const prompts = opts.prompts ?? (opts.prompt !== undefined ? [opts.prompt] : null);
   if (!prompts || prompts.length === 0) throw new UserError("generate: give a prompt (or prompts)", 2);
-  const maxNew = opts.maxNewTokens ?? DEFAULTS.max_new_tokens;
+  const maxNew = opts.maxNewTokens ?? (space === "bytes" ? DEFAULTS.max_new_bytes : DEFAULTS.max_new_tokens);
   if (!Number.isInteger(maxNew) || maxNew <= 0) throw new UserError(`generate: max new tokens must be a positive integer, got ${maxNew}`, 2);
   const stop = opts.stop ?? [];
   if (stop.some((s) => s.length === 0)) throw new UserError("generate: a stop string may not be empty", 2);
@@ -121,7 +123,7 @@ export function chunkStream(run: (push: (m: ChunkMsg) => void) => Promise<Genera
       notify();
       const tokens = done.outputs.reduce((a, o) => a + o.tokens.length, 0);
       return {
-        setting, outputs: done.outputs, steps: done.steps, seconds: done.seconds, firstTokenSeconds: done.first_token_seconds,
+        setting, space: done.space, outputs: done.outputs, steps: done.steps, seconds: done.seconds, firstTokenSeconds: done.first_token_seconds,
         tokensPerSecond: done.seconds > 0 ? tokens / done.seconds : 0, wallSeconds: (performance.now() - started) / 1000,
       };
     },

@@ -206,7 +206,7 @@ export class Session {
    * An abort of `signal` stops it between two steps (the iterator then throws Interrupted).
    */
   generate(opts: GenerateOptions): Generation {
-    const fields = generateRequest(opts, this.models.length);
+    const fields = generateRequest(opts, this.models.length, this.space);
     const request_id = `g${++this.requests}`;
     return chunkStream(async (push) => {
       if (opts.signal?.aborted) throw new Interrupted();

@@ -151,4 +151,24 @@ describe("kotara generate on the real worker", () => {
     // kernel rounding of the same logits (≲ 1e-6 here); 1e-5 per token.
     batch[1].logprobs.forEach((x: number, i: number) => assert.ok(Math.abs(x - g1.logprobs[i]) <= 1e-5, `token ${i}: ${x} vs ${g1.logprobs[i]}`));
   });
+
+  test("byte space: models whose tokenizers differ write bytes; --max-new-tokens is refused there", async () => {
+    const models = tinyModels();
+    const cross = writeFile(work, "cross.yaml", [
+      "bytes: { beam: 4 }", "models:", `  - { ref: ${join(models, "gpt2-a")}, device: cpu }`, `  - { ref: ${join(models, "gpt2-othertok")}, device: cpu }`,
+      `dataset: { path: ${join(models, "text.txt")} }`, "strategies: [average]",
+    ].join("\n"));
+    const r = await kotara(["generate", cross, "--prompt", "The c", "--max-new-bytes", "12", "--json"]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    const [o] = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    assert.equal(o.space, "bytes");
+    assert.ok(o.tokens.every((b: number) => Number.isInteger(b) && b >= 0 && b <= 256), "bytes (and 256 for the end)");
+    const written = o.tokens.filter((b: number) => b < 256);
+    assert.equal(o.text, Buffer.from(written).toString("utf8"), "the text is the bytes, decoded");
+    assert.match(r.stderr, /byte space: the vocabularies of .* differ/);
+    assert.match(r.stderr, /average · \d+ bytes in .* bytes\/s, first byte/);
+    const bad = await kotara(["generate", cross, "--prompt", "x", "--max-new-tokens", "5"]);
+    assert.equal(bad.exitCode, 2);
+    assert.match(bad.stderr, /writes bytes: use --max-new-bytes/);
+  });
 });

@@ -309,6 +309,8 @@ class _Window:
     sure: dict[tuple[int, int], Prefix] = field(default_factory=dict)   # stepped ahead: (k, t) -> canonical[:k] + t
     sure_upto: int = 0                                # canonical tokens < this have had theirs stepped
     canon_k: int = 0                                  # the canonical hypothesis' prefix: canonical[:canon_k]
+    made: list = field(default_factory=list)          # a stream's extensions for its next byte (next_rows)
+    dead: bool = False                                # a stream whose text the model rules out (Q = 0)
 
 
 class ByteLM:
@@ -357,11 +359,11 @@ class ByteLM:
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         return _check_logits(out.logits[0]), _kv_tensors(cache)
 
-    def _begin(self, data: bytes, context_len: int, canonical: list[int]) -> _Window:
+    def _begin(self, data: bytes, context_len: int, canonical: list[int], stream: bool = False) -> _Window:
         spelled = b"".join(self.table[t] or b"" for t in canonical)
         if spelled != data or any(self.table[t] is None for t in canonical):
             raise ValueError("the canonical tokens do not spell the data")
-        if not 0 <= context_len < len(data):
+        if not stream and not 0 <= context_len < len(data):
             raise ValueError(f"context_len {context_len} outside [0, {len(data)})")
         ids = [self.start_id] + canonical
         if self.max_positions is not None and len(ids) > self.max_positions:
@@ -638,3 +640,103 @@ class ByteLM:
         dummy prefix writes ' ' + text: its rows are Q(' ' text[:i] c) / Q(' ' text[:i])."""
         canonical, prefix = canonical_ids(tokenizer, self.table, text)
         return self.score(prefix + text.encode("utf-8"), len(prefix) + context_len, canonical)
+
+    # ------------------------------------------------------------------ a growing text (generation)
+
+    @torch.inference_mode()
+    def open_stream(self, data: bytes, canonical: list[int]) -> _Window:
+        """A text that grows byte by byte (generation): the beam after `data` (the prompt as
+        the model writes it, dummy prefix included; canonical: its tokenization, the anchor
+        while the beam reads the prompt). Then next_rows() and advance(), alternately."""
+        w = self._begin(data, 0, canonical, stream=True)
+        for i in range(len(data)):
+            log_q, nxt, jobs = self._within(w, i)
+            made = self._extend_all([(w, P, t) for P, t in jobs])
+            self._finish(w, i, log_q, nxt, made)
+        w.rows.clear()
+        return w
+
+    @torch.inference_mode()
+    def next_rows(self, streams: list[_Window]) -> list[torch.Tensor]:
+        """log p(· | each stream's text) over the 257 outcomes, [257] float64 each: the
+        same sums as a scored byte's row (_within and _finish), without knowing the byte.
+        The streams' token extensions run in the same forwards; each stream keeps its own
+        for advance()."""
+        pending, jobs = [], []
+        for w in streams:
+            if w.dead:
+                pending.append((w, None, len(jobs), 0))
+                continue
+            log_q, mine = self._stream_within(w)
+            pending.append((w, log_q, len(jobs), len(mine)))
+            jobs += [(w, P, t) for P, t in mine]
+        made = self._extend_all(jobs)
+        rows = []
+        for w, log_q, lo, n in pending:
+            if log_q is None:
+                rows.append(torch.full((257,), NEG_INF, dtype=torch.float64))
+                continue
+            w.made = made[lo:lo + n]
+            for Pt in w.made:
+                if Pt is not None:
+                    self._add_children(log_q, Pt, b"")
+                    self._add_end(log_q, Pt)
+            rows.append(log_q - torch.logsumexp(log_q, 0))
+        return rows
+
+    def _stream_within(self, w: _Window) -> tuple[torch.Tensor, list[tuple[Prefix, int]]]:
+        """_within for the byte after the whole text: the masses within the current tokens
+        and the token extensions to step (no next byte to advance to yet)."""
+        x, i = w.data, len(w.data)
+        log_q = torch.full((257,), NEG_INF, dtype=torch.float64)            # [257]
+        best = max(P.logp + self._log_w(P, x[j:i]) for P, j in w.beam)
+        jobs: list[tuple[Prefix, int]] = []
+        for P, j in w.beam:
+            r = x[j:i]
+            self._add_children(log_q, P, r)
+            if not r:
+                self._add_end(log_q, P)
+            for t in self.trie.exact_ids(r):
+                if self.prune > 0 and not self._on_path(w, P, t) \
+                        and P.logp + _log(float(P.p[t])) < best + math.log(self.prune):
+                    w.stats.skipped_extensions += 1
+                    continue
+                jobs.append((P, t))
+        return log_q, jobs
+
+    def advance(self, w: _Window, c: int) -> None:
+        """The text grows by byte c (after next_rows): the beam of the longer text, the K
+        heaviest of its hypotheses (no canonical anchor: the text was not tokenized; the
+        chosen byte has mass in some hypothesis unless this model rules it out, and then
+        the stream is dead: every later row is -inf)."""
+        if w.dead:
+            return
+        i, b = len(w.data), bytes([c])
+        cands: list[tuple[float, Prefix, int]] = []
+        for P, j in w.beam:                                                 # within the current token
+            node = self.trie.node(w.data[j:i] + b)
+            if node is not None:
+                cands.append((P.logp + P.log_mass(node[0], node[1]), P, j))
+        node = self.trie.node(b)
+        for Pt in w.made:                                                   # after a token that ends here
+            if Pt is not None and node is not None:
+                cands.append((Pt.logp + Pt.log_mass(node[0], node[1]), Pt, i))
+        w.data += b
+        w.made = []
+        cands = sorted((cand for cand in cands if cand[0] > NEG_INF), key=lambda cand: -cand[0])
+        w.stats.positions += 1
+        if not cands:
+            w.dead, w.beam = True, []
+            return
+        w.stats.max_hypotheses = max(w.stats.max_hypotheses, len(cands))
+        floor = cands[0][0] + math.log(self.prune) if self.prune > 0 else NEG_INF
+        kept = [cand for cand in cands if cand[0] >= floor][: self.beam]
+        if len(kept) < len(cands):
+            dropped = [cand[0] for cand in cands[len(kept):]]
+            w.stats.pruned += len(dropped)
+            w.stats.pruned_positions += 1
+            share = math.exp(_logsumexp(dropped) - _logsumexp([cand[0] for cand in cands]))
+            w.stats.max_pruned_share = max(w.stats.max_pruned_share, share)
+        w.beam = [(P, j) for _, P, j in kept]
+        for P, _ in w.beam:
+            P.own()

@@ -251,3 +251,137 @@ def _advance(row: Row, t: int, logprob: float, weights: list[float], tokenizer: 
     row.sent = max(row.sent, printable)
     return {"prompt": row.index, "token": t, "text": new, "logprob": logprob, "weights": weights,
             "done": row.finish is not None}
+
+
+# ----------------------------------------------------------------------------- byte space (SPEC §7)
+
+@dataclass
+class ByteRow:
+    """One prompt's generation in byte space: the bytes written, and their text."""
+    index: int
+    streams: list[Any]                   # per model: its ByteLM stream (byte_lm._Window)
+    truncated: int                       # prompt bytes cut from the left
+    out: bytearray = field(default_factory=bytearray)
+    tokens: list[int] = field(default_factory=list)       # byte values; 256 = "end"
+    logprobs: list[float] = field(default_factory=list)
+    weights: list[list[float]] = field(default_factory=list)
+    text: str = ""
+    sent: int = 0
+    finish: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        n = max(1, len(self.weights))
+        mean = [sum(w[m] for w in self.weights) / n for m in range(len(self.weights[0]))] if self.weights else []
+        return {"prompt": self.index, "text": self.text, "tokens": self.tokens, "logprobs": self.logprobs,
+                "weights_mean": mean, "finish": self.finish or "length", "truncated": self.truncated}
+
+
+def _byte_prompt(m: Any, prompt: str) -> tuple[bytes, list[int]]:
+    """What model m writes before the first new byte, and its tokens: the prompt's bytes
+    after the dummy prefix its tokenizer writes (b' ' for a text that does not start with
+    a space: as byte_eval reads a text), so generation conditions as evaluation does."""
+    from .token_bytes import canonical_ids
+    reader = m.reader
+    text = prompt if prompt or not reader.dummy_prefix else " "
+    if not text:
+        return b"", []
+    ids, prefix = canonical_ids(reader.tokenizer, reader.table, text, dummy_prefix=reader.dummy_prefix)
+    return prefix + text.encode("utf-8"), ids
+
+
+def _fit_bytes(prompt: str, room: int) -> tuple[str, int]:
+    """The prompt's last `room` bytes at most, cut on a character boundary: (text, bytes cut)."""
+    b = prompt.encode("utf-8")
+    if len(b) <= room:
+        return prompt, 0
+    cut = len(b) - room
+    while cut < len(b) and (b[cut] & 0xC0) == 0x80:                      # not inside a character
+        cut += 1
+    return b[cut:].decode("utf-8"), cut
+
+
+def generate_bytes(models: Sequence[Any], r: Request, on_step: Callable[[int, list[dict[str, Any]]], None],
+                   should_stop: Callable[[], bool], warn: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Decode every prompt of r byte by byte with the fused 257-way distribution (SPEC §7):
+    each model's byte LM (byte_eval.ByteModel: .lm, .reader, .max_positions) gives its
+    next-byte row, fusion.fused_log_probs fuses them (the rows floored as byte_eval does),
+    a byte is chosen, and every model's beam advances on it; "end" (256) ends a prompt.
+    Chunks carry the byte as `token` and only complete UTF-8 characters as `text`."""
+    import codecs
+    from .byte_eval import LOG_FLOOR, VOCAB
+    check_settings([r.setting], len(models))
+    # worst case one token per byte: a prompt's tokens, the start token and the new bytes fit the context
+    contexts = [m.max_positions for m in models if m.max_positions]
+    room = None if not contexts else min(contexts) - 1 - r.max_new - 1      # (- 1: a dummy prefix)
+    if room is not None and room < 0:
+        raise RequestError("context", f"max_new_bytes {r.max_new} does not fit the models' context of "
+                                      f"{min(contexts)} positions (one token a byte, at worst)")
+    rows: list[ByteRow] = []
+    for i, prompt in enumerate(r.prompts):
+        text, cut = (prompt, 0) if room is None else _fit_bytes(prompt, room)
+        if cut and not r.truncate:
+            raise RequestError("context", f"prompt {i} is {len(prompt.encode())} bytes; with {r.max_new} new bytes it "
+                                          f"may need more than the models' context of {min(contexts)} positions "
+                                          "(no truncation asked)")
+        if cut:
+            warn(f"prompt {i}: truncated from the left by {cut} bytes to fit the context with {r.max_new} new bytes")
+        streams = [m.lm.open_stream(*_byte_prompt(m, text)) for m in models]
+        rows.append(ByteRow(i, streams, cut))
+    decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in rows]
+    cfg = FusionConfig.for_device("cpu")
+    generator = torch.Generator().manual_seed(r.sampling.seed)
+    started, first_token = time.perf_counter(), None
+    for step in range(r.max_new):
+        live = [row for row in rows if row.finish is None]
+        per_model = [m.lm.next_rows([row.streams[k] for row in live]) for k, m in enumerate(models)]
+        ls = [torch.stack(rs).clamp(min=LOG_FLOOR) for rs in per_model]     # [B, 257] per model
+        logp, alpha = fused_log_probs(ls, VOCAB, r.setting, cfg)            # [B, 257], [B, N]
+        chosen = choose(logp, r.sampling, generator)
+        chunks = []
+        for b, row in enumerate(live):
+            c = int(chosen[b])
+            chunks.append(_advance_bytes(row, c, float(logp[b, c]), alpha[b].tolist(), decoders[row.index], r))
+            if c != VOCAB - 1:
+                for k, m in enumerate(models):
+                    m.lm.advance(row.streams[k], c)
+        if first_token is None:
+            first_token = time.perf_counter() - started
+        on_step(step, chunks)
+        if all(row.finish is not None for row in rows):
+            break
+        if should_stop():
+            raise Interrupted(f"stopped after {step + 1} steps")
+    for row in rows:
+        row.finish = row.finish or "length"
+    return {"outputs": [row.summary() | {"prompt_tokens": len(r.prompts[row.index].encode()) - row.truncated}
+                        for row in rows],
+            "steps": max(len(row.tokens) for row in rows),
+            "seconds": time.perf_counter() - started, "first_token_seconds": first_token or 0.0}
+
+
+def _advance_bytes(row: ByteRow, c: int, logprob: float, weights: list[float], decoder: Any,
+                   r: Request) -> dict[str, Any]:
+    if not math.isfinite(logprob) or logprob < -1e29:
+        raise RequestError("numerical", f"prompt {row.index}: the fused distribution gave its chosen byte {c} "
+                                        f"log-probability {logprob}")
+    row.tokens.append(c)
+    row.logprobs.append(logprob)
+    row.weights.append(weights)
+    if c == 256:
+        row.finish = "end"
+        new = decoder.decode(b"", final=True)
+    else:
+        row.out.append(c)
+        new = decoder.decode(bytes([c]))
+    row.text += new
+    hits = [row.text.find(s) for s in r.stop if row.text.find(s) >= 0]
+    if hits:
+        row.text, row.finish = row.text[:min(hits)], "stop"
+    elif len(row.tokens) >= r.max_new and row.finish is None:
+        row.finish = "length"
+        row.text += decoder.decode(b"", final=True)
+    printable = len(row.text) if row.finish is not None else len(row.text) - _held_back(row.text, r.stop)
+    text = row.text[row.sent:printable] if printable > row.sent else ""
+    row.sent = max(row.sent, printable)
+    return {"prompt": row.index, "token": c, "text": text, "logprob": logprob, "weights": weights,
+            "done": row.finish is not None}

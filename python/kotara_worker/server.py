@@ -196,27 +196,32 @@ class Server:
         request_id = message["request_id"]
         if not self.models:
             raise RequestError("bad_request", "no models are loaded")
-        if self.space == "bytes":
-            raise RequestError("bad_request", "generation in byte space (models whose tokenizers differ) is not "
-                                              "implemented yet; token space needs one shared vocabulary")
         try:
             check_settings([message["setting"]], len(self.models))
             sampling = gen.Sampling.from_dict(message["sampling"])
         except ValueError as e:
             raise RequestError("bad_request", str(e)) from None
-        tok = self.tokenizer
-        start_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        if start_id is None:
-            raise RequestError("bad_request", "the tokenizer has neither a BOS nor an EOS token to start from")
         request = gen.Request(list(message["prompts"]), message["setting"], int(message["max_new"]), sampling,
                               list(message["stop"]), bool(message["truncate"]))
 
         def on_step(step: int, chunks: list[dict]) -> None:
             self.channel.send({"type": "chunk", "request_id": request_id, "step": step, "chunks": chunks})
 
-        out = gen.generate(self.models, tok, len(tok), request, start_id, on_step, self.stop_check(request_id),
-                           warn=lambda m: self.status(f"warning: {m}"))
-        self.channel.send({"type": "generated", "request_id": request_id, "space": "tokens", **out})
+        warn = lambda m: self.status(f"warning: {m}")      # noqa: E731
+        if self.space == "bytes":
+            try:
+                byte_eval.check_byte_settings([message["setting"]])
+            except ValueError as e:
+                raise RequestError("bad_request", str(e)) from None
+            out = gen.generate_bytes(self.byte_models, request, on_step, self.stop_check(request_id), warn)
+        else:
+            tok = self.tokenizer
+            start_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+            if start_id is None:
+                raise RequestError("bad_request", "the tokenizer has neither a BOS nor an EOS token to start from")
+            out = gen.generate(self.models, tok, len(tok), request, start_id, on_step, self.stop_check(request_id),
+                               warn)
+        self.channel.send({"type": "generated", "request_id": request_id, "space": self.space, **out})
         if self.stopping:
             self.channel.send({"type": "bye"})
 

@@ -91,12 +91,12 @@ export async function generateCommand(configPath: string, f: GenerateFlags): Pro
       onStatus: (m) => (m.startsWith("warning: ") ? process.stderr.write(`kotara: ${m}\n`) : f.verbose && say(m)),
       onStderr: f.verbose ? (l) => process.stderr.write(`[worker] ${l}\n`) : undefined,
     });
-    if (session.space === "bytes") {
-      throw new UserError(`generate: these models need byte space (${session.loaded.space_reason}); generation in byte space is not implemented yet`, 2);
-    }
-    if (f.maxNewBytes !== undefined) throw new UserError("generate: --max-new-bytes is for byte space; these models share a vocabulary: use --max-new-tokens", 2);
+    const bytes = session.space === "bytes";
+    if (!bytes && f.maxNewBytes !== undefined) throw new UserError("generate: --max-new-bytes is for byte space; these models share a vocabulary: use --max-new-tokens", 2);
+    if (bytes && f.maxNewTokens !== undefined) throw new UserError(`generate: byte space (${session.loaded.space_reason}) writes bytes: use --max-new-bytes`, 2);
+    if (bytes) say(`byte space: ${session.loaded.space_reason} (beam ${plan.bytes.beam})`);
     const gen = session.generate({
-      prompts, strategy: setting, maxNewTokens: f.maxNewTokens, stop: f.stop, truncate: f.truncate, signal: abort.signal,
+      prompts, strategy: setting, maxNewTokens: bytes ? f.maxNewBytes : f.maxNewTokens, stop: f.stop, truncate: f.truncate, signal: abort.signal,
       sampling: { greedy: f.greedy, temperature: f.temperature, topK: f.topK, topP: f.topP, seed: f.seed },
     });
     const out = new OrderedText(prompts.length, !f.json);
@@ -162,7 +162,7 @@ class OrderedText {
 function jsonLine(prompts: string[], i: number, s: GenerationSummary, steps: GenerationChunk[]) {
   const o = s.outputs[i];
   return {
-    prompt: prompts[i], text: o.text, strategy: s.setting.id, finish: o.finish, tokens: o.tokens,
+    prompt: prompts[i], text: o.text, strategy: s.setting.id, space: s.space, finish: o.finish, tokens: o.tokens,
     logprobs: o.logprobs, weights: steps.map((c) => c.weights), weights_mean: o.weights_mean,
     prompt_tokens: o.prompt_tokens, truncated: o.truncated,
     timings: { seconds: s.seconds, first_token_seconds: s.firstTokenSeconds, tokens_per_second: s.tokensPerSecond },
@@ -172,8 +172,9 @@ function jsonLine(prompts: string[], i: number, s: GenerationSummary, steps: Gen
 function summaryLine(s: GenerationSummary, names: string[]): string {
   const tokens = s.outputs.reduce((a, o) => a + o.tokens.length, 0);
   const n = s.outputs.length;
+  const unit = s.space === "bytes" ? "bytes" : "tokens";
   const mean = names.map((_, m) => s.outputs.reduce((a, o) => a + (o.weights_mean[m] ?? 0) * o.tokens.length, 0) / Math.max(1, tokens));
-  return `kotara: ${s.setting.id} · ${tokens} tokens${n > 1 ? ` for ${n} prompts` : ""} in ${s.seconds.toFixed(2)} s ` +
-    `(${s.tokensPerSecond.toFixed(1)} tokens/s, first token ${s.firstTokenSeconds.toFixed(2)} s) · mean weights ` +
+  return `kotara: ${s.setting.id} · ${tokens} ${unit}${n > 1 ? ` for ${n} prompts` : ""} in ${s.seconds.toFixed(2)} s ` +
+    `(${s.tokensPerSecond.toFixed(1)} ${unit}/s, first ${unit === "bytes" ? "byte" : "token"} ${s.firstTokenSeconds.toFixed(2)} s) · mean weights ` +
     names.map((x, m) => `${x} ${mean[m].toFixed(2)}`).join(" / ");
 }
