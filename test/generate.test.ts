@@ -10,7 +10,7 @@ import { before, describe, test } from "node:test";
 import { execa } from "execa";
 import { Interrupted } from "../src/errors.js";
 import { openSession } from "../src/index.js";
-import { FAKE_PYTHON, KOTARA, kotara, tempDir, tinyModels, waitFor, writeFile } from "./helpers.js";
+import { FAKE_PYTHON, KOTARA, alive, childPids, kotara, tempDir, tinyModels, waitFor, writeFile } from "./helpers.js";
 
 let work: string;
 let cfg: string;
@@ -86,9 +86,12 @@ describe("kotara generate on the fake worker", () => {
     let out = "";
     child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
     await waitFor(() => out.length >= 5, 60_000, "some streamed text");
+    const [workerPid] = childPids(child.pid!);
+    assert.ok(workerPid, "the worker is a child of the controller");
     child.kill("SIGINT");
     const r = await child;
     assert.equal(r.exitCode, 130, r.stderr);
+    assert.ok(!alive(workerPid), "no worker left behind");
     assert.ok(letters(0, 500).startsWith(out.trimEnd()), "what was printed is the text so far");
     assert.match(r.stderr, /interrupted/);
   });
