@@ -19,7 +19,7 @@ import { KNOWN_STRATEGIES, resolveStrategies } from "../src/strategies.js";
 export interface ByteBenchOptions {
   root: string;
   work: string;
-  /** Bytes of text for the cost figure (the memory check uses 2× and 8× a quarter of it). */
+  /** Bytes of text for the cost figure (the memory check: one window repeated, 2× and 8× a quarter of it). */
   bytes: number;
   batchSize: number;
   log: (msg: string) => void;
@@ -47,6 +47,13 @@ function cutLines(src: string, n: number, dst: string): number {
   }
   writeFileSync(dst, buf.subarray(0, end));
   return end;
+}
+
+/** The first whole lines of src that fit n bytes, padded with spaces to exactly n (one window). */
+function oneWindow(src: string, n: number): string {
+  const head = readFileSync(src).subarray(0, n);
+  const lines = head.subarray(0, head.lastIndexOf(0x0a) + 1).toString("utf8");
+  return lines.slice(0, -1) + " ".repeat(n - Buffer.byteLength(lines)) + "\n";
 }
 
 interface Run {
@@ -98,12 +105,18 @@ export async function byteSpaceBench(o: ByteBenchOptions): Promise<unknown> {
   o.row("  byte space throughput, K = 1 / default", `${fmt(n / k1.wall, 0)} / ${fmt(n / kDef.wall, 0)} bytes/s`, "", "info");
   o.row("  bits/byte twin-a / sibling: tokens, K = 1, default K", `${bpb(tokens)}; ${bpb(k1)}; ${bpb(kDef)}`, "", "info");
 
-  // memory: K = 1, batch 2, text 2× and 8× a quarter of the cost text (same batch shapes)
-  const quarter = Math.max(BYTE_WINDOW * 2, Math.floor(o.bytes / 4));
+  // memory: K = 1, batch 2, a 2× and an 8× text made of one window's text repeated (its
+  // first whole lines, padded with spaces to exactly one window): every window of both texts
+  // is that same window, so length is the only difference. (Cut from real text instead, the
+  // longer text's densest window has more tokens, 205 vs 163 here, and a request's peak is a
+  // maximum over its windows: it would grow with the text's worst window, not its length.)
+  const unit = oneWindow(source, BYTE_WINDOW);
+  const per = Math.max(2, Math.round(o.bytes / 4 / BYTE_WINDOW));           // windows of the 2× text
   const text2 = join(o.work, "bytes-2x.txt");
   const text8 = join(o.work, "bytes-8x.txt");
-  const n2 = cutLines(source, 2 * quarter, text2);
-  const n8 = cutLines(source, 8 * quarter, text8);
+  writeFileSync(text2, unit.repeat(per));
+  writeFileSync(text8, unit.repeat(4 * per));
+  const [n2, n8] = [per, 4 * per].map((k) => k * BYTE_WINDOW);
   const s = await openSession({ models, space: "bytes", bytes: { beam: 1 } });
   const x2: number[] = [];
   const x8: number[] = [];

@@ -181,6 +181,18 @@ def plan_byte_batches(n_windows: int, batch_size: int, done: int = 0) -> list[ra
 def run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window], settings: Sequence[Setting],
              batch_size: int, resume: Sums | None, on_progress: Callable[[Sums], None], progress_every: int,
              should_stop: Callable[[], bool], fusion_cfg: FusionConfig | None = None) -> ByteResult:
+    """_run_pass, then each model's trie forgets the nodes this request memoized (ByteTrie.forget)."""
+    try:
+        return _run_pass(models, text, windows, settings, batch_size, resume, on_progress, progress_every,
+                         should_stop, fusion_cfg)
+    finally:
+        for m in models:
+            m.lm.trie.forget()
+
+
+def _run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window], settings: Sequence[Setting],
+             batch_size: int, resume: Sums | None, on_progress: Callable[[Sums], None], progress_every: int,
+             should_stop: Callable[[], bool], fusion_cfg: FusionConfig | None = None) -> ByteResult:
     """Σ byte NLL of every model and every setting over the windows; `resume` continues
     from a checkpoint's sums. The settings are trusted (the server checks them once per
     request); check_windows should have passed. Raises Cancelled (with the sums of every

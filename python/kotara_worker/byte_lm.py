@@ -131,6 +131,15 @@ class ByteTrie:
                                  torch.tensor([b for _, b in ranges], dtype=torch.long))
         return self._children[r]
 
+    def forget(self) -> None:
+        """Drop the memoized nodes. A worker calls it after each request: entries added
+        mid-request are small allocations among the request's large temporaries, and kept
+        they pin heap pages that malloc_trim could otherwise hand back, so the next
+        request's resident peak would grow with every new text (measured: +25 MiB after a
+        16 KB text). Recomputing a node is two bisections."""
+        self._nodes.clear()
+        self._children.clear()
+
     def exact_ids(self, r: bytes) -> list[int]:
         """The tokens whose bytes are r (more than one where the vocabulary spells r twice,
         e.g. 'a' and the byte-fallback '<0x61>')."""

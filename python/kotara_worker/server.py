@@ -213,7 +213,11 @@ class Server:
                 byte_eval.check_byte_settings([message["setting"]])
             except ValueError as e:
                 raise RequestError("bad_request", str(e)) from None
-            out = gen.generate_bytes(self.byte_models, request, on_step, self.stop_check(request_id), warn)
+            try:
+                out = gen.generate_bytes(self.byte_models, request, on_step, self.stop_check(request_id), warn)
+            finally:
+                for m in self.byte_models:
+                    m.lm.trie.forget()      # as after an evaluation (ByteTrie.forget)
         else:
             tok = self.tokenizer
             start_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
