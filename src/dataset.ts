@@ -227,6 +227,12 @@ export function datasetStats(file: string, opts?: DocumentOptions): DatasetStats
   return r.value;
 }
 
+/** The v6 fields of a DatasetSpec, set only where they differ from a plain text file in stream
+ * mode (so that such a file's spec, its checkpoint fingerprint and its metrics are as before v6). */
+export function documentFields(o: DocumentOptions): { field?: string; mode?: "documents"; separator?: string } {
+  return { ...(o.field !== null ? { field: o.field, separator: o.separator } : {}), ...(o.mode === "documents" ? { mode: "documents" as const } : {}) };
+}
+
 /** The document options of a wire DatasetSpec (its v6 fields, defaulted). */
 export function documentOptions(d: { field?: string | null; mode?: "stream" | "documents"; separator?: string }): DocumentOptions {
   return { field: d.field ?? null, mode: d.mode ?? "stream", separator: d.separator ?? "\n\n" };

@@ -99,9 +99,9 @@ export interface Metrics {
     max_length: number;
     stride: number;
     bos_per_window: boolean;
-    /** stream: one text (SPEC §2); documents: each document alone, lm-eval's rolling windows. */
-    mode: "stream" | "documents";
-    /** A .jsonl (or an exported parquet / hf dataset): its documents; absent for a plain text file in stream mode. */
+    /** stream: one text (SPEC §2); documents: each document alone, lm-eval's rolling windows.
+     * With documents, only for a .jsonl (or an exported dataset) or documents mode. */
+    mode?: "stream" | "documents";
     documents?: number;
   };
   models: ModelMetrics[];
@@ -215,8 +215,9 @@ export function buildMetrics(input: BuildMetricsInput): Metrics {
       max_length: request.dataset.max_length,
       stride: request.dataset.stride,
       bos_per_window: request.dataset.bos_per_window,
-      mode: request.dataset.mode ?? "stream",
-      ...(request.text.documents !== undefined ? { documents: request.text.documents } : {}),
+      // a .jsonl, an exported dataset, or documents mode (a plain text file in stream mode: as before v6)
+      ...(request.dataset.field || request.dataset.mode === "documents"
+        ? { mode: request.dataset.mode ?? "stream", documents: request.text.documents ?? 1 } : {}),
     },
     models,
     fusions,

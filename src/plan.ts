@@ -12,7 +12,7 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import type { z } from "zod";
 import { ConfigSchema, KEY_ORDER } from "./config-schema.js";
-import { datasetStats, documentOptions, scanDocuments, type DatasetStats } from "./dataset.js";
+import { datasetStats, documentFields, documentOptions, scanDocuments, type DatasetStats } from "./dataset.js";
 import { type DatasetSource, exportPath } from "./dataset-export.js";
 import { DEFAULTS } from "./defaults.js";
 import { ConfigError } from "./errors.js";
@@ -190,7 +190,7 @@ function planDataset(raw: unknown, ctx: Ctx, space: string): { dataset: DatasetS
   else dataPath = resolvePath(d.path!, ctx.baseDir);
   const dataset: DatasetSpec = {
     path: dataPath, max_length: d.max_length, stride: d.mode === "documents" ? d.max_length : d.stride ?? d.max_length, bos_per_window: d.bos_per_window,
-    field: source ? "text" : ext === ".jsonl" ? d.field! : null, mode: d.mode, separator: d.separator,
+    ...documentFields({ field: source ? "text" : ext === ".jsonl" ? d.field! : null, mode: d.mode, separator: d.separator }),
   };
   let text: DatasetStats | null = null;
   if (ctx.checkFiles) {

@@ -7,7 +7,7 @@
 //   await session.close();
 import type { BootstrapOptions } from "./bootstrap.js";
 import { BootstrapConfig } from "./config-schema.js";
-import { datasetStats, documentOptions } from "./dataset.js";
+import { datasetStats, documentFields, documentOptions } from "./dataset.js";
 import { DEFAULTS } from "./defaults.js";
 import { ConfigError, Interrupted, UserError } from "./errors.js";
 import { buildMetrics, type EvaluationRequest, type Metrics } from "./metrics.js";
@@ -167,7 +167,7 @@ export class Session {
       max_length,
       stride: opts.dataset.stride ?? max_length,
       bos_per_window: opts.dataset.bos_per_window ?? DEFAULTS.bos_per_window,
-      ...documentOptions(opts.dataset),
+      ...documentFields(documentOptions(opts.dataset)),
     };
     const boot = BootstrapConfig.safeParse(opts.bootstrap ?? {}, { error: errorMap });
     if (!boot.success) throw new ConfigError(issueLines(boot.error, "bootstrap"));
