@@ -29,8 +29,24 @@ export const ModelConfig = strictObject({
     .default(DEFAULTS.device),
 });
 
+/** Where the text comes from (one of path, hf), and how it is scored (docs/datasets.md). */
 export const DatasetConfig = strictObject({
-  path: nonEmpty,
+  /** A UTF-8 text file, or a .jsonl / .parquet file of documents (with field). */
+  path: nonEmpty.nullish(),
+  /** A Hugging Face dataset (a Hub id, or a directory of save_to_disk), loaded through `datasets`. */
+  hf: nonEmpty.nullish(),
+  /** hf: the configuration (e.g. wikitext-2-raw-v1). */
+  name: nonEmpty.nullish(),
+  /** hf: the split (default test). */
+  split: nonEmpty.nullish(),
+  /** hf: the dataset's revision. */
+  revision: nonEmpty.nullish(),
+  /** .jsonl / .parquet / hf: the column (key) that holds each document's text. */
+  field: nonEmpty.nullish(),
+  /** stream: one text, SPEC §2's windows; documents: each document alone, lm-eval's rolling windows. */
+  mode: z.enum(["stream", "documents"]).default("stream"),
+  /** stream mode over documents: what joins them into one text. */
+  separator: z.string().default("\n\n"),
   max_length: positiveInt.default(DEFAULTS.max_length),
   /** Default: max_length (non-overlapping windows). */
   stride: positiveInt.nullish(),

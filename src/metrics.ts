@@ -26,7 +26,7 @@ export interface Scores {
   nll: number;
   bits_per_byte: number;
   word_perplexity: number;
-  /** Byte space only: exp(nll), the same number as ppl. */
+  /** Byte space: exp(nll), the same number as ppl; documents mode: lm-eval's exp(Σ NLL / Σ bytes). */
   byte_perplexity?: number;
 }
 
@@ -99,6 +99,10 @@ export interface Metrics {
     max_length: number;
     stride: number;
     bos_per_window: boolean;
+    /** stream: one text (SPEC §2); documents: each document alone, lm-eval's rolling windows.
+     * With documents, only for a .jsonl (or an exported dataset) or documents mode. */
+    mode?: "stream" | "documents";
+    documents?: number;
   };
   models: ModelMetrics[];
   /** In request order (the config's strategies, then its sweep). */
@@ -185,7 +189,7 @@ export function buildMetrics(input: BuildMetricsInput): Metrics {
   checkSums(result.sums, input.models.length, request.settings.length);
   const n = result.sums.scored_tokens;
   const bytes = result.space === "bytes";
-  const stats = statsOf(n, request.text, bytes);
+  const stats = statsOf(n, request.text, bytes, request.dataset.mode === "documents");
   const models: ModelMetrics[] = input.models.map((m, i) => ({ ref: m.ref, ...stats(result.sums.model_nll[i]) }));
   const best = bestModelIndex(models);
   const paired = vsBestModel(result.sums, best, models[best].ref, request.text.bytes, request.bootstrap ?? DEFAULTS.bootstrap);
@@ -211,6 +215,9 @@ export function buildMetrics(input: BuildMetricsInput): Metrics {
       max_length: request.dataset.max_length,
       stride: request.dataset.stride,
       bos_per_window: request.dataset.bos_per_window,
+      // a .jsonl, an exported dataset, or documents mode (a plain text file in stream mode: as before v6)
+      ...(request.dataset.field || request.dataset.mode === "documents"
+        ? { mode: request.dataset.mode ?? "stream", documents: request.text.documents ?? 1 } : {}),
     },
     models,
     fusions,
@@ -275,13 +282,15 @@ function vsBestModel(sums: Sums, best: number, bestRef: string, textBytes: numbe
 }
 
 /** Σ NLL over n scored positions → the numbers of a model or a fusion. */
-function statsOf(n: number, text: DatasetStats, bytes: boolean) {
+function statsOf(n: number, text: DatasetStats, bytes: boolean, documents: boolean) {
   return (nll: number): Scores => ({
     ppl: Math.exp(nll / n),
     nll: nll / n,
     bits_per_byte: nll / (Math.LN2 * text.bytes),
     word_perplexity: Math.exp(nll / text.words),
     ...(bytes ? { byte_perplexity: Math.exp(nll / n) } : {}),
+    // documents mode: lm-eval's byte_perplexity, exp(Σ NLL / Σ bytes)
+    ...(documents ? { byte_perplexity: Math.exp(nll / text.bytes) } : {}),
   });
 }
 

@@ -12,7 +12,8 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import type { z } from "zod";
 import { ConfigSchema, KEY_ORDER } from "./config-schema.js";
-import { datasetStats, scanDataset, type DatasetStats } from "./dataset.js";
+import { datasetStats, documentFields, documentOptions, scanDocuments, type DatasetStats } from "./dataset.js";
+import { type DatasetSource, exportPath } from "./dataset-export.js";
 import { DEFAULTS } from "./defaults.js";
 import { ConfigError } from "./errors.js";
 import type { EvaluationRequest } from "./metrics.js";
@@ -32,9 +33,13 @@ export interface RunPlan {
   bytes: ByteOptions;
   models: ModelSpec[];
   tokenizer: string | null;
-  /** In byte space max_length and stride count bytes. */
+  /** In byte space max_length and stride count bytes. With a source, path is its export (not written yet). */
   dataset: DatasetSpec;
-  /** Bytes, words and hash of dataset.path; null when the plan was made without checking files. */
+  /** A parquet file or a Hugging Face dataset that the worker's Python exports to dataset.path
+   * (dataset.ts exportDataset) before the run; null for a text or .jsonl file, read as it is. */
+  source: DatasetSource | null;
+  /** Bytes, words and hash of dataset.path; null when the plan was made without checking files
+   * (or before a source is exported). */
   text: DatasetStats | null;
   /** Explicit strategies, then the sweep; each distinct setting once. */
   settings: Setting[];
@@ -85,7 +90,7 @@ export function parseConfig(obj: unknown, baseDir: string, opts: ParseOptions = 
   const bytes = section(ConfigSchema.shape.bytes, obj.bytes, "bytes", ctx) ?? { beam: DEFAULTS.beam, prune: DEFAULTS.prune };
   const models = planModels(obj.models, ctx);
   const tokenizer = planTokenizer(obj.tokenizer, ctx);
-  const data = planDataset(obj.dataset, ctx);
+  const data = planDataset(obj.dataset, ctx, space);
   const nModels = Array.isArray(obj.models) ? obj.models.length : null;
   const { settings, sweep, notes } = planStrategies(obj.strategies, obj.sweep, nModels, ctx);
   const runtime = planRuntime(obj.runtime, ctx);
@@ -93,7 +98,7 @@ export function parseConfig(obj: unknown, baseDir: string, opts: ParseOptions = 
   const report = planReport(obj.report, ctx);
   if (ctx.lines.length > 0 || !models || !data) throw new ConfigError(sortLines(ctx.lines), configPath ?? undefined);
   return {
-    configPath, space, bytes, models, tokenizer, dataset: data.dataset, text: data.text, settings, sweep, runtime, output, report, notes, raw: obj,
+    configPath, space, bytes, models, tokenizer, dataset: data.dataset, source: data.source, text: data.text, settings, sweep, runtime, output, report, notes, raw: obj,
   };
 }
 
@@ -133,24 +138,70 @@ function planTokenizer(raw: unknown, ctx: Ctx): string | null {
   return resolveRef(tokenizer, ctx.baseDir).value;
 }
 
-/** The windows, and the text read once (checked, counted, hashed). */
-function planDataset(raw: unknown, ctx: Ctx): { dataset: DatasetSpec; text: DatasetStats | null } | null {
+/** The windows, where the text comes from, and the text read once (checked, counted, hashed). */
+function planDataset(raw: unknown, ctx: Ctx, space: string): { dataset: DatasetSpec; source: DatasetSource | null; text: DatasetStats | null } | null {
   const d = section(ConfigSchema.shape.dataset, raw, "dataset", ctx);
   // still check what can be checked of a section that failed
   const partial = isPlainObject(raw) ? raw : {};
   const isPos = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) > 0;
+  const str = (x: unknown): string | null => (typeof x === "string" && x ? x : null);
   const maxLength = d?.max_length ?? (partial.max_length === undefined ? DEFAULTS.max_length : partial.max_length);
   const stride = d ? (d.stride ?? d.max_length) : partial.stride;
+  const mode = d?.mode ?? partial.mode ?? "stream";
   if (isPos(maxLength) && isPos(stride) && stride > maxLength) ctx.lines.push(`dataset.stride: must be ≤ max_length (${maxLength}), got ${stride}`);
-  const file = d?.path ?? (typeof partial.path === "string" && partial.path ? partial.path : null);
-  let text: DatasetStats | null = null;
-  if (file !== null && ctx.checkFiles) {
-    const scan = scanDataset(resolvePath(file, ctx.baseDir));
-    ctx.lines.push(...scan.lines.map((m) => `dataset.path: ${m}`));
-    text = scan.value;
+  const file = d ? d.path ?? null : str(partial.path);
+  const hf = d ? d.hf ?? null : str(partial.hf);
+  const field = d ? d.field ?? null : str(partial.field);
+  const lines: string[] = [];
+  if (isPlainObject(raw)) {
+    if (file === null && hf === null && raw.path == null && raw.hf == null) {
+      lines.push("dataset: give path (a text, .jsonl or .parquet file) or hf (a Hugging Face dataset)");
+    }
+    if (file !== null && hf !== null) lines.push("dataset.hf: give path or hf, not both");
+    for (const k of ["name", "split", "revision"]) {
+      if (hf === null && partial[k] != null) lines.push(`dataset.${k}: only for a Hugging Face dataset (hf)`);
+    }
+    const ext = file ? path.extname(file).toLowerCase() : "";
+    const kind = ext === ".jsonl" ? "a .jsonl file" : ext === ".parquet" ? "a .parquet file" : null;
+    if (file !== null && hf === null && kind && field === null) lines.push(`dataset.field: ${kind} needs field: the key that holds each document's text (e.g. text)`);
+    if (file !== null && hf === null && !kind && field !== null) lines.push(`dataset.field: only for .jsonl, .parquet and hf datasets; ${file} is read as plain text`);
+    if (hf !== null && field === null) lines.push("dataset.field: an hf dataset needs field: the column that holds each document's text (e.g. text)");
+    if (mode === "documents") {
+      if (partial.bos_per_window === true) lines.push("dataset.bos_per_window: does not apply to mode documents (every document starts with the start token, as in lm-eval)");
+      if (partial.stride != null && isPos(maxLength) && partial.stride !== maxLength) {
+        lines.push(`dataset.stride: mode documents has no stride (lm-eval's rolling windows are disjoint windows of max_length); leave it out, got ${show(partial.stride)}`);
+      }
+      if (space === "bytes") lines.push("dataset.mode: documents is for token space (lm-eval's windows count tokens); space is bytes");
+    }
   }
-  if (!d) return null;
-  return { dataset: { path: resolvePath(d.path, ctx.baseDir), max_length: d.max_length, stride: d.stride ?? d.max_length, bos_per_window: d.bos_per_window }, text };
+  ctx.lines.push(...lines);
+  if (!d || lines.length > 0) return null;
+  const ext = d.path ? path.extname(d.path).toLowerCase() : "";
+  let source: DatasetSource | null = null;
+  let dataPath: string;
+  if (d.hf) {
+    const local = resolveRef(d.hf, ctx.baseDir);
+    source = { hf: local.value, name: d.name ?? null, split: d.split ?? "test", revision: d.revision ?? null, field: d.field! };
+    if (ctx.checkFiles && local.local && !isDirectory(local.value)) ctx.lines.push(`dataset.hf: local dataset directory not found: ${local.value}`);
+  } else if (ext === ".parquet") {
+    source = { path: resolvePath(d.path!, ctx.baseDir), field: d.field! };
+  }
+  if (source) dataPath = exportPath(source);
+  else dataPath = resolvePath(d.path!, ctx.baseDir);
+  const dataset: DatasetSpec = {
+    path: dataPath, max_length: d.max_length, stride: d.mode === "documents" ? d.max_length : d.stride ?? d.max_length, bos_per_window: d.bos_per_window,
+    ...documentFields({ field: source ? "text" : ext === ".jsonl" ? d.field! : null, mode: d.mode, separator: d.separator }),
+  };
+  let text: DatasetStats | null = null;
+  if (ctx.checkFiles) {
+    if (source && "path" in source && !existsSync(source.path)) ctx.lines.push(`dataset.path: file not found: ${source.path}`);
+    if (!source) {
+      const scan = scanDocuments(dataPath, documentOptions(dataset));
+      ctx.lines.push(...scan.lines.map((m) => `dataset.path: ${m}`));
+      text = scan.value;
+    }
+  }
+  return { dataset, source, text };
 }
 
 /** The explicit strategies, then the sweep's grid; each distinct setting once. */
@@ -220,7 +271,7 @@ function sortLines(lines: string[]): string[] {
 export function planRequest(plan: RunPlan): EvaluationRequest {
   return {
     dataset: plan.dataset,
-    text: plan.text ?? datasetStats(plan.dataset.path),
+    text: plan.text ?? datasetStats(plan.dataset.path, documentOptions(plan.dataset)),
     settings: plan.settings,
     sweep: plan.sweep,
     batchSize: plan.runtime.batch_size,

@@ -11,7 +11,7 @@
 import { z } from "zod";
 import { KNOWN_STRATEGIES, LIST_PARAM_NAMES, type ListParam } from "./strategies.js";
 
-export const PROTOCOL_VERSION = 5;
+export const PROTOCOL_VERSION = 6;
 
 // zod 4 numbers are finite (NaN and ±Infinity fail); these also map onto JSON Schema.
 const finite = z.number();
@@ -91,10 +91,14 @@ const base = { seq: z.number().int().nonnegative() };
 
 /** The text and its windows (SPEC §2). */
 export const DatasetSpec = z.strictObject({
-  path: z.string().min(1),
+  path: z.string().min(1), // a UTF-8 text file, or (with field) a .jsonl of documents
   max_length: z.number().int().positive(),
   stride: z.number().int().positive(),
   bos_per_window: z.boolean(),
+  // protocol v6 (absent: a plain text file, stream mode):
+  field: z.string().min(1).nullable().optional(), // path is a .jsonl: each line's document is obj[field]
+  mode: z.enum(["stream", "documents"]).optional(), // documents: each scored alone, lm-eval's rolling windows (stride unused)
+  separator: z.string().optional(), // stream mode over documents: what joins them (default "\n\n")
 });
 export type DatasetSpec = z.infer<typeof DatasetSpec>;
 

@@ -36,8 +36,15 @@ function header({ space, dataset: d, runtime: rt, bytes }: Metrics): string[] {
       speed("bytes"),
     ];
   }
+  if (d.mode === "documents") {
+    return [
+      `${text} (lm-eval's counts) in ${int(d.documents ?? 1)} documents, each scored alone: ${int(d.scored_tokens)} tokens ` +
+        `in ${int(d.windows)} rolling windows of ${d.max_length} (lm-eval's loglikelihood_rolling)`,
+      speed("tokens"),
+    ];
+  }
   return [
-    `${text}, ${int(d.tokens)} tokens (${int(d.scored_tokens)} scored) in ${int(d.windows)} windows of ${d.max_length}, stride ${d.stride}` +
+    `${text}${d.documents !== undefined ? ` (${int(d.documents)} documents joined)` : ""}, ${int(d.tokens)} tokens (${int(d.scored_tokens)} scored) in ${int(d.windows)} windows of ${d.max_length}, stride ${d.stride}` +
       (d.bos_per_window ? ", BOS per window" : ""),
     speed("tokens"),
   ];

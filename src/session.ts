@@ -7,7 +7,7 @@
 //   await session.close();
 import type { BootstrapOptions } from "./bootstrap.js";
 import { BootstrapConfig } from "./config-schema.js";
-import { datasetStats } from "./dataset.js";
+import { datasetStats, documentFields, documentOptions } from "./dataset.js";
 import { DEFAULTS } from "./defaults.js";
 import { ConfigError, Interrupted, UserError } from "./errors.js";
 import { buildMetrics, type EvaluationRequest, type Metrics } from "./metrics.js";
@@ -53,6 +53,12 @@ export interface DatasetInput {
   max_length?: number;
   stride?: number;
   bos_per_window?: boolean;
+  /** A .jsonl file: the key of each line's document (docs/datasets.md). */
+  field?: string | null;
+  /** stream (default) or documents (each document alone, lm-eval's rolling windows). */
+  mode?: "stream" | "documents";
+  /** Stream mode over a .jsonl: what joins the documents (default "\n\n"). */
+  separator?: string;
 }
 
 /** How a request is watched and steered while it runs. */
@@ -161,11 +167,12 @@ export class Session {
       max_length,
       stride: opts.dataset.stride ?? max_length,
       bos_per_window: opts.dataset.bos_per_window ?? DEFAULTS.bos_per_window,
+      ...documentFields(documentOptions(opts.dataset)),
     };
     const boot = BootstrapConfig.safeParse(opts.bootstrap ?? {}, { error: errorMap });
     if (!boot.success) throw new ConfigError(issueLines(boot.error, "bootstrap"));
     const request: EvaluationRequest = {
-      dataset, text: datasetStats(dataset.path), settings, sweep: opts.sweep ?? null,
+      dataset, text: datasetStats(dataset.path, documentOptions(dataset)), settings, sweep: opts.sweep ?? null,
       batchSize: opts.batchSize ?? DEFAULTS.batch_size, config: opts.config ?? null,
       bootstrap: { resamples: boot.data.resamples, seed: boot.data.seed, block_length: boot.data.block_length ?? null },
     };

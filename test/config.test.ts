@@ -188,7 +188,7 @@ describe("rejected: unknown keys", () => {
   test("in dataset", async () => {
     hasLine(
       await problems(BASE.replace("path: text.txt", "path: text.txt\n  srtide: 512")),
-      "dataset.srtide: unknown key; allowed: path, max_length, stride, bos_per_window",
+      "dataset.srtide: unknown key; allowed: path, hf, name, split, revision, field, mode, separator, max_length, stride, bos_per_window",
     );
   });
   test("in runtime", async () => {
@@ -225,7 +225,7 @@ describe("rejected: wrong types", () => {
     hasLine(await problems(BASE.replace(/models:\n(  - .*\n)+/, "models: { a: gpt2 }\n")), "models: expected a list, got a mapping");
   });
   test("a missing required field", async () => {
-    hasLine(await problems(BASE.replace("  path: text.txt", "  max_length: 64")), "dataset.path: required (a string)");
+    hasLine(await problems(BASE.replace("  path: text.txt", "  max_length: 64")), "dataset: give path (a text, .jsonl or .parquet file) or hf (a Hugging Face dataset)");
   });
   test("an unknown dtype", async () => {
     hasLine(

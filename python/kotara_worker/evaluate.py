@@ -193,7 +193,7 @@ def evaluate(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
              settings: Sequence[Setting], batch_size: int, bos_id: int | None, vocab: int, resume: Sums | None,
              on_progress: Callable[[Sums], None], progress_every: int,
              should_stop: Callable[[], bool], cfg: EvalConfig | None = None,
-             window_bytes: Sequence[int] | None = None) -> Sums:
+             window_bytes: Sequence[int] | None = None, feed_last: bool = True) -> Sums:
     """Σ NLL of every model (T = 1, whole output layer) and every setting (over [:vocab])
     on the scored targets of `windows`, in total and per window; `resume` continues from
     a checkpoint's sums. window_bytes: each window's bytes of text (windows.window_bytes;
@@ -201,7 +201,7 @@ def evaluate(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
     The library's entry point: checks the settings, then run_pass checks the rest."""
     check_settings(settings, len(models))
     return run_pass(models, token_ids, windows, settings, batch_size, bos_id, vocab, resume,
-                    on_progress, progress_every, should_stop, cfg, window_bytes)
+                    on_progress, progress_every, should_stop, cfg, window_bytes, feed_last)
 
 
 @torch.inference_mode()
@@ -209,9 +209,12 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
              settings: Sequence[Setting], batch_size: int, bos_id: int | None, vocab: int, resume: Sums | None,
              on_progress: Callable[[Sums], None], progress_every: int,
              should_stop: Callable[[], bool], cfg: EvalConfig | None = None,
-             window_bytes: Sequence[int] | None = None) -> Sums:
+             window_bytes: Sequence[int] | None = None, feed_last: bool = True) -> Sums:
     """evaluate() for a caller that has checked the settings already (the server does, once
-    per request, before tokenizing): the settings are trusted, everything else is checked."""
+    per request, before tokenizing): the settings are trusted, everything else is checked.
+    feed_last=False feeds each window without its last token (a target only: its logits
+    are never read), so a window of L + 1 stream positions enters the model as L tokens
+    (documents mode, windows.plan_document_windows; the same NLLs for a causal LM)."""
     cfg = cfg or EvalConfig.for_device(models[0].device)
     token_ids = token_ids.reshape(-1).long().cpu()                                 # [n]
     offset = 0 if bos_id is None else 1
@@ -228,7 +231,8 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
             if should_stop():
                 raise Cancelled(sums.copy())
             ws = [windows[i] for i in batch]
-            ids = torch.stack([token_ids[w.start:w.end] for w in ws])                 # [B, L]
+            trim = 0 if feed_last else 1
+            ids = torch.stack([token_ids[w.start:w.end - trim] for w in ws])          # [B, L]
             if bos_id is not None:
                 ids = torch.cat([torch.full((len(ws), 1), bos_id, dtype=torch.long), ids], 1)  # [B, 1 + L]
             b_idx, p_idx, targets = _scored_positions(ws, token_ids, offset)        # [P] each

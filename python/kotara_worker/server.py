@@ -17,10 +17,11 @@ import torch
 import transformers
 
 from . import __version__, byte_eval, evaluate as ev, generate as gen, protocol
+from . import datasets as kdatasets
 from .fusion import check_settings
 from .models import load_session
 from .protocol import RequestError
-from .windows import plan_byte_windows, plan_windows
+from .windows import plan_byte_windows, plan_document_windows, plan_windows
 from .windows import window_bytes as windows_bytes
 
 
@@ -112,14 +113,20 @@ class Server:
         })
 
     def evaluate(self, message: dict) -> None:
+        mode = message["dataset"].get("mode") or "stream"
         if self.space == "bytes" and self.models:
+            if mode == "documents":
+                raise RequestError("bad_request", "dataset.mode documents is for token space (lm-eval's rolling "
+                                                  "windows count tokens); these models run in byte space")
             return self.evaluate_bytes(message)
+        if mode == "documents":
+            return self.evaluate_documents(message)
         request_id = message["request_id"]
         data = message["dataset"]
         bos_id = self.check_request(message)  # before tokenizing: fail fast
         reset_peak_memory()  # the request's peak: tokenizing and the pass
         tokenize_started = time.perf_counter()
-        token_ids, text, token_ends = self.tokenize(data["path"])
+        token_ids, text, token_ends = self.tokenize(self.read_dataset_text(data), data["path"])
         try:
             windows = plan_windows(len(token_ids), data["max_length"], data["stride"], bos=data["bos_per_window"])
         except ValueError as e:
@@ -166,7 +173,8 @@ class Server:
             raise RequestError("bad_request", str(e)) from None
         reset_peak_memory()
         tokenize_started = time.perf_counter()
-        text = self.read_text(data["path"])
+        text = self.read_text(data["path"]) if not data.get("field") else \
+            self.read_dataset_text(data).encode("utf-8")
         try:
             windows = plan_byte_windows(text, data["max_length"], data["stride"])
         except ValueError as e:
@@ -337,32 +345,114 @@ class Server:
             raise RequestError("bad_request", f"dataset {path} is not UTF-8 (first bad byte at offset {e.start})") from None
         return text
 
-    def tokenize(self, path: str) -> tuple[torch.Tensor, str, torch.Tensor | None]:
-        """The text as one token stream [n] (SPEC §2), the text, and where each token's text
-        ends in it (character offsets, [n]; None for a tokenizer without offsets)."""
+    @staticmethod
+    def read_documents(data: dict) -> list[str]:
+        """The documents of a dataset: a .jsonl file's `field` of each line, or a plain text
+        file as one document (datasets.py)."""
+        path = data["path"]
+        if data.get("field"):
+            try:
+                return kdatasets.read_jsonl(path, data["field"])
+            except kdatasets.DatasetError as e:
+                code = "not_found" if str(e).startswith("dataset not found") else "bad_request"
+                raise RequestError(code, str(e)) from None
         try:
             # newline="": the text exactly as its bytes say (no \r\n folding), as the byte count assumes.
             with open(path, encoding="utf-8", newline="") as f:
-                text = f.read()
+                return [f.read()]
         except FileNotFoundError:
             raise RequestError("not_found", f"dataset not found: {path}") from None
         except UnicodeDecodeError as e:
             raise RequestError("bad_request", f"dataset {path} is not UTF-8 (first bad byte at offset {e.start})") from None
-        self.status(f"tokenizing {path}")
+
+    def read_dataset_text(self, data: dict) -> str:
+        """Stream mode: the text that is scored (a .jsonl's documents joined with the separator)."""
+        docs = self.read_documents(data)
+        return docs[0] if not data.get("field") else (data.get("separator") if data.get("separator") is not None
+                                                      else "\n\n").join(docs)
+
+    def tokenize(self, text: str, path: str, special: bool = True) -> tuple[torch.Tensor, str, torch.Tensor | None]:
+        """The text as one token stream [n] (SPEC §2), the text, and where each token's text
+        ends in it (character offsets, [n]; None for a tokenizer without offsets).
+        special=False: no special tokens (documents mode, as lm-eval's tok_encode)."""
+        if path:
+            self.status(f"tokenizing {path}")
         # One stream, the tokenizer's defaults (SPEC §2). The length warning is moot:
         # windows cut the stream to max_length.
         verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()
         ends = None
+        kw = {} if special else {"add_special_tokens": False}
         try:
             try:
-                out = self.tokenizer(text, return_attention_mask=False, return_offsets_mapping=True)
+                out = self.tokenizer(text, return_attention_mask=False, return_offsets_mapping=True, **kw)
                 ends = torch.tensor([e for _, e in out["offset_mapping"]], dtype=torch.long)      # [n]
             except NotImplementedError:      # a Python tokenizer has no offset mapping
-                out = self.tokenizer(text, return_attention_mask=False)
+                out = self.tokenizer(text, return_attention_mask=False, **kw)
         finally:
             transformers.logging.set_verbosity(verbosity)
-        return torch.tensor(out["input_ids"], dtype=torch.long), text, ends  # [n]
+        return torch.tensor(out["input_ids"], dtype=torch.long).reshape(-1), text, ends  # [n]
+
+    def evaluate_documents(self, message: dict) -> None:
+        """Documents mode: each document tokenized alone (the tokenizer's defaults) and scored with
+        lm-evaluation-harness's rolling windows (windows.plan_document_windows), the start
+        token (BOS, else EOS) as every document's prefix; every model and every setting
+        over the same windows."""
+        request_id = message["request_id"]
+        data = message["dataset"]
+        if data["bos_per_window"]:
+            raise RequestError("bad_request", "dataset.bos_per_window does not apply to documents mode "
+                                              "(every document starts with the start token)")
+        self.check_request(message)
+        tok = self.tokenizer
+        prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        if prefix is None:
+            raise RequestError("bad_request", "documents mode needs a start token: the tokenizer has neither BOS nor EOS")
+        reset_peak_memory()
+        tokenize_started = time.perf_counter()
+        docs = self.read_documents(data)
+        self.status(f"tokenizing {len(docs)} document{'s' if len(docs) != 1 else ''} of {data['path']}")
+        parts, doc_windows_bytes = [], []
+        # the tokenizer's defaults, as lm-eval 0.4.13's HFLM.tok_encode (add_bos_token unset)
+        encoded = [self.tokenize(d, "") for d in docs]
+        lengths = [len(ids) for ids, _, _ in encoded]
+        windows, prefixes = plan_document_windows(lengths, data["max_length"])
+        if not windows:
+            raise RequestError("bad_request", f"{data['path']}: no document has a token to score")
+        w = 0
+        for (ids, doc, ends), o in zip(encoded, prefixes):
+            if o < 0:
+                continue
+            parts += [torch.tensor([prefix], dtype=torch.long), ids]
+            k = w
+            while k < len(windows) and windows[k].start < o + 1 + len(ids):
+                k += 1
+            local = [type(x)(x.start - o, x.end - o, x.first_scored - o) for x in windows[w:k]]
+            if ends is not None:
+                doc_windows_bytes += windows_bytes(local, doc, torch.cat([torch.zeros(1, dtype=torch.long), ends]))
+            else:      # no offsets: the document's bytes go to its first window
+                doc_windows_bytes += [len(doc.encode("utf-8"))] + [0] * (len(local) - 1)
+            w = k
+        token_ids = torch.cat(parts)
+        del encoded, parts
+        release_memory()
+        tokenize_seconds = time.perf_counter() - tokenize_started
+        resume = self.resume_sums(message)
+        if resume is not None:
+            try:
+                ev._starting_sums(resume, len(self.models), len(message["settings"]), len(windows))
+            except ValueError as e:
+                raise RequestError("bad_request", str(e)) from None
+        started = time.perf_counter()
+        on_progress = self.progress_sender(request_id, len(windows), len(token_ids), started, resume)
+        try:
+            sums = ev.run_pass(self.models, token_ids, windows, message["settings"], message["batch_size"], None,
+                               len(tok), resume, on_progress, message["progress_every"],
+                               self.stop_check(request_id), window_bytes=doc_windows_bytes, feed_last=False)
+        except ev.Cancelled as c:
+            on_progress(c.sums)
+            raise
+        self.send_result(request_id, "tokens", len(token_ids), len(windows), sums, None, started, tokenize_seconds)
 
 
 def release_memory() -> None:

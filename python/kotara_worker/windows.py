@@ -137,3 +137,40 @@ def window_bytes(windows: list[Window], text: str, token_ends) -> list[int]:
         cuts.append(min(max(int(running[w.end - 1]), cuts[-1]), len(text)))
     cuts.append(len(text))
     return [len(text[a:b].encode("utf-8")) for a, b in zip(cuts, cuts[1:])]
+
+
+def plan_document_windows(doc_lengths, max_length: int) -> tuple[list[Window], list[int]]:
+    """Documents mode: lm-evaluation-harness's rolling windows (`loglikelihood_rolling`:
+    utils.get_rolling_token_windows with context_len=1, then make_disjoint_window), for
+    documents laid one after the other in one stream, each as [prefix] + its tokens.
+
+    Per document of n tokens t (prefix at stream index o): the first window feeds the
+    prefix and t[0 : min(L, n) - 1] and scores t[0 : min(L, n)]; each later window scores
+    the next min(L, rest) tokens from L tokens of input that end just before its last
+    target (so a full window carries one token of context, the last, shorter one up to
+    L − wpl + 1). No window crosses a document. A window here includes its last target
+    (Window.end = one past it); the pass feeds start .. end − 1 (evaluate's
+    feed_last=False), so at most L tokens enter the model, as lm-eval feeds them.
+
+    Returns the windows and each document's prefix index (−1 for a document of no token,
+    which has no prefix and no window)."""
+    if max_length <= 0:
+        raise ValueError(f"max_length must be > 0, got {max_length}")
+    windows: list[Window] = []
+    prefixes: list[int] = []
+    o = 0
+    for n in doc_lengths:
+        if n == 0:
+            prefixes.append(-1)
+            continue
+        prefixes.append(o)
+        first = min(max_length, n)
+        windows.append(Window(o, o + 1 + first, o + 1))
+        predicted = first
+        while predicted < n:
+            wpl = min(n - predicted, max_length)
+            end = predicted + wpl                          # in the document's tokens
+            windows.append(Window(o + end - max_length, o + 1 + end, o + 1 + end - wpl))
+            predicted = end
+        o += 1 + n
+    return windows, prefixes

@@ -6,6 +6,7 @@ import { Interrupted, UserError } from "../errors.js";
 import type { Evaluation } from "../session.js";
 import { writeRunOutputs } from "../outputs.js";
 import { planRequest, type RunPlan } from "../plan.js";
+import { exportDataset } from "../dataset-export.js";
 import { Progress } from "../progress.js";
 import { formatReport } from "../report.js";
 import { Session } from "../session.js";
@@ -27,6 +28,10 @@ export async function runCommand(configPath: string, opts: RunOptions): Promise<
 export async function execute(plan: RunPlan, opts: RunOptions & { metricsPath: string | null }): Promise<void> {
   const progress = new Progress(!opts.quiet);
   for (const note of plan.notes) progress.status(`note: ${note}`);
+  if (plan.source) {
+    progress.status(`exporting ${"hf" in plan.source ? `${plan.source.hf}${plan.source.name ? ` (${plan.source.name})` : ""}, split ${plan.source.split}` : plan.source.path} to ${plan.dataset.path}`);
+    exportDataset(plan.source, plan.dataset.path, plan.runtime.python);
+  }
   const request = planRequest(plan);
   if (opts.resume && !opts.metricsPath) throw new UserError("--resume needs a metrics path (the checkpoint lives next to it)", 2);
   const { keeper, resume } = opts.metricsPath
