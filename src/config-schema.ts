@@ -4,6 +4,7 @@
 // that passes into a RunPlan.
 import { z } from "zod";
 import { DEFAULTS } from "./defaults.js";
+import { MAX_VIEW_BYTES, MAX_VIEW_SETTINGS } from "./protocol.js";
 import { show, strictObject } from "./validation.js";
 
 const positiveInt = z
@@ -100,6 +101,21 @@ export const BootstrapConfig = strictObject({
 
 export const ReportConfig = strictObject({
   bootstrap: BootstrapConfig.nullish(),
+  /** Write `<metrics>.html` (src/html-report.ts). */
+  html: z.boolean().default(DEFAULTS.report_html),
+  /** The token view: the first this many bytes of the text; 0: no token view. */
+  token_view_bytes: z
+    .number()
+    .int({ error: (iss) => `must be an integer, got ${show(iss.input)}` })
+    .min(0, { error: (iss) => `must be from 0 (no token view) to ${MAX_VIEW_BYTES}, got ${show(iss.input)}` })
+    .max(MAX_VIEW_BYTES, { error: (iss) => `must be from 0 (no token view) to ${MAX_VIEW_BYTES}, got ${show(iss.input)}` })
+    .default(DEFAULTS.token_view_bytes),
+  /** The fusions the token view shows, by id; null: up to MAX_VIEW_SETTINGS at T = 1 (plan.ts). */
+  token_view_settings: z
+    .array(nonEmpty)
+    .min(1, { error: "must list at least one fusion id (or leave it out for the default)" })
+    .max(MAX_VIEW_SETTINGS, { error: (iss) => `at most ${MAX_VIEW_SETTINGS} fusions, got ${Array.isArray(iss.input) ? iss.input.length : show(iss.input)}` })
+    .nullish(),
 });
 
 /** The YAML document. */

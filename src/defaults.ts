@@ -21,6 +21,10 @@ export const DEFAULTS = {
    * (0: no intervals), the seed, and windows per block (null: ⌈n^(1/3)⌉; src/bootstrap.ts).
    */
   bootstrap: { resamples: 2000, seed: 0, block_length: null },
+  /** The HTML report next to the metrics (report.html). */
+  report_html: true,
+  /** Its token view: the first this many bytes of the text (report.token_view_bytes; 0: none). */
+  token_view_bytes: 4096,
   /** The strategy of `kotara eval` (the original research script's default). */
   eval_strategy: "entropy",
   /** Generation: new tokens per prompt (bytes in byte space). */

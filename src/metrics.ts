@@ -15,7 +15,7 @@ import { LEVEL, blockChoice, pairedBootstrap, pairedInterval, type BootstrapOpti
 import type { DatasetStats } from "./dataset.js";
 import { DEFAULTS } from "./defaults.js";
 import { windowProblem } from "./sums.js";
-import type { ByteOptions, ByteStats, DatasetSpec, HelloMsg, LoadedMsg, ModelSpec, ResultMsg, Setting, Space, Sums } from "./protocol.js";
+import type { ByteOptions, ByteStats, DatasetSpec, HelloMsg, LoadedMsg, ModelSpec, PositionsRequest, ResultMsg, Setting, Space, Sums } from "./protocol.js";
 import type { Sweep } from "./sweep.js";
 
 /** The numbers of one model or fusion. */
@@ -166,6 +166,8 @@ export interface EvaluationRequest {
   config: unknown;
   /** How the paired intervals are drawn (default: DEFAULTS.bootstrap). */
   bootstrap?: BootstrapOptions;
+  /** Per-position numbers for the HTML report's token view (protocol v6); null or absent: none. */
+  positions?: PositionsRequest | null;
 }
 
 export interface BuildMetricsInput {

@@ -1,5 +1,5 @@
 // The files a run writes next to each other: the metrics JSON, a CSV of every fusion,
-// and for a two-model temperature sweep a heatmap SVG. Every file is written
+// for a two-model temperature sweep a heatmap SVG, and the HTML report. Every file is written
 // atomically (write-file-atomic: a temp file, fsync, rename), so a reader sees the old
 // file or the new one, never a part.
 import { mkdir } from "node:fs/promises";
@@ -7,6 +7,7 @@ import path from "node:path";
 import { stringify } from "csv-stringify/sync";
 import writeFileAtomic from "write-file-atomic";
 import { heatmapPanels, heatmapSvg, isTwoModelGrid } from "./heatmap.js";
+import { htmlReport, type HtmlReportOptions } from "./html-report.js";
 import type { Metrics } from "./metrics.js";
 import { shortName } from "./format.js";
 import { LIST_PARAM_NAMES, formatNumber } from "./strategies.js";
@@ -73,17 +74,24 @@ export function metricsHeatmapSvg(metrics: Metrics): string | null {
   return heatmapSvg(input, { title });
 }
 
+export interface RunOutputOptions {
+  /** Also write the HTML report, `<metrics>.html` (src/html-report.ts), with these options. */
+  html?: HtmlReportOptions | null;
+}
+
 /**
- * The files of a run: the metrics JSON, `<metrics>.csv` next to it, and for a
- * two-model temperature sweep `<metrics>.heatmap.svg`. Returns the paths written.
+ * The files of a run: the metrics JSON, `<metrics>.csv` next to it, for a two-model
+ * temperature sweep `<metrics>.heatmap.svg`, and when asked the HTML report
+ * `<metrics>.html`. Returns the paths written.
  */
-export async function writeRunOutputs(metricsPath: string, metrics: Metrics): Promise<string[]> {
+export async function writeRunOutputs(metricsPath: string, metrics: Metrics, opts: RunOutputOptions = {}): Promise<string[]> {
   const files: [string, string][] = [
     [metricsPath, JSON.stringify(metrics, null, 2) + "\n"],
     [sidePath(metricsPath, ".csv"), toCsv(metrics)],
   ];
   const svg = metricsHeatmapSvg(metrics);
   if (svg) files.push([sidePath(metricsPath, ".heatmap.svg"), svg]);
+  if (opts.html) files.push([sidePath(metricsPath, ".html"), htmlReport(metrics, { metricsFile: path.basename(metricsPath), ...opts.html })]);
   for (const [file, data] of files) await writeTextAtomic(file, data);
   return files.map(([file]) => file);
 }

@@ -19,8 +19,9 @@ import { ConfigError } from "./errors.js";
 import type { EvaluationRequest } from "./metrics.js";
 import { isDirectory, resolveCommand, resolvePath, resolveRef } from "./paths.js";
 import type { BootstrapOptions } from "./bootstrap.js";
-import type { ByteOptions, DatasetSpec, ModelSpec, Setting } from "./protocol.js";
+import type { ByteOptions, DatasetSpec, ModelSpec, PositionsRequest, Setting } from "./protocol.js";
 import { KNOWN_STRATEGIES, checkStrategies, dedupeSettings } from "./strategies.js";
+import { defaultViewSettings, resolveViewSettings } from "./token-view.js";
 import { type Sweep, checkSweep, expandValidSweep } from "./sweep.js";
 import { errorMap, formatPath, isPlainObject, issueLines, show } from "./validation.js";
 
@@ -47,8 +48,11 @@ export interface RunPlan {
   /** `python`: the config's runtime.python, resolved; python-env.ts decides what runs. */
   runtime: { batch_size: number; python: string | null; checkpoint_every: number };
   output: { metrics: string | null };
-  /** How the report's paired intervals are drawn (report.bootstrap). */
-  report: { bootstrap: BootstrapOptions };
+  /**
+   * How the report's paired intervals are drawn (report.bootstrap); whether to write the
+   * HTML report, and what its token view asks of the worker (null: no token view).
+   */
+  report: { bootstrap: BootstrapOptions; html: boolean; token_view: PositionsRequest | null };
   /** Things worth telling the user that are not errors (e.g. settings evaluated once). */
   notes: string[];
   /** The config as parsed from YAML, for the metrics file. */
@@ -92,10 +96,12 @@ export function parseConfig(obj: unknown, baseDir: string, opts: ParseOptions = 
   const tokenizer = planTokenizer(obj.tokenizer, ctx);
   const data = planDataset(obj.dataset, ctx, space);
   const nModels = Array.isArray(obj.models) ? obj.models.length : null;
-  const { settings, sweep, notes } = planStrategies(obj.strategies, obj.sweep, nModels, ctx);
+  const before = ctx.lines.length;
+  const { settings, sweep, notes, aliases } = planStrategies(obj.strategies, obj.sweep, nModels, ctx);
+  const strategiesOk = ctx.lines.length === before;
   const runtime = planRuntime(obj.runtime, ctx);
   const output = planOutput(obj.output, ctx);
-  const report = planReport(obj.report, ctx);
+  const report = planReport(obj.report, ctx, strategiesOk ? { settings, aliases } : null);
   if (ctx.lines.length > 0 || !models || !data) throw new ConfigError(sortLines(ctx.lines), configPath ?? undefined);
   return {
     configPath, space, bytes, models, tokenizer, dataset: data.dataset, source: data.source, text: data.text, settings, sweep, runtime, output, report, notes, raw: obj,
@@ -214,10 +220,14 @@ function planStrategies(rawStrategies: unknown, rawSweep: unknown, nModels: numb
     ctx.lines.push(`strategies: nothing to evaluate: list at least one strategy (${KNOWN_STRATEGIES.join(", ")}) or add a sweep`);
   }
   const notes: string[] = [];
+  const aliases = new Map<string, string>();
   const explicit = strategies.value.map((e) => e.setting);
   const swept = sweep.value ? expandValidSweep(sweep.value) : [];
   const settings = dedupeSettings([...explicit, ...swept], (dropped, kept) => {
-    if (dropped.id !== kept.id) notes.push(`"${dropped.id}" is the same setting as "${kept.id}"; evaluated once, as "${kept.id}"`);
+    if (dropped.id !== kept.id) {
+      notes.push(`"${dropped.id}" is the same setting as "${kept.id}"; evaluated once, as "${kept.id}"`);
+      aliases.set(dropped.id, kept.id);
+    }
   });
   // A sweep id that names a different explicit setting would make results ambiguous.
   const explicitIds = new Map(explicit.map((s, i) => [s.id, i]));
@@ -226,7 +236,7 @@ function planStrategies(rawStrategies: unknown, rawSweep: unknown, nModels: numb
     const i = explicitIds.get(s.id);
     if (fromSweep.has(s) && i !== undefined) ctx.lines.push(`strategies[${i}]: its id "${s.id}" is also the id of a different setting of the sweep; rename it`);
   }
-  return { settings, sweep: sweep.value, notes };
+  return { settings, sweep: sweep.value, notes, aliases };
 }
 
 function planRuntime(raw: unknown, ctx: Ctx): RunPlan["runtime"] {
@@ -247,10 +257,27 @@ function planOutput(raw: unknown, ctx: Ctx): RunPlan["output"] {
   return { metrics };
 }
 
-function planReport(raw: unknown, ctx: Ctx): RunPlan["report"] {
+/**
+ * report: the intervals, the HTML report, and its token view: the fusions it shows
+ * (checked against the run's settings when those are valid) and the bytes it covers.
+ */
+function planReport(raw: unknown, ctx: Ctx, run: { settings: readonly Setting[]; aliases: ReadonlyMap<string, string> } | null): RunPlan["report"] {
   const r = section(ConfigSchema.shape.report, raw, "report", ctx);
   const b = r?.bootstrap;
-  return { bootstrap: { ...DEFAULTS.bootstrap, ...(b ? { resamples: b.resamples, seed: b.seed, block_length: b.block_length ?? null } : {}) } };
+  const bootstrap = { ...DEFAULTS.bootstrap, ...(b ? { resamples: b.resamples, seed: b.seed, block_length: b.block_length ?? null } : {}) };
+  const html = r?.html ?? DEFAULTS.report_html;
+  const bytes = r?.token_view_bytes ?? DEFAULTS.token_view_bytes;
+  let chosen: number[] = [];
+  if (run) {
+    if (r?.token_view_settings) {
+      const resolved = resolveViewSettings(r.token_view_settings, run.settings, run.aliases);
+      ctx.lines.push(...resolved.lines.map((l) => `report.token_view_settings${l}`));
+      chosen = resolved.value;
+    } else {
+      chosen = defaultViewSettings(run.settings);
+    }
+  }
+  return { bootstrap, html, token_view: html && bytes > 0 && chosen.length ? { settings: chosen, bytes } : null };
 }
 
 /** Problems in the order of the file: by top-level key, then by list index. */
@@ -277,5 +304,6 @@ export function planRequest(plan: RunPlan): EvaluationRequest {
     batchSize: plan.runtime.batch_size,
     config: plan.raw,
     bootstrap: plan.report.bootstrap,
+    positions: plan.report.token_view,
   };
 }

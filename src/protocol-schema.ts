@@ -68,6 +68,15 @@ export const GOLDEN_MESSAGES: Record<string, To | From> = {
     dataset: { path: "/data/wiki.txt", max_length: 256, stride: 256, bos_per_window: true },
     settings: [{ id: "gap", type: "gap", temperatures: [1, 1, 1], betas: null, weights: null }],
   },
+  evaluate_positions: {
+    seq: 3, type: "evaluate", request_id: "r4", batch_size: 8, progress_every: 1, resume: null,
+    dataset: { path: "/data/wiki.txt", max_length: 1024, stride: 512, bos_per_window: false },
+    settings: [
+      { id: "average", type: "average", temperatures: [1, 1], betas: null, weights: null },
+      { id: "entropy@t=0.85,1.1", type: "entropy", temperatures: [0.85, 1.1], betas: null, weights: null },
+    ],
+    positions: { settings: [1, 0], bytes: 4096 },
+  },
   cancel: { seq: 4, type: "cancel", request_id: "r1" },
   shutdown: { seq: 5, type: "shutdown" },
   hello: {
@@ -98,6 +107,18 @@ export const GOLDEN_MESSAGES: Record<string, To | From> = {
       { pruned: 1204, pruned_positions: 310, max_pruned_share: 2.5e-7, max_hypotheses: 8 },
     ],
     seconds: 30.5, tokenize_seconds: 0.5, peak_memory_bytes: 223456789, device: "cpu", dtype: "float32",
+  },
+  result_positions: {
+    seq: 7, type: "result", request_id: "r4", space: "tokens", tokens: 5000, windows: 10, sums, byte_stats: null,
+    seconds: 4.5, tokenize_seconds: 0.25, peak_memory_bytes: 123456789, device: "cpu", dtype: "float32",
+    // tokens 1..3 of "Hello, wörld": ",", " w", "örld" (token 0, "Hello", has no context and is not scored)
+    positions: {
+      settings: [1, 0], bytes: 13,
+      start: [5, 6, 8], end: [6, 8, 13],
+      model_nll: [[2.5, 4.25, 7.125], [2.75, 3.5, 6.0]],
+      fusion_nll: [[2.5, 3.75, 6.25], [2.5, 3.875, 6.5]],
+      weights: [[[0.625, 0.5, 0.25], [0.375, 0.5, 0.75]], [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]],
+    },
   },
   error: {
     seq: 6, type: "error", request_id: null, code: "not_found",

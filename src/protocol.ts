@@ -124,6 +124,18 @@ export const LoadMsg = z.strictObject({
   space: z.union([Space, z.literal("auto")]), // auto: tokens when every vocabulary agrees, bytes otherwise
   bytes: ByteOptions,
 });
+/** The most settings, and the most bytes of the text's start, one request's per-position data may cover. */
+export const MAX_VIEW_SETTINGS = 4;
+export const MAX_VIEW_BYTES = 65536;
+/**
+ * Protocol v6: per-position numbers for the HTML report's token view, asked for a few
+ * settings over the first `bytes` bytes of the text (the worker keeps only those).
+ */
+export const PositionsRequest = z.strictObject({
+  settings: z.array(count).min(1).max(MAX_VIEW_SETTINGS), // indices into the request's settings, distinct
+  bytes: z.number().int().positive().max(MAX_VIEW_BYTES), // the view: positions whose text ends within these bytes
+});
+export type PositionsRequest = z.infer<typeof PositionsRequest>;
 export const EvaluateMsg = z.strictObject({
   ...base,
   type: z.literal("evaluate"),
@@ -133,6 +145,7 @@ export const EvaluateMsg = z.strictObject({
   batch_size: z.number().int().positive(),
   progress_every: z.number().int().positive(), // windows between progress messages (which carry sums)
   resume: Sums.nullable(), // continue from these sums (a checkpoint; every window so far: window_first 0)
+  positions: PositionsRequest.nullable().optional(), // v6: per-position data for the token view; absent or null: none
 });
 /** How generation picks each token from the fused distribution (it does not change what is reported). */
 export const Sampling = z.strictObject({
@@ -199,6 +212,25 @@ export const ProgressMsg = z.strictObject({
   seconds: finite, // compute seconds so far in this request
   sums: Sums, // the totals so far; window_*: the windows finished since the previous progress message
 });
+/**
+ * The per-position numbers a PositionsRequest asked for: every scored position (a token;
+ * a byte in byte space) whose text lies in the first `bytes` bytes of the text, in stream
+ * order, with the byte span [start, end) of the text it stands for (a token's span runs
+ * from where the previous token's text ended to where its own ends, so the spans of
+ * consecutive tokens tile the text; in byte space [i, i + 1)), each model's NLL (T = 1)
+ * and each asked setting's fused NLL and per-model weights α there. Summed over the
+ * positions of a window they are that window's per-window sums.
+ */
+export const Positions = z.strictObject({
+  settings: z.array(count), // the settings asked for (indices into the request's settings), in that order
+  bytes: count, // the text the view covers: bytes 0 .. bytes − 1 (≤ the bytes asked; the text may be shorter)
+  start: z.array(count), // per position: the first byte of its text
+  end: z.array(count), // per position: one past the last byte (start = end: a position with no text of its own)
+  model_nll: z.array(z.array(finite)), // [model][position], nats
+  fusion_nll: z.array(z.array(finite)), // [asked setting][position], nats
+  weights: z.array(z.array(z.array(finite))), // [asked setting][model][position]: α
+});
+export type Positions = z.infer<typeof Positions>;
 export const ResultMsg = z.strictObject({
   ...base,
   type: z.literal("result"),
@@ -213,6 +245,7 @@ export const ResultMsg = z.strictObject({
   peak_memory_bytes: z.number().int().nonnegative(), // this request (tokenizing + pass): Linux VmHWM, or the CUDA allocator peak
   device: z.string(),
   dtype: z.string(),
+  positions: Positions.nullable().optional(), // v6: when the request asked for them; null: not available (the status said why)
 });
 export const ErrorMsg = z.strictObject({
   ...base,

@@ -25,7 +25,7 @@ export function formatReport(metrics: Metrics, opts: ReportOptions = {}): string
 }
 
 /** The text and its windows; the device and the speed. */
-function header({ space, dataset: d, runtime: rt, bytes }: Metrics): string[] {
+export function header({ space, dataset: d, runtime: rt, bytes }: Metrics): string[] {
   const text = `${displayRef(d.path)}: ${int(d.bytes)} bytes, ${int(d.words)} words`;
   const speed = (unit: string) => `${rt.device} · ${rt.dtype} · ${rt.seconds.toFixed(1)} s (${int(rt.tokens_per_second)} ${unit}/s) · ` +
     `torch ${rt.torch} · transformers ${rt.transformers}`;
@@ -134,7 +134,7 @@ function ciCell(v: VsBestModel, space: Metrics["space"]): string {
 }
 
 /** How the intervals were drawn, what the mark means, or why there are none. */
-function ciFootnote({ bootstrap: b }: Metrics): string[] {
+export function ciFootnote({ bootstrap: b }: Metrics): string[] {
   if (!b) return [];
   if (b.block_length === null) return [`  95% CI: none (${b.note ?? "no resamples"})`];
   const how = `paired block bootstrap over ${int(b.windows)} windows (blocks of ${b.block_length}), ${int(b.resamples)} resamples, seed ${b.seed}`;
@@ -152,7 +152,8 @@ function fmtDeltaBpb(x: number): string {
   return s === "0.0000" || s === "-0.0000" ? "0.0000" : `${x > 0 ? "+" : ""}${s}`;
 }
 
-function verdict(metrics: Metrics): string {
+/** "Best: …, PPL …, …% below the best single model (…)". */
+export function verdict(metrics: Metrics): string {
   const best = metrics.best!;
   const bm = metrics.best_model;
   if (metrics.space === "bytes") {

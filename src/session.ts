@@ -11,7 +11,10 @@ import { datasetStats, documentFields, documentOptions } from "./dataset.js";
 import { DEFAULTS } from "./defaults.js";
 import { ConfigError, Interrupted, UserError } from "./errors.js";
 import { buildMetrics, type EvaluationRequest, type Metrics } from "./metrics.js";
-import { ByteOptions, type LoadedMsg, type ModelSpec, type ProgressMsg, type ResultMsg, type Setting, type Sums } from "./protocol.js";
+import {
+  ByteOptions, MAX_VIEW_BYTES, MAX_VIEW_SETTINGS, type LoadedMsg, type ModelSpec, type PositionsRequest, type ProgressMsg, type ResultMsg, type Setting, type Sums,
+} from "./protocol.js";
+import { defaultViewSettings, resolveViewSettings } from "./token-view.js";
 import { errorMap, issueLines } from "./validation.js";
 import { resolvePython, withSetupHint } from "./python-env.js";
 import { resolveStrategies, type StrategyEntry } from "./strategies.js";
@@ -84,6 +87,12 @@ export interface EvaluateOptions extends RunHooks {
   config?: unknown;
   /** How fusions[].vs_best_model's paired intervals are drawn (as the config's report.bootstrap). */
   bootstrap?: Partial<BootstrapOptions> | null;
+  /**
+   * Per-position numbers for an HTML report's token view (result.positions; tokenViewOf
+   * and writeRunOutputs' html take them): the fusions by id (default: up to 4 at T = 1)
+   * and the bytes of the text's start it covers (default 4096). Absent or null: none.
+   */
+  tokenView?: { settings?: string[] | null; bytes?: number } | null;
 }
 
 export interface Evaluation {
@@ -175,6 +184,7 @@ export class Session {
       dataset, text: datasetStats(dataset.path, documentOptions(dataset)), settings, sweep: opts.sweep ?? null,
       batchSize: opts.batchSize ?? DEFAULTS.batch_size, config: opts.config ?? null,
       bootstrap: { resamples: boot.data.resamples, seed: boot.data.seed, block_length: boot.data.block_length ?? null },
+      positions: opts.tokenView ? positionsRequest(opts.tokenView, settings) : null,
     };
     return this.run(request, opts);
   }
@@ -190,6 +200,7 @@ export class Session {
           {
             request_id, dataset: request.dataset, settings: [...request.settings], batch_size: request.batchSize,
             progress_every: hooks.progressEvery ?? DEFAULTS.progress_every, resume: hooks.resume ?? null,
+            ...(request.positions ? { positions: request.positions } : {}),
           },
           hooks.onProgress && progressWithEveryWindow(hooks.resume ?? null, hooks.onProgress),
         ),
@@ -254,6 +265,22 @@ export class Session {
 }
 
 export const openSession = (opts: SessionOptions) => Session.open(opts);
+
+/** EvaluateOptions.tokenView → the wire's request, checked as the config's report.token_view_* are. */
+function positionsRequest(view: NonNullable<EvaluateOptions["tokenView"]>, settings: readonly Setting[]): PositionsRequest | null {
+  const bytes = view.bytes ?? DEFAULTS.token_view_bytes;
+  const lines: string[] = [];
+  if (!Number.isInteger(bytes) || bytes < 0 || bytes > MAX_VIEW_BYTES) lines.push(`tokenView.bytes: must be an integer from 0 (no token view) to ${MAX_VIEW_BYTES}, got ${bytes}`);
+  let chosen = defaultViewSettings(settings);
+  if (view.settings) {
+    if (view.settings.length > MAX_VIEW_SETTINGS) lines.push(`tokenView.settings: at most ${MAX_VIEW_SETTINGS} fusions, got ${view.settings.length}`);
+    const resolved = resolveViewSettings(view.settings, settings);
+    lines.push(...resolved.lines.map((l) => `tokenView.settings${l}`));
+    chosen = resolved.value;
+  }
+  if (lines.length) throw new ConfigError(lines);
+  return bytes > 0 && chosen.length ? { settings: chosen, bytes } : null;
+}
 
 /**
  * A progress message lists only the windows finished since the previous one (protocol

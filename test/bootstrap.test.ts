@@ -401,6 +401,6 @@ describe("report.bootstrap in the config", () => {
     assert.deepEqual(problems({ seed: 2 ** 32 }), ["report.bootstrap.seed: must be an integer from 0 to 4294967295, got 4294967296"]);
     assert.deepEqual(problems({ block_length: 0 }), ["report.bootstrap.block_length: must be a positive integer, got 0"]);
     assert.deepEqual(problems({ blocks: 3 }), ["report.bootstrap.blocks: unknown key; allowed: resamples, seed, block_length"]);
-    assert.throws(() => planOf({ report: { boot: {} } }), (e: unknown) => e instanceof ConfigError && e.lines[0] === "report.boot: unknown key; allowed: bootstrap");
+    assert.throws(() => planOf({ report: { boot: {} } }), (e: unknown) => e instanceof ConfigError && e.lines[0] === "report.boot: unknown key; allowed: bootstrap, html, token_view_bytes, token_view_settings");
   });
 });

@@ -6,9 +6,10 @@ boundaries). For each window, each model tokenizes the window's text with its ow
 tokenizer (the canonical tokenization, the beam's anchor: byte_lm), and its ByteLM gives
 the 257-way next-byte log-probabilities l_m of every scored byte, the start token being
 the context of the window's first byte. Every setting is then fused by the token-space
-code (fusion.score_chunk) with l_m in place of the logits, the byte values as targets and
-257 outcomes as the vocabulary: SPEC §3 with l_m in place of z_m. Only sums leave this
-module; a window's rows die with it, so memory does not grow with the text.
+code (fusion.py, per position) with l_m in place of the logits, the byte values as
+targets and 257 outcomes as the vocabulary: SPEC §3 with l_m in place of z_m. Only sums
+leave this module (and, when a request asks, the numbers of the token view's first bytes:
+positions.py); a window's rows die with it, so memory does not grow with the text.
 
 Sums mean what they mean in token space (model_nll, fusion_nll, fusion_weights,
 scored_tokens = scored bytes, windows_done, and per window its scored bytes twice, as
@@ -26,8 +27,10 @@ import torch
 
 from .byte_lm import ByteLM, ByteStats, Interrupted, NonFiniteLogits
 from .evaluate import Cancelled, Sums, _starting_sums
-from .fusion import ChunkSums, FusionConfig, NumericalError, Setting, score_chunk
+from .fusion import ChunkSums, FusionConfig, NumericalError, Setting
+from .fusion import _each_position as each_position   # score_chunk's per-position numbers, settings trusted
 from .models import ByteReader, LoadedModel
+from .positions import Collector
 from .protocol import RequestError
 from .token_bytes import ByteSpaceError, canonical_ids
 from .windows import Window
@@ -180,11 +183,12 @@ def plan_byte_batches(n_windows: int, batch_size: int, done: int = 0) -> list[ra
 
 def run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window], settings: Sequence[Setting],
              batch_size: int, resume: Sums | None, on_progress: Callable[[Sums], None], progress_every: int,
-             should_stop: Callable[[], bool], fusion_cfg: FusionConfig | None = None) -> ByteResult:
+             should_stop: Callable[[], bool], fusion_cfg: FusionConfig | None = None,
+             positions: Collector | None = None) -> ByteResult:
     """_run_pass, then each model's trie forgets the nodes this request memoized (ByteTrie.forget)."""
     try:
         return _run_pass(models, text, windows, settings, batch_size, resume, on_progress, progress_every,
-                         should_stop, fusion_cfg)
+                         should_stop, fusion_cfg, positions)
     finally:
         for m in models:
             m.lm.trie.forget()
@@ -192,11 +196,14 @@ def run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window]
 
 def _run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window], settings: Sequence[Setting],
              batch_size: int, resume: Sums | None, on_progress: Callable[[Sums], None], progress_every: int,
-             should_stop: Callable[[], bool], fusion_cfg: FusionConfig | None = None) -> ByteResult:
+             should_stop: Callable[[], bool], fusion_cfg: FusionConfig | None = None,
+             positions: Collector | None = None) -> ByteResult:
     """Σ byte NLL of every model and every setting over the windows; `resume` continues
     from a checkpoint's sums. The settings are trusted (the server checks them once per
     request); check_windows should have passed. Raises Cancelled (with the sums of every
-    finished batch) when should_stop() says so, NumericalError naming model and window."""
+    finished batch) when should_stop() says so, NumericalError naming model and window.
+    positions: a token view's collector (positions.py; a position is a byte), given each
+    window's per-byte numbers at the view's bytes."""
     sums = _starting_sums(resume, len(models), len(settings), len(windows))
     fusion_cfg = fusion_cfg or FusionConfig.for_device("cpu")        # the rows live on the CPU
     beams = [BeamTotals() for _ in models]
@@ -219,7 +226,8 @@ def _run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window
                 beams[mi].add(stats)
             rows.append([r for r, _ in scored])
         for b, i in enumerate(batch):
-            part = _window_sums(models, [r[b] for r in rows], text, i, windows[i], settings, fusion_cfg)
+            view = positions if positions is not None and windows[i].first_scored < positions.n_view else None
+            part = _window_sums(models, [r[b] for r in rows], text, i, windows[i], settings, fusion_cfg, view)
             # a window's bytes are its scored bytes (they partition the text)
             sums.add_window(part.positions, part.positions, part.model_nll.tolist(), part.fusion_nll.tolist())
             sums.add_weights(part.fusion_weights)
@@ -232,9 +240,10 @@ def _run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window
 
 
 def _window_sums(models: Sequence[ByteModel], rows: Sequence[torch.Tensor], text: bytes, i: int, w: Window,
-                 settings: Sequence[Setting], fusion_cfg: FusionConfig) -> ChunkSums:
+                 settings: Sequence[Setting], fusion_cfg: FusionConfig, view: Collector | None = None) -> ChunkSums:
     """One window's sums: each model's NLL in float64 from its rows, every setting fused by
-    fusion.py from the floored rows."""
+    fusion.py from the floored rows (fusion.score_chunk's sums of its per-position numbers,
+    which `view` gets at the token view's bytes)."""
     targets = torch.tensor(list(text[w.first_scored:w.end]), dtype=torch.long)       # [P] byte values
     at = torch.arange(targets.numel())
     model_nll = []
@@ -247,14 +256,17 @@ def _window_sums(models: Sequence[ByteModel], rows: Sequence[torch.Tensor], text
         if not bool(torch.isfinite(nll).all()):
             k = int((~torch.isfinite(nll)).nonzero()[0])
             raise _numerical(m.ref, mi, i, w, f"probability 0 for the text's byte {w.first_scored + k}")
-        model_nll.append(nll.sum())
+        model_nll.append(nll)
     floored = [r.clamp(min=LOG_FLOOR) for r in rows]                                  # -inf -> floor, NaN stays
     try:
-        part = score_chunk(floored, targets, VOCAB, settings, fusion_cfg)
+        each = each_position(floored, targets, VOCAB, settings, fusion_cfg)           # what score_chunk sums
     except NumericalError as e:
         raise _numerical(models[e.model_index].ref, e.model_index, i, w, "non-finite log-probabilities") from None
-    part.model_nll = torch.stack(model_nll)                                           # exact, not float32
-    return part
+    exact = torch.stack(model_nll)                                                    # [N, P] exact, not float32
+    if view is not None:
+        view.add(torch.arange(w.first_scored, w.end), exact, each.fusion_nll, each.weights)
+    return ChunkSums(positions=int(targets.numel()), model_nll=torch.stack([x.sum() for x in model_nll]),
+                     fusion_nll=each.fusion_nll.sum(1), fusion_weights=each.weights.sum(1))
 
 
 def _numerical_batch(ref: str, model_index: int, m: ByteModel, text: bytes, windows: Sequence[Window],

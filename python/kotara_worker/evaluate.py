@@ -6,7 +6,9 @@ positions go through the output head, a chunk of positions at a time, so the
 float32 logits of a whole batch never exist at once. Models whose logits are
 post-processed after the head (head_path "full") run the plain forward instead.
 Only sums leave this module (never logits): totals, and per window one float per
-model and per setting (for the controller's paired bootstrap).
+model and per setting (for the controller's paired bootstrap). When a request asks for
+the HTML report's token view, a positions.Collector also gets each chunk's per-position
+numbers and keeps those of the text's first bytes (a few settings; positions.py).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from .fusion import FusionConfig, NumericalError, PositionScores, Setting, check_settings
+from .positions import Collector
 from .fusion import _each_position as each_position   # score_chunk's per-position scores, settings trusted
 from .windows import Window
 
@@ -193,15 +196,18 @@ def evaluate(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
              settings: Sequence[Setting], batch_size: int, bos_id: int | None, vocab: int, resume: Sums | None,
              on_progress: Callable[[Sums], None], progress_every: int,
              should_stop: Callable[[], bool], cfg: EvalConfig | None = None,
-             window_bytes: Sequence[int] | None = None, feed_last: bool = True) -> Sums:
+             window_bytes: Sequence[int] | None = None, feed_last: bool = True,
+             positions: Collector | None = None) -> Sums:
     """Σ NLL of every model (T = 1, whole output layer) and every setting (over [:vocab])
     on the scored targets of `windows`, in total and per window; `resume` continues from
     a checkpoint's sums. window_bytes: each window's bytes of text (windows.window_bytes;
     the server always passes them), recorded per window; None records 0 for each.
+    positions: a token view's collector (positions.py), given each chunk's per-position
+    numbers at the view's stream positions.
     The library's entry point: checks the settings, then run_pass checks the rest."""
     check_settings(settings, len(models))
     return run_pass(models, token_ids, windows, settings, batch_size, bos_id, vocab, resume,
-                    on_progress, progress_every, should_stop, cfg, window_bytes, feed_last)
+                    on_progress, progress_every, should_stop, cfg, window_bytes, feed_last, positions)
 
 
 @torch.inference_mode()
@@ -209,7 +215,8 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
              settings: Sequence[Setting], batch_size: int, bos_id: int | None, vocab: int, resume: Sums | None,
              on_progress: Callable[[Sums], None], progress_every: int,
              should_stop: Callable[[], bool], cfg: EvalConfig | None = None,
-             window_bytes: Sequence[int] | None = None, feed_last: bool = True) -> Sums:
+             window_bytes: Sequence[int] | None = None, feed_last: bool = True,
+             positions: Collector | None = None) -> Sums:
     """evaluate() for a caller that has checked the settings already (the server does, once
     per request, before tokenizing): the settings are trusted, everything else is checked.
     feed_last=False feeds each window without its last token (a target only: its logits
@@ -236,6 +243,11 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
             if bos_id is not None:
                 ids = torch.cat([torch.full((len(ws), 1), bos_id, dtype=torch.long), ids], 1)  # [B, 1 + L]
             b_idx, p_idx, targets = _scored_positions(ws, token_ids, offset)        # [P] each
+            # the token view's positions (a prefix of the stream) are in the first batches only
+            view = positions if positions is not None and ws[0].first_scored < positions.n_view else None
+            if view is not None:
+                # input position q of row b predicts stream index start_b + q + 1 - offset
+                stream = torch.tensor([w.start for w in ws])[b_idx] + p_idx + 1 - offset     # [P]
 
             # each model runs once: hidden states (or, for head_path "full", its own logits);
             # on separate devices all at once, each in its own thread
@@ -251,6 +263,8 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
                                         fusion_cfg)
                 except NumericalError as e:
                     raise _in_window(e, models, windows, batch.start + int(b_idx[c + e.position])) from None
+                if view is not None:
+                    view.add(stream[sel], part.model_nll, part.fusion_nll, part.weights)
                 model_acc.index_add_(1, b_idx[sel], part.model_nll)
                 fusion_acc.index_add_(1, b_idx[sel], part.fusion_nll)
                 sums.add_weights(part.weights.sum(1))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import transformers
 
-from . import __version__, byte_eval, evaluate as ev, generate as gen, protocol
+from . import __version__, byte_eval, evaluate as ev, generate as gen, positions as pos, protocol
 from . import datasets as kdatasets
 from .fusion import check_settings
 from .models import load_session
@@ -124,6 +124,7 @@ class Server:
         request_id = message["request_id"]
         data = message["dataset"]
         bos_id = self.check_request(message)  # before tokenizing: fail fast
+        asked = self.positions_request(message)
         reset_peak_memory()  # the request's peak: tokenizing and the pass
         tokenize_started = time.perf_counter()
         token_ids, text, token_ends = self.tokenize(self.read_dataset_text(data), data["path"])
@@ -131,9 +132,17 @@ class Server:
             windows = plan_windows(len(token_ids), data["max_length"], data["stride"], bos=data["bos_per_window"])
         except ValueError as e:
             raise RequestError("bad_request", str(e)) from None
-        # each window's bytes of text (the paired bootstrap's weights); then the text goes
+        # each window's bytes of text (the paired bootstrap's weights), and the token
+        # view's spans; then the text goes
         window_bytes = (windows_bytes(windows, text, token_ends) if token_ends is not None
                         else self.decoded_window_bytes(windows, token_ids))
+        view = None
+        if asked is not None:
+            if token_ends is None:
+                self.status("warning: no token view: the tokenizer has no offset mapping (a Python tokenizer), "
+                            "so its tokens' places in the text are unknown")
+            else:
+                view = pos.Collector(pos.token_view(text, token_ends, asked[1]), asked[0], len(self.models))
         del text, token_ends
         # the fast tokenizer frees ~850 bytes a token that glibc would keep resident
         # through the pass: hand them back (0.3 ms at 1.5k tokens, 2 ms at 25k), so the
@@ -150,15 +159,28 @@ class Server:
         started = time.perf_counter()
         on_progress = self.progress_sender(request_id, len(windows), tokens_total, started, resume)
 
+        should_stop = self.stop_check(request_id)
         try:
+            if view is not None and resume is not None:
+                # the view's windows that the checkpoint holds: scored again, for the view alone
+                side = min(pos.windows_in_view(windows, view.n_view), resume.windows_done)
+                chosen = [message["settings"][k] for k in view.select]
+                if side:
+                    try:
+                        ev.run_pass(self.models, token_ids, windows[:side], chosen, message["batch_size"], bos_id,
+                                    len(self.tokenizer), None, lambda _s: None, 10**9, should_stop,
+                                    window_bytes=window_bytes[:side], positions=view.for_settings(range(len(chosen))))
+                    except ev.Cancelled:
+                        raise ev.Cancelled(resume.copy()) from None
             # the settings were checked above, once for the whole request: run_pass trusts them
             sums = ev.run_pass(self.models, token_ids, windows, message["settings"], message["batch_size"], bos_id,
                                len(self.tokenizer), resume, on_progress, message["progress_every"],
-                               self.stop_check(request_id), window_bytes=window_bytes)
+                               should_stop, window_bytes=window_bytes, positions=view)
         except ev.Cancelled as c:
             on_progress(c.sums)  # what was finished reaches the controller before the error
             raise
-        self.send_result(request_id, "tokens", tokens_total, len(windows), sums, None, started, tokenize_seconds)
+        self.send_result(request_id, "tokens", tokens_total, len(windows), sums, None, started, tokenize_seconds,
+                         view_field=self.positions_out(asked, view))
 
     def evaluate_bytes(self, message: dict) -> None:
         """Byte space (SPEC §7): the text's bytes in windows of bytes, every model as a byte LM,
@@ -171,6 +193,7 @@ class Server:
             byte_eval.check_byte_settings(message["settings"])
         except ValueError as e:
             raise RequestError("bad_request", str(e)) from None
+        asked = self.positions_request(message)
         reset_peak_memory()
         tokenize_started = time.perf_counter()
         text = self.read_text(data["path"]) if not data.get("field") else \
@@ -184,19 +207,36 @@ class Server:
         release_memory()        # the tokenizers' freed heap (it grows with the text), as in token space
         tokenize_seconds = time.perf_counter() - tokenize_started
         resume = self.resume_sums(message)
+        view = pos.Collector(pos.byte_view(text, asked[1]), asked[0], len(self.models)) if asked is not None else None
         started = time.perf_counter()
         on_progress = self.progress_sender(request_id, len(windows), len(text), started, resume)
 
+        should_stop = self.stop_check(request_id)
         try:
+            if view is not None and resume is not None and resume.windows_done:
+                try:
+                    ev._starting_sums(resume, len(self.byte_models), len(message["settings"]), len(windows))
+                except ValueError as e:                    # resume sums that do not fit the request
+                    raise RequestError("bad_request", str(e)) from None
+                # the view's windows that the checkpoint holds: scored again, for the view alone
+                side = min(pos.windows_in_view(windows, view.n_view), resume.windows_done)
+                chosen = [message["settings"][k] for k in view.select]
+                if side:
+                    try:
+                        byte_eval.run_pass(self.byte_models, text, windows[:side], chosen, message["batch_size"], None,
+                                           lambda _s: None, 10**9, should_stop,
+                                           positions=view.for_settings(range(len(chosen))))
+                    except ev.Cancelled:
+                        raise ev.Cancelled(resume.copy()) from None
             out = byte_eval.run_pass(self.byte_models, text, windows, message["settings"], message["batch_size"],
-                                     resume, on_progress, message["progress_every"], self.stop_check(request_id))
+                                     resume, on_progress, message["progress_every"], should_stop, positions=view)
         except ev.Cancelled as c:
             on_progress(c.sums)
             raise
         except ValueError as e:                            # resume sums that do not fit the request
             raise RequestError("bad_request", str(e)) from None
         self.send_result(request_id, "bytes", len(text), len(windows), out.sums, [b.to_dict() for b in out.beams],
-                         started, tokenize_seconds)
+                         started, tokenize_seconds, view_field=self.positions_out(asked, view))
 
     def generate(self, message: dict) -> None:
         """Fused generation (generate.py): every prompt of the request decoded together,
@@ -270,14 +310,31 @@ class Server:
                                           clean_up_tokenization_spaces=False).encode("utf-8"))
                 for a, b in zip(cuts, cuts[1:])]
 
+    @staticmethod
+    def positions_request(message: dict) -> tuple[list[int], int] | None:
+        """The request's token view (protocol v6 `positions`): (setting indices, bytes), or None."""
+        try:
+            return pos.check_request(message.get("positions"), len(message["settings"]))
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
+
+    @staticmethod
+    def positions_out(asked, view: pos.Collector | None) -> dict:
+        """The result's `positions` field: absent when the request asked for none, null when
+        they are not available (the status message said why)."""
+        if asked is None:
+            return {}
+        return {"positions": view.to_dict() if view is not None else None}
+
     def send_result(self, request_id, space: str, positions: int, n_windows: int, sums: ev.Sums,
-                    byte_stats: list[dict] | None, started: float, tokenize_seconds: float) -> None:
+                    byte_stats: list[dict] | None, started: float, tokenize_seconds: float,
+                    view_field: dict | None = None) -> None:
         first = self.models[0]
         self.channel.send({
             "type": "result", "request_id": request_id, "space": space, "tokens": positions, "windows": n_windows,
             "sums": sums.to_dict(), "byte_stats": byte_stats, "seconds": time.perf_counter() - started,
             "tokenize_seconds": tokenize_seconds, "peak_memory_bytes": peak_memory_bytes(),
-            "device": str(first.device), "dtype": str(first.dtype).replace("torch.", ""),
+            "device": str(first.device), "dtype": str(first.dtype).replace("torch.", ""), **(view_field or {}),
         })
         if self.stopping:
             self.channel.send({"type": "bye"})

@@ -421,8 +421,8 @@ def test_byte_space_mix_is_the_mixture_of_each_windows_rows(tiny, byte_dirs, mon
     seen = []
     window_sums = byte_eval._window_sums
 
-    def spy(models_, rows, text_, i, w, settings_, cfg):
-        part = window_sums(models_, rows, text_, i, w, settings_, cfg)
+    def spy(models_, rows, text_, i, w, settings_, cfg, *view):
+        part = window_sums(models_, rows, text_, i, w, settings_, cfg, *view)
         seen.append((w, [r.clone() for r in rows], part))
         return part
     monkeypatch.setattr(byte_eval, "_window_sums", spy)

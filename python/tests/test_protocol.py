@@ -13,7 +13,7 @@ from kotara_worker import protocol
 
 GOLDEN = Path(__file__).resolve().parents[2] / "protocol" / "golden"
 KEY = os.urandom(32)
-TO_WORKER = {"load", "evaluate", "evaluate_resume", "generate", "cancel", "shutdown"}
+TO_WORKER = {"load", "evaluate", "evaluate_resume", "evaluate_positions", "generate", "cancel", "shutdown"}
 
 
 def golden_names():

@@ -9,6 +9,9 @@ import { planRequest, type RunPlan } from "../plan.js";
 import { exportDataset } from "../dataset-export.js";
 import { Progress } from "../progress.js";
 import { formatReport } from "../report.js";
+import type { HtmlReportOptions } from "../html-report.js";
+import type { EvaluationRequest } from "../metrics.js";
+import { tokenViewOf } from "../token-view.js";
 import { Session } from "../session.js";
 
 export interface RunOptions {
@@ -58,7 +61,7 @@ export async function execute(plan: RunPlan, opts: RunOptions & { metricsPath: s
     });
     progress.stop();
     await keeper?.flush();
-    await report(evaluation, opts, progress);
+    await report(evaluation, plan, request, opts, progress);
     await keeper?.remove();
   } catch (e) {
     progress.stop();
@@ -82,11 +85,19 @@ async function openSession(plan: RunPlan, progress: Progress, verbose?: boolean)
   });
 }
 
-/** The files, then the report on stdout, then (on stderr) what was written. */
-async function report(evaluation: Evaluation, opts: RunOptions & { metricsPath: string | null }, progress: Progress): Promise<void> {
-  const written = opts.metricsPath ? await writeRunOutputs(opts.metricsPath, evaluation.metrics) : [];
+/** The files (the HTML report with its token view), then the report on stdout, then (on stderr) what was written. */
+async function report(evaluation: Evaluation, plan: RunPlan, request: EvaluationRequest, opts: RunOptions & { metricsPath: string | null },
+  progress: Progress): Promise<void> {
+  const html = plan.report.html ? htmlOptions(evaluation, request) : null;
+  const written = opts.metricsPath ? await writeRunOutputs(opts.metricsPath, evaluation.metrics, { html }) : [];
   process.stdout.write(formatReport(evaluation.metrics, { metricsPath: opts.metricsPath ?? undefined }) + "\n");
   for (const f of written) progress.status(`wrote ${f}`);
+}
+
+/** The HTML report's options: the token view from the result, or why there is none. */
+function htmlOptions(evaluation: Evaluation, request: EvaluationRequest): HtmlReportOptions {
+  if (!request.positions) return { view: null, viewNote: "No token view: report.token_view_bytes is 0." };
+  return tokenViewOf(request.dataset.path, request.positions, evaluation.result);
 }
 
 /**

@@ -25,7 +25,14 @@
 // bytes(w) bytes: the fake's tokens are bytes, so a window's bytes are the stream
 // positions it adds, from the previous window's end (0 for the first) to its own end
 // (the text's end for the last), as the worker counts them; they add up to the text's.
-import type { Setting, Sums } from "../../src/protocol.js";
+//
+// Positions (protocol v6, an evaluate request's `positions`): the fake's tokens are bytes,
+// so every scored stream index t whose byte lies before the view's cut is a position with
+// the span [t, t + 1), the cut being the last UTF-8 character boundary at or before
+// min(bytes asked, n). Each position has the same numbers as every token: ν_m per model,
+// ν_s per asked setting, α per asked setting and model. A resumed request gives every
+// position of the view too (the worker scores the checkpoint's windows of the view again).
+import type { Positions, PositionsRequest, Setting, Sums } from "../../src/protocol.js";
 import { paramsOf } from "../../src/strategies.js";
 
 export interface Window {
@@ -182,4 +189,17 @@ export function firstBadUtf8(bytes: Buffer): number {
   let k = d;
   while (k > 0 && (again[k] & 0xc0) === 0x80) k--;
   return k;
+}
+
+/** The per-position numbers of a request's token view (see the header). */
+export function positionsOf(text: Buffer, windows: Window[], asked: PositionsRequest, r: ReturnType<typeof rates>): Positions {
+  let cut = Math.min(asked.bytes, text.length);
+  while (cut > 0 && cut < text.length && (text[cut] & 0xc0) === 0x80) cut--;
+  const stream = windows.flatMap((w) => Array.from({ length: w.end - w.firstScored }, (_, j) => w.firstScored + j)).filter((t) => t < cut);
+  return {
+    settings: [...asked.settings], bytes: cut, start: stream, end: stream.map((t) => t + 1),
+    model_nll: r.model.map((nu) => stream.map(() => nu)),
+    fusion_nll: asked.settings.map((k) => stream.map(() => r.fusion[k])),
+    weights: asked.settings.map((k) => r.weights[k].map((a) => stream.map(() => a))),
+  };
 }

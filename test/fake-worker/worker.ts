@@ -17,7 +17,8 @@
 //   evaluate  the worker's checks (no models, context, BOS, settings, dataset not found
 //             / not UTF-8, too short), windows over the file's bytes, batches as the
 //             worker plans them, progress every progress_every windows, cancel and
-//             shutdown honoured between batches, resume sums continued.
+//             shutdown honoured between batches, resume sums continued; the token
+//             view's per-position numbers when asked (canned.ts positionsOf).
 //             peak_memory_bytes is a canned 64 MiB.
 //   generate  canned text: prompt i writes the letters from "a" + i on, one per step
 //             (token id 97 + letter), log-probability −(1 + step mod 3)/4, equal
@@ -45,7 +46,7 @@ import { decode, encode } from "@msgpack/msgpack";
 import * as zmq from "zeromq";
 import { FromWorker, PROTOCOL_VERSION, ToWorker, type ErrorMsg, type Setting, type Sums } from "../../src/protocol.js";
 import { LIST_PARAMS, LIST_PARAM_NAMES } from "../../src/strategies.js";
-import { addWindow, firstBadUtf8, planBatches, planWindows, rates, sumsSince, windowBytes, zeroSums } from "./canned.js";
+import { addWindow, firstBadUtf8, planBatches, planWindows, positionsOf, rates, sumsSince, windowBytes, zeroSums } from "./canned.js";
 
 const FAKE_WORKER_VERSION = "0.1.0-fake";
 const PEAK_MEMORY_BYTES = 64 * 1024 * 1024;
@@ -373,6 +374,12 @@ class Server {
       throw new RequestError("bad_request", "dataset.bos_per_window is true but the tokenizer has no BOS token");
     }
     checkSettings(message.settings, this.models.length);
+    const asked = message.positions ?? null;
+    if (asked) {
+      const bad = asked.settings.find((k) => k >= message.settings.length);
+      if (bad !== undefined) throw new RequestError("bad_request", `positions.settings: index ${bad} is not one of the request's ${message.settings.length} settings`);
+      if (new Set(asked.settings).size !== asked.settings.length) throw new RequestError("bad_request", `positions.settings: a setting is asked for twice: [${asked.settings.join(", ")}]`);
+    }
 
     const tokenizeStarted = performance.now();
     let bytes: Buffer;
@@ -449,7 +456,7 @@ class Server {
     void this.channel.send({
       type: "result", request_id: requestId, space: "tokens", tokens: nTokens, windows: windows.length, sums, byte_stats: null,
       seconds: (performance.now() - started) / 1000, tokenize_seconds: tokenizeSeconds, peak_memory_bytes: PEAK_MEMORY_BYTES,
-      device: firstModel.device, dtype: firstModel.dtype,
+      device: firstModel.device, dtype: firstModel.dtype, ...(asked ? { positions: positionsOf(bytes, windows, asked, r) } : {}),
     });
     if (this.stopping) await this.channel.send({ type: "bye" });
   }
