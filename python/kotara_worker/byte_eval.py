@@ -180,11 +180,14 @@ def plan_byte_batches(n_windows: int, batch_size: int, done: int = 0) -> list[ra
 
 def run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window], settings: Sequence[Setting],
              batch_size: int, resume: Sums | None, on_progress: Callable[[Sums], None], progress_every: int,
-             should_stop: Callable[[], bool], fusion_cfg: FusionConfig | None = None) -> ByteResult:
+             should_stop: Callable[[], bool], fusion_cfg: FusionConfig | None = None,
+             collect: Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], None] | None = None) -> ByteResult:
     """Σ byte NLL of every model and every setting over the windows; `resume` continues
     from a checkpoint's sums. The settings are trusted (the server checks them once per
     request); check_windows should have passed. Raises Cancelled (with the sums of every
-    finished batch) when should_stop() says so, NumericalError naming model and window."""
+    finished batch) when should_stop() says so, NumericalError naming model and window.
+    collect: called per window with every model's floored rows [n, 257] (what the fusion
+    reads), the window's byte values [n] and its index [n] (a fit: fit.py)."""
     sums = _starting_sums(resume, len(models), len(settings), len(windows))
     fusion_cfg = fusion_cfg or FusionConfig.for_device("cpu")        # the rows live on the CPU
     beams = [BeamTotals() for _ in models]
@@ -207,7 +210,7 @@ def run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window]
                 beams[mi].add(stats)
             rows.append([r for r, _ in scored])
         for b, i in enumerate(batch):
-            part = _window_sums(models, [r[b] for r in rows], text, i, windows[i], settings, fusion_cfg)
+            part = _window_sums(models, [r[b] for r in rows], text, i, windows[i], settings, fusion_cfg, collect)
             # a window's bytes are its scored bytes (they partition the text)
             sums.add_window(part.positions, part.positions, part.model_nll.tolist(), part.fusion_nll.tolist())
             sums.add_weights(part.fusion_weights)
@@ -220,7 +223,7 @@ def run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window]
 
 
 def _window_sums(models: Sequence[ByteModel], rows: Sequence[torch.Tensor], text: bytes, i: int, w: Window,
-                 settings: Sequence[Setting], fusion_cfg: FusionConfig) -> ChunkSums:
+                 settings: Sequence[Setting], fusion_cfg: FusionConfig, collect=None) -> ChunkSums:
     """One window's sums: each model's NLL in float64 from its rows, every setting fused by
     fusion.py from the floored rows."""
     targets = torch.tensor(list(text[w.first_scored:w.end]), dtype=torch.long)       # [P] byte values
@@ -237,6 +240,8 @@ def _window_sums(models: Sequence[ByteModel], rows: Sequence[torch.Tensor], text
             raise _numerical(m.ref, mi, i, w, f"probability 0 for the text's byte {w.first_scored + k}")
         model_nll.append(nll.sum())
     floored = [r.clamp(min=LOG_FLOOR) for r in rows]                                  # -inf -> floor, NaN stays
+    if collect is not None:
+        collect(floored, targets, torch.full_like(targets, i))
     try:
         part = score_chunk(floored, targets, VOCAB, settings, fusion_cfg)
     except NumericalError as e:
