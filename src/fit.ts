@@ -78,7 +78,7 @@ export function defaultGrid(nModels: number, steps: number = DEFAULTS.fit.grid_s
 /** A description of the default grid, for the report. */
 export function defaultGridLabel(nModels: number, steps: number = DEFAULTS.fit.grid_steps): string {
   const n = defaultGrid(nModels, steps).length;
-  return `${n} points: poe and mix at T = 1 with weights on the simplex in steps of ${fmtNum(1 / steps)} (PackLLM's family)`;
+  return `${n} points: poe and mix at T = 1, weights on the simplex in steps of ${fmtNum(1 / steps)} (PackLLM's family)`;
 }
 
 // ---- the comparison -------------------------------------------------------------------
@@ -255,16 +255,18 @@ export function formatFitReport(r: FitReport, mixTemperatures: readonly number[]
   const b = r.test.bootstrap;
   if (b.block_length !== null) out.push(`  Δ and 95% CI vs ${displayRef(b.best_model)} on test (paired block bootstrap over ${fmtInt(b.windows)} windows); * the interval excludes 0`);
   if (b.note) out.push(`  note: ${b.note}`);
-  out.push("", `Against the grid (${a.grid.source === "sweep" ? "the config's sweep" : "no sweep in the config: the default grid"}, ${a.grid.label}):`);
-  out.push(`  the grid's best point on test is picked on test itself (an oracle; PackLLM picks its weights per prompt by perplexity)`);
+  out.push("", `Against the grid: ${a.grid.source === "sweep" ? "the config's sweep" : "the default grid (the config has no sweep)"}, ${a.grid.label}`);
+  out.push(`  each fitted rule (fitted on dev) against the grid point that is best on the test text itself: an oracle, PackLLM-style selection by perplexity`);
   const family = { loglinear: "the grid's best static log-linear rule (average, poe)", mix: "the grid's best mix" };
   for (const row of a.rows) {
     const d = bytes ? `${signedBpb(row.delta_bits_per_byte)} bits/byte` : `${fmtPct((row.ppl_ratio - 1) * 100)} PPL`;
     const interval = bytes
       ? row.delta_bits_per_byte_ci95 && `[${row.delta_bits_per_byte_ci95.map(signedBpb).join(", ")}]`
       : row.ppl_ratio_ci95 && `[${row.ppl_ratio_ci95.map((x) => fmtPct((x - 1) * 100)).join(", ")}]`;
+    const lohi = bytes ? row.delta_bits_per_byte_ci95 : row.ppl_ratio_ci95 && row.ppl_ratio_ci95.map((x) => x - 1);
+    const noise = lohi && lohi[0] <= 0 && lohi[1] >= 0 ? " (the interval includes 0)" : "";
     out.push(`  ${row.id} ${fmt(row.test)} vs ${row.grid_best_id} ${fmt(row.grid_best_test)}: ${d}${interval ? `, 95% CI ${interval}` : ""} — ` +
-      (row.beats_or_equals ? "the fitted rule beats or equals " : "worse than ") + (row.against === "family" ? family[row.kind] : "the grid's best"));
+      (row.beats_or_equals ? "beats or equals " : "worse than ") + (row.against === "family" ? family[row.kind] : "the grid's best") + noise);
   }
   if (r.fitted_config) out.push("", `Fitted config: ${displayRef(r.fitted_config)} (kotara run evaluates it on the test text)`);
   return out.join("\n");

@@ -1,6 +1,7 @@
 // The library behind the CLI: `import { openSession, temperatureGrid } from "kotara"`.
 export { openSession, Session, resolvePython, VERSION } from "./session.js";
-export type { SessionOptions, EvaluateOptions, Evaluation, DatasetInput, ModelInput } from "./session.js";
+export type { SessionOptions, EvaluateOptions, Evaluation, DatasetInput, ModelInput, FitSessionOptions, FitEvaluation } from "./session.js";
+export { FITTED_IDS, compareWithGrid, defaultGrid, formatFitReport, resolveFitOptions, type Anchor, type FitInput, type FitReport } from "./fit.js";
 export { loadConfig } from "./config.js";
 export { parseConfig, type RunPlan } from "./plan.js";
 export { resolveStrategies, dedupeSettings, settingId, KNOWN_STRATEGIES, STRATEGIES, type StrategyEntry } from "./strategies.js";
@@ -9,6 +10,6 @@ export { buildMetrics, type Metrics, type EvaluationRequest, type VsBestModel, t
 export type { BootstrapOptions } from "./bootstrap.js";
 export { formatReport } from "./report.js";
 export { writeRunOutputs } from "./outputs.js";
-export { PROTOCOL_VERSION, type Setting, type Sums, type ModelSpec } from "./protocol.js";
+export { PROTOCOL_VERSION, type Setting, type Sums, type ModelSpec, type FitKind, type FitOptions, type FitResult } from "./protocol.js";
 export { UserError, ConfigError, Interrupted } from "./errors.js";
 export { WorkerDied, WorkerRequestError } from "./worker.js";

@@ -90,7 +90,7 @@ test("fit on the fake worker: the report, the metrics file, the grid, and a fitt
   assert.match(r.stdout, /fitted-mix {2}mix, weights 0\.50 \/ 0\.50 at T = 1, 1\.1: EM/);
   assert.match(r.stdout, /dev PPL +test PPL +test Δ vs best model +test 95% CI/);
   assert.match(r.stdout, /grid, best on test: /);
-  assert.match(r.stdout, /Against the grid \(no sweep in the config: the default grid, 22 points/);
+  assert.match(r.stdout, /Against the grid: the default grid \(the config has no sweep\), 22 points/);
 
   // the written config: it parses, its dataset is the test text, its paths work from its new directory
   const plan = await loadConfig(out);
@@ -125,7 +125,7 @@ test("fit with a sweep: the sweep is the grid; a config's own fitted-* entry is 
   assert.deepEqual(m.strategies, ["average"]);
   const best = m.test.fusions.filter((f: any) => m.anchor.grid.ids.includes(f.id)).reduce((x: any, y: any) => (y.nll < x.nll ? y : x));
   assert.equal(m.anchor.best_on_test.id, best.id);
-  assert.match(r.stdout, /Against the grid \(the config's sweep, 12 settings\)/);
+  assert.match(r.stdout, /Against the grid: the config's sweep, 12 settings/);
   const plan = await loadConfig(out);
   assert.deepEqual(plan.settings.slice(0, 3).map((s) => s.id), ["average", "fitted-poe", "fitted-mix"], "the old fitted-poe is replaced");
   assert.ok(plan.sweep, "the sweep is kept");

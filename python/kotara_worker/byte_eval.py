@@ -210,7 +210,11 @@ def run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window]
                 beams[mi].add(stats)
             rows.append([r for r, _ in scored])
         for b, i in enumerate(batch):
-            part = _window_sums(models, [r[b] for r in rows], text, i, windows[i], settings, fusion_cfg, collect)
+            part = _window_sums(models, [r[b] for r in rows], text, i, windows[i], settings, fusion_cfg)
+            if collect is not None:          # the rows as the fusion read them (floored), once they passed its checks
+                w = windows[i]
+                targets = torch.tensor(list(text[w.first_scored:w.end]), dtype=torch.long)
+                collect([r[b].clamp(min=LOG_FLOOR) for r in rows], targets, torch.full_like(targets, i))
             # a window's bytes are its scored bytes (they partition the text)
             sums.add_window(part.positions, part.positions, part.model_nll.tolist(), part.fusion_nll.tolist())
             sums.add_weights(part.fusion_weights)
@@ -223,7 +227,7 @@ def run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window]
 
 
 def _window_sums(models: Sequence[ByteModel], rows: Sequence[torch.Tensor], text: bytes, i: int, w: Window,
-                 settings: Sequence[Setting], fusion_cfg: FusionConfig, collect=None) -> ChunkSums:
+                 settings: Sequence[Setting], fusion_cfg: FusionConfig) -> ChunkSums:
     """One window's sums: each model's NLL in float64 from its rows, every setting fused by
     fusion.py from the floored rows."""
     targets = torch.tensor(list(text[w.first_scored:w.end]), dtype=torch.long)       # [P] byte values
@@ -240,8 +244,6 @@ def _window_sums(models: Sequence[ByteModel], rows: Sequence[torch.Tensor], text
             raise _numerical(m.ref, mi, i, w, f"probability 0 for the text's byte {w.first_scored + k}")
         model_nll.append(nll.sum())
     floored = [r.clamp(min=LOG_FLOOR) for r in rows]                                  # -inf -> floor, NaN stays
-    if collect is not None:
-        collect(floored, targets, torch.full_like(targets, i))
     try:
         part = score_chunk(floored, targets, VOCAB, settings, fusion_cfg)
     except NumericalError as e:

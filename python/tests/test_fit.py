@@ -351,3 +351,18 @@ def test_bad_fit_options_are_refused():
         F.FitOptions(mix_temperatures=(0.0,)).check()
     with pytest.raises(F.FitError, match="tolerances"):
         F.FitOptions(tolerance=0.0).check()
+
+
+def test_identical_models_get_equal_coefficients_and_the_one_model_optimum():
+    # H is singular (L depends on c_1 + c_2 only): the step stays symmetric, and the sum is the
+    # one model's optimum (found by brute force over a fine grid of its single coefficient)
+    z, targets = synthetic(1, 500, 30, [0.8], seed=17)
+    run = F.newton([z[0], z[0].clone()], targets, 0.0, options())
+    assert run.converged, run
+    assert float(run.c[0]) == float(run.c[1])
+    total = float(run.c.sum())
+    L = lambda c: float(objective64(z, targets, torch.tensor([c], dtype=torch.float64)))
+    slack = 2 * rounding_of_objective(z, targets, [total]) + 500 * 1e-12
+    for k in range(-20, 21):
+        if k:
+            assert L(total) <= L(total + 0.005 * k) + slack, k
