@@ -13,6 +13,7 @@ import { setupCommand } from "./commands/setup.js";
 import { DEFAULTS } from "./defaults.js";
 import { UserError } from "./errors.js";
 import { VERSION } from "./session.js";
+import { FitKind } from "./protocol.js";
 import { KNOWN_STRATEGIES } from "./strategies.js";
 
 function number(name: string) {
@@ -38,6 +39,13 @@ function positive(name: string) {
     if (x <= 0) throw new InvalidArgumentError(`${name} must be a positive integer, got "${value}"`);
     return x;
   };
+}
+
+function fitKinds(value: string): FitKind[] {
+  const kinds = value.split(",").map((k) => k.trim()).filter(Boolean);
+  const bad = kinds.filter((k) => !(FitKind.options as readonly string[]).includes(k));
+  if (kinds.length === 0 || bad.length) throw new InvalidArgumentError(`--fits takes loglinear, mix or both (comma-separated), got "${value}"`);
+  return kinds as FitKind[];
 }
 
 function positiveNumber(name: string) {
@@ -75,6 +83,7 @@ export function buildProgram(): Command {
     .option("--test <file>", "the text to evaluate on (default: the config's dataset)")
     .option("--out <file>", "write the fitted config here (default: <config dir>/<name>.fitted.yaml)")
     .option("--metrics <file>", "write the fit's JSON here (default: results/<name>.fit.json, or next to output.metrics)")
+    .option("--fits <kinds>", "which rules to fit, comma-separated: loglinear, mix (default: both)", fitKinds)
     .option("--memory-budget <MiB>", `the most the log-linear fit may keep (its logits; default ${DEFAULTS.fit.memory_budget_bytes / 2 ** 20} MiB)`, positiveNumber("--memory-budget"))
     .option("--quiet", "no progress on stderr")
     .option("--verbose", "forward the worker's stderr")

@@ -140,6 +140,8 @@ test("fit errors: exit 2 with `path: message`, before the worker starts where th
     [["fit", cfg, "--dev", dev, "--out", work], /--out: is a directory/],
     [["fit", cfg, "--dev", dev, "--memory-budget", "0"], /--memory-budget must be > 0/],
     [["fit", cfg, "--dev", dev, "--memory-budget", "lots"], /--memory-budget must be a number/],
+    [["fit", cfg, "--dev", dev, "--fits", "poe"], /--fits takes loglinear, mix or both \(comma-separated\), got "poe"/],
+    [["fit", cfg, "--dev", dev, "--fits", "mix,mix"], /fit\.fits: each of mix, loglinear at most once/],
     [["fit", join(work, "missing.yaml"), "--dev", dev], /cannot read the config: no such file/],
   ];
   for (const [args, expected] of cases) {
@@ -153,6 +155,13 @@ test("fit errors: exit 2 with `path: message`, before the worker starts where th
   assert.equal(r.exitCode, 2, r.stderr);
   assert.match(r.stderr, /kotara: the log-linear fit keeps every model's logits at every dev position: \d+ positions × 2 models × 400 logits × 4 bytes = \d+ bytes, over the memory budget of 524288 bytes/);
   assert.doesNotMatch(r.stderr, /windows \d+\//, "no window ran");
+  // mix alone keeps no logits: the same budget passes, and the config gets fitted-mix only
+  const out = join(work, "mix-only.fitted.yaml");
+  const mixOnly = await kotara(["fit", cfg, "--dev", dev, "--fits", "mix", "--memory-budget", "0.5", "--out", out, "--metrics", join(work, "mix-only.json"), "--quiet"], { env: fake });
+  assert.equal(mixOnly.exitCode, 0, mixOnly.stderr);
+  assert.doesNotMatch(mixOnly.stdout, /fitted-poe/);
+  assert.match(mixOnly.stdout, /fitted-mix .* vs mix@/);
+  assert.deepEqual((await loadConfig(out)).settings.map((s) => s.id), ["average", "entropy", "fitted-mix"]);
 });
 
 test("session.fit: the dev metrics with the fitted settings; an id that names a fitted setting is refused", async () => {

@@ -146,8 +146,8 @@ class Collector:
                 f"the log-linear fit keeps every model's logits at every dev position: {positions:,} positions × "
                 f"{n_models} models × {vocab:,} logits × 4 bytes = {_mib(need)}, over the memory budget of "
                 f"{_mib(options.memory_budget_bytes)}; use a shorter dev text (at most {fits:,} scored positions fit), "
-                "or raise the budget (kotara fit --memory-budget MIB), or fit mix only (its EM keeps "
-                f"{n_models} × {len(self.temperatures)} numbers per position)")
+                "or raise the budget (kotara fit --memory-budget MIB), or fit mix only (kotara fit --fits mix: "
+                f"its EM keeps {n_models} × {len(self.temperatures)} numbers per position)")
         self.kept_bytes = need + n_models * len(self.temperatures) * positions * 8 + positions * 16
         self.z = [torch.empty(positions, vocab, dtype=torch.float32, device=self.device) for _ in range(n_models)] \
             if self.keep else []

@@ -18,7 +18,7 @@ import type { EvaluationRequest } from "../metrics.js";
 import { writeJsonAtomic, writeTextAtomic } from "../outputs.js";
 import { planRequest, type RunPlan } from "../plan.js";
 import { Progress } from "../progress.js";
-import type { Setting } from "../protocol.js";
+import type { FitKind, Setting } from "../protocol.js";
 import { Session, VERSION } from "../session.js";
 import { checkStrategies, dedupeSettings, settingKey } from "../strategies.js";
 import { expandValidSweep } from "../sweep.js";
@@ -30,6 +30,8 @@ export interface FitFlags {
   metrics?: string;
   /** MiB the log-linear fit may keep. */
   memoryBudget?: number;
+  /** Which rules (default: both). */
+  fits?: FitKind[];
   quiet?: boolean;
   verbose?: boolean;
 }
@@ -86,7 +88,9 @@ export async function fitCommand(configPath: string, flags: FitFlags): Promise<v
   if (existsSync(outPath) && statSync(outPath).isDirectory()) throw new ConfigError([`--out: is a directory, expected a file name like demo.fitted.yaml: ${outPath}`]);
   const metricsPath = fitMetricsPath(plan, configPath, flags.metrics);
   if (existsSync(metricsPath) && statSync(metricsPath).isDirectory()) throw new ConfigError([`--metrics: is a directory, expected a file name like results/demo.fit.json: ${metricsPath}`]);
-  const options = resolveFitOptions({ memoryBudgetBytes: flags.memoryBudget === undefined ? undefined : Math.floor(flags.memoryBudget * 2 ** 20) });
+  const options = resolveFitOptions({
+    fits: flags.fits, memoryBudgetBytes: flags.memoryBudget === undefined ? undefined : Math.floor(flags.memoryBudget * 2 ** 20),
+  });
   const { defaults, grid, gridIds, source, label, notes } = fitSettings(plan);
   const progress = new Progress(!flags.quiet);
   for (const note of [...plan.notes, ...notes]) progress.status(`note: ${note}`);
