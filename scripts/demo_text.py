@@ -32,6 +32,10 @@ CLI:  python scripts/demo_text.py [--out data/demo]
       DOCS_HELDOUT_SHORT_BYTES bytes (for byte space, which is much slower), and
       OUT/docs-heldout-640.txt: at most DOCS_HELDOUT_WINDOW_BYTES bytes, a text that
       fits one window of every demo model in both spaces (byte vs token space).
+      For `kotara fit` (docs/fitting.md): OUT/docs-dev.txt and OUT/docs-test.txt, the held-out
+      docs cut in two at a line boundary (the first whole lines up to half its bytes, and
+      the rest), and OUT/docs-dev-2k.txt and OUT/docs-test-2k.txt, the first whole lines of
+      each, at most DOCS_HELDOUT_SHORT_BYTES bytes (for byte space).
       data/demo/ is gitignored: this text must never be committed.
 """
 from __future__ import annotations
@@ -213,6 +217,12 @@ def head_lines(text: str, max_bytes: int) -> str:
     return "".join(out)
 
 
+def halves(text: str) -> tuple[str, str]:
+    """text cut at a line boundary: its first whole lines up to half of its UTF-8 bytes, and the rest."""
+    first = head_lines(text, len(text.encode("utf-8")) // 2)
+    return first, text[len(first):]
+
+
 def _write(path: Path, text: str) -> None:
     tmp = path.with_suffix(".txt.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -240,6 +250,15 @@ def write_heldout(out_dir: Path) -> dict[str, Path]:
             for cut in (short, one):
                 print(f"{cut}: the first {cut.stat().st_size} bytes of the held-out docs "
                       f"(whole lines)", file=sys.stderr)
+            dev_text, test_text = halves(d.heldout_text)
+            for part, body in (("dev", dev_text), ("test", test_text)):
+                whole = out_dir / f"docs-{part}.txt"
+                _write(whole, body)
+                cut = out_dir / f"docs-{part}-2k.txt"
+                _write(cut, head_lines(body, DOCS_HELDOUT_SHORT_BYTES))
+                written[f"docs-{part}"], written[f"docs-{part}-2k"] = whole, cut
+                print(f"{whole}: the {part} half of the held-out docs, {whole.stat().st_size} bytes; {cut}: "
+                      f"its first {cut.stat().st_size} bytes (whole lines)", file=sys.stderr)
     return written
 
 

@@ -45,7 +45,8 @@ fi
 
 # 4. the demo's held-out texts, cut from the interpreter's own docs and stdlib
 #    (never committed: data/demo/ is ignored)
-if { [ ! -f data/demo/docs-heldout.txt ] || [ ! -f data/demo/docs-heldout-2k.txt ] || [ ! -f data/demo/docs-heldout-640.txt ]; } && [ -f scripts/demo_text.py ]; then
+if { [ ! -f data/demo/docs-heldout.txt ] || [ ! -f data/demo/docs-heldout-2k.txt ] || [ ! -f data/demo/docs-heldout-640.txt ] \
+     || [ ! -f data/demo/docs-dev.txt ] || [ ! -f data/demo/docs-test-2k.txt ]; } && [ -f scripts/demo_text.py ]; then
   say "writing the demo's held-out texts to data/demo/"
   "$py" scripts/demo_text.py --out data/demo >/dev/null
 fi

@@ -6,12 +6,14 @@
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { doctorCommand } from "./commands/doctor.js";
 import { evalCommand } from "./commands/eval.js";
+import { fitCommand } from "./commands/fit.js";
 import { generateCommand } from "./commands/generate.js";
 import { runCommand } from "./commands/run.js";
 import { setupCommand } from "./commands/setup.js";
 import { DEFAULTS } from "./defaults.js";
 import { UserError } from "./errors.js";
 import { VERSION } from "./session.js";
+import { FitKind } from "./protocol.js";
 import { KNOWN_STRATEGIES } from "./strategies.js";
 
 function number(name: string) {
@@ -39,6 +41,22 @@ function positive(name: string) {
   };
 }
 
+function fitKinds(value: string): FitKind[] {
+  const kinds = value.split(",").map((k) => k.trim()).filter(Boolean);
+  const bad = kinds.filter((k) => !(FitKind.options as readonly string[]).includes(k));
+  if (kinds.length === 0 || bad.length) throw new InvalidArgumentError(`--fits takes loglinear, mix or both (comma-separated), got "${value}"`);
+  return kinds as FitKind[];
+}
+
+function positiveNumber(name: string) {
+  const asNumber = number(name);
+  return (value: string) => {
+    const x = asNumber(value);
+    if (!(x > 0)) throw new InvalidArgumentError(`${name} must be > 0, got "${value}"`);
+    return x;
+  };
+}
+
 export function buildProgram(): Command {
   const program = new Command()
     .name("kotara")
@@ -56,6 +74,20 @@ export function buildProgram(): Command {
     .option("--resume", "continue from the checkpoint of an interrupted run of the same config")
     .option("--verbose", "forward the worker's stderr")
     .action((config: string, opts) => runCommand(config, opts));
+
+  program
+    .command("fit")
+    .description("fit mix (EM) and the log-linear rule (Newton) on a dev text; compare them with the defaults and a grid on a test text; write a fitted config")
+    .argument("<config>", "YAML config file (its models, windows, strategies and sweep)")
+    .requiredOption("--dev <file>", "the text to fit on (UTF-8)")
+    .option("--test <file>", "the text to evaluate on (default: the config's dataset)")
+    .option("--out <file>", "write the fitted config here (default: <config dir>/<name>.fitted.yaml)")
+    .option("--metrics <file>", "write the fit's JSON here (default: results/<name>.fit.json, or next to output.metrics)")
+    .option("--fits <kinds>", "which rules to fit, comma-separated: loglinear, mix (default: both)", fitKinds)
+    .option("--memory-budget <MiB>", `the most the log-linear fit may keep (its logits; default ${DEFAULTS.fit.memory_budget_bytes / 2 ** 20} MiB)`, positiveNumber("--memory-budget"))
+    .option("--quiet", "no progress on stderr")
+    .option("--verbose", "forward the worker's stderr")
+    .action((config: string, opts) => fitCommand(config, opts));
 
   program
     .command("generate")

@@ -30,6 +30,21 @@ export const DEFAULTS = {
   /** Generation: new tokens per prompt (bytes in byte space). */
   max_new_tokens: 64,
   max_new_bytes: 128,
+  /**
+   * `kotara fit` / session.fit (src/fit.ts, docs/fitting.md): the rules fitted, the grid of
+   * the mix's temperatures, the memory the log-linear fit may keep (its logits), Newton's
+   * and EM's stopping rules, and the default comparison grid (weights in steps of 1/grid_steps).
+   */
+  fit: {
+    fits: ["loglinear", "mix"],
+    mix_temperatures: [0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2],
+    memory_budget_bytes: 1024 * 1024 * 1024,
+    max_iterations: 50,
+    tolerance: 1e-6,
+    em_max_iterations: 20_000,
+    em_tolerance: 1e-9,
+    grid_steps: 10,
+  },
   /** Windows between the worker's progress messages. */
   progress_every: 1,
   /** After Ctrl-C, how long to wait for the worker to stop at a batch boundary. */

@@ -130,6 +130,39 @@ export const GOLDEN_MESSAGES: Record<string, To | From> = {
     setting: { id: "entropy", type: "entropy", temperatures: [1, 1], ...Object.fromEntries(LIST_PARAM_NAMES.map((p) => [p, null])) } as Setting,
     sampling: { greedy: false, temperature: 0.8, top_k: 40, top_p: 0.95, seed: 7 },
   },
+  fit: {
+    seq: 5, type: "fit", request_id: "f1", batch_size: 8, progress_every: 4,
+    dataset: { path: "/data/dev.txt", max_length: 256, stride: 128, bos_per_window: false },
+    settings: [{ id: "average", type: "average", temperatures: [1, 1], betas: null, weights: null }],
+    options: {
+      fits: ["loglinear", "mix"], mix_temperatures: [0.8, 1, 1.25], memory_budget_bytes: 1073741824,
+      max_iterations: 50, tolerance: 1e-6, em_max_iterations: 20000, em_tolerance: 1e-9,
+    },
+  },
+  fitted: {
+    seq: 10, type: "fitted", request_id: "f1", space: "tokens", tokens: 5000, windows: 3, byte_stats: null,
+    // the request's one setting, then fitted-poe and fitted-mix (each total the window-order sum of its windows)
+    sums: {
+      ...sums,
+      fusion_nll: [3890.125, 3850.25, 3880.5],
+      fusion_weights: [[510.5, 510.5], [357.25, 663.5], [255.25, 765.75]],
+      window_fusion_nll: [[1290.125, 1300.0, 1300.0], [1280.25, 1286.0, 1284.0], [1290.0, 1296.0, 1294.5]],
+    },
+    fits: [
+      {
+        kind: "loglinear", setting: { id: "fitted-poe", type: "poe", temperatures: [1, 1], betas: [0.34375, 0.625], weights: null },
+        iterations: 3, evaluations: 7, converged: true, gradient_norm: 1.5e-9, history: [4.625, 4.5, 4.375, 4.25],
+        coefficients: [0.34375, 0.625], at_bound: [false, false], note: null,
+      },
+      {
+        kind: "mix", setting: { id: "fitted-mix", type: "mix", temperatures: [1.25, 1], betas: null, weights: [0.25, 0.75] },
+        iterations: 412, evaluations: 9, converged: true, gradient_norm: 6.5e-10, history: [4.625, 4.5], coefficients: [0.25, 0.75],
+        at_bound: [false, false], note: null,
+      },
+    ],
+    positions: 1021, kept_bytes: 16777216, seconds: 5.5, fit_seconds: 2.25, tokenize_seconds: 0.25,
+    peak_memory_bytes: 750000000, device: "cpu", dtype: "float32",
+  },
   chunk: {
     seq: 8, type: "chunk", request_id: "g1", step: 0,
     chunks: [

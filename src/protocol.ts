@@ -11,7 +11,7 @@
 import { z } from "zod";
 import { KNOWN_STRATEGIES, LIST_PARAM_NAMES, type ListParam } from "./strategies.js";
 
-export const PROTOCOL_VERSION = 6;
+export const PROTOCOL_VERSION = 7;
 
 // zod 4 numbers are finite (NaN and ±Infinity fail); these also map onto JSON Schema.
 const finite = z.number();
@@ -167,6 +167,35 @@ export const GenerateMsg = z.strictObject({
   stop: z.array(z.string().min(1)), // a prompt's text ends before the first of these it writes
   truncate: z.boolean(), // a prompt too long for the context: cut from the left (true, with a warning) or refused
 });
+/** What a fit fits (python/kotara_worker/fit.py; docs/fitting.md). */
+export const FitKind = z.enum(["mix", "loglinear"]);
+export type FitKind = z.infer<typeof FitKind>;
+/** How a fit runs: which rules, the mix's temperature grid, the memory the log-linear fit may keep, when to stop. */
+export const FitOptions = z.strictObject({
+  fits: z.array(FitKind).min(1).max(2), // each at most once; fitted in this order
+  mix_temperatures: z.array(positive).min(1), // the grid the mix's temperatures are searched over (1 is always added)
+  memory_budget_bytes: count, // the log-linear fit keeps N × positions × vocab float32 logits: refused above this
+  max_iterations: z.number().int().positive(), // Newton iterations (log-linear)
+  tolerance: positive, // Newton stops at this ∞-norm of the projected gradient of the mean NLL per position
+  em_max_iterations: z.number().int().positive(), // per EM run (mix)
+  em_tolerance: positive, // an EM run stops at this Frank-Wolfe gap (mean nats per position above its optimum over the weights)
+});
+export type FitOptions = z.infer<typeof FitOptions>;
+/**
+ * Fit fusion rules on a text (the dev text): one evaluation pass with `settings`, which
+ * also keeps what the fits need; then the fits; the reply (fitted) carries the dev sums
+ * of the settings and of the fitted rules, and each fit. Progress messages as for evaluate.
+ */
+export const FitMsg = z.strictObject({
+  ...base,
+  type: z.literal("fit"),
+  request_id: z.string().min(1),
+  dataset: DatasetSpec,
+  settings: z.array(Setting), // evaluated on the dev text in the same pass (may be empty)
+  batch_size: z.number().int().positive(),
+  progress_every: z.number().int().positive(),
+  options: FitOptions,
+});
 export const CancelMsg = z.strictObject({ ...base, type: z.literal("cancel"), request_id: z.string() });
 export const ShutdownMsg = z.strictObject({ ...base, type: z.literal("shutdown") });
 
@@ -293,9 +322,44 @@ export const GeneratedMsg = z.strictObject({
   first_token_seconds: finite, // from the start to the first token of every prompt
 });
 
-export const ToWorker = z.discriminatedUnion("type", [LoadMsg, EvaluateMsg, GenerateMsg, CancelMsg, ShutdownMsg]);
+/** One fitted rule, as a setting `kotara run` evaluates, and how the optimizer got there. */
+export const FitResult = z.strictObject({
+  kind: FitKind,
+  // mix: type mix (temperatures from the grid, weights from EM); loglinear: type poe, temperatures 1, betas = c
+  setting: Setting,
+  iterations: count, // Newton iterations; mix: the EM iterations of every run
+  evaluations: count, // loglinear: objective evaluations (passes over the kept logits); mix: EM runs
+  converged: z.boolean(),
+  gradient_norm: finite, // loglinear: ∞-norm of the projected gradient of the mean NLL; mix: the last EM run's gap
+  history: z.array(finite), // mean dev NLL (nats) per Newton iteration; mix: per round of the temperature search
+  coefficients: z.array(finite), // loglinear: c (= betas); mix: the weights
+  at_bound: z.array(z.boolean()), // per model: held at its lower bound (c_m), or weight 0
+  note: z.string().nullable(), // why it did not converge, if it did not
+});
+export type FitResult = z.infer<typeof FitResult>;
+export const FittedMsg = z.strictObject({
+  ...base,
+  type: z.literal("fitted"),
+  request_id: z.string(),
+  space: Space,
+  tokens: count, // positions of the dev stream: tokens, or bytes in byte space
+  windows: count,
+  sums: Sums, // the dev pass: every model; the request's settings, then each fit's setting (in options.fits order)
+  byte_stats: z.array(ByteStats).nullable(),
+  fits: z.array(FitResult),
+  positions: count, // scored dev positions the fits used
+  kept_bytes: count, // what the fit kept per position (the log-linear fit's logits, the target log-probabilities)
+  seconds: finite, // the pass and the fits
+  fit_seconds: finite, // the fits alone
+  tokenize_seconds: finite,
+  peak_memory_bytes: count,
+  device: z.string(),
+  dtype: z.string(),
+});
+
+export const ToWorker = z.discriminatedUnion("type", [LoadMsg, EvaluateMsg, GenerateMsg, FitMsg, CancelMsg, ShutdownMsg]);
 export const FromWorker = z.discriminatedUnion("type", [
-  HelloMsg, LoadedMsg, StatusMsg, HeartbeatMsg, ProgressMsg, ResultMsg, ChunkMsg, GeneratedMsg, ErrorMsg, ByeMsg,
+  HelloMsg, LoadedMsg, StatusMsg, HeartbeatMsg, ProgressMsg, ResultMsg, ChunkMsg, GeneratedMsg, FittedMsg, ErrorMsg, ByeMsg,
 ]);
 export type ToWorker = z.infer<typeof ToWorker>;
 export type FromWorker = z.infer<typeof FromWorker>;
@@ -309,3 +373,5 @@ export type ChunkMsg = z.infer<typeof ChunkMsg>;
 export type GenChunk = z.infer<typeof GenChunk>;
 export type GeneratedMsg = z.infer<typeof GeneratedMsg>;
 export type GeneratedOutput = z.infer<typeof GeneratedOutput>;
+export type FitMsg = z.infer<typeof FitMsg>;
+export type FittedMsg = z.infer<typeof FittedMsg>;

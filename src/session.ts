@@ -12,9 +12,11 @@ import { DEFAULTS } from "./defaults.js";
 import { ConfigError, Interrupted, UserError } from "./errors.js";
 import { buildMetrics, type EvaluationRequest, type Metrics } from "./metrics.js";
 import {
-  ByteOptions, MAX_VIEW_BYTES, MAX_VIEW_SETTINGS, type LoadedMsg, type ModelSpec, type PositionsRequest, type ProgressMsg, type ResultMsg, type Setting, type Sums,
+  ByteOptions, MAX_VIEW_BYTES, MAX_VIEW_SETTINGS, type FitOptions, type FitResult, type FittedMsg, type LoadedMsg, type ModelSpec, type PositionsRequest,
+  type ProgressMsg, type ResultMsg, type Setting, type Sums,
 } from "./protocol.js";
 import { defaultViewSettings, resolveViewSettings } from "./token-view.js";
+import { FITTED_IDS, resolveFitOptions, type FitInput } from "./fit.js";
 import { errorMap, issueLines } from "./validation.js";
 import { resolvePython, withSetupHint } from "./python-env.js";
 import { resolveStrategies, type StrategyEntry } from "./strategies.js";
@@ -99,6 +101,27 @@ export interface Evaluation {
   metrics: Metrics;
   result: ResultMsg;
   settings: readonly Setting[];
+}
+
+/** session.fit: the dev text, what to evaluate on it next to the fits, and how to fit (src/fit.ts FitInput). */
+export interface FitSessionOptions extends Omit<RunHooks, "resume">, FitInput {
+  /** The dev text (the windows as for evaluate). */
+  dataset: DatasetInput;
+  /** Evaluated on the dev text in the same pass (default: none). */
+  strategies?: (StrategyEntry | Setting)[];
+  batchSize?: number;
+  config?: unknown;
+  bootstrap?: Partial<BootstrapOptions> | null;
+}
+
+export interface FitEvaluation {
+  /** The dev text's metrics: every model, the strategies, then the fitted settings (fusions, in fit order). */
+  metrics: Metrics;
+  /** Each fit: its setting (what `kotara run` evaluates), iterations, convergence. */
+  fits: FitResult[];
+  /** The fitted settings (fits[i].setting). */
+  settings: Setting[];
+  result: FittedMsg;
 }
 
 export function toModelSpec(m: ModelInput): ModelSpec {
@@ -187,6 +210,62 @@ export class Session {
       positions: opts.tokenView ? positionsRequest(opts.tokenView, settings) : null,
     };
     return this.run(request, opts);
+  }
+
+  /**
+   * Fits `mix` (EM) and the log-linear rule f = Σ c_m z_m (Newton; written as poe with
+   * temperatures 1 and betas = c) on a dev text, in the worker, from one pass over its
+   * windows (docs/fitting.md). Returns the dev metrics (models, strategies, fitted) and the fits.
+   */
+  async fit(opts: FitSessionOptions): Promise<FitEvaluation> {
+    const settings = opts.strategies?.length ? resolveStrategies(opts.strategies, this.models.length) : [];
+    const max_length = opts.dataset.max_length ?? DEFAULTS.max_length;
+    const dataset = {
+      path: opts.dataset.path, max_length, stride: opts.dataset.stride ?? max_length,
+      bos_per_window: opts.dataset.bos_per_window ?? DEFAULTS.bos_per_window,
+    };
+    const boot = BootstrapConfig.safeParse(opts.bootstrap ?? {}, { error: errorMap });
+    if (!boot.success) throw new ConfigError(issueLines(boot.error, "bootstrap"));
+    const request: EvaluationRequest = {
+      dataset, text: datasetStats(dataset.path), settings, sweep: null, batchSize: opts.batchSize ?? DEFAULTS.batch_size,
+      config: opts.config ?? null, bootstrap: { resamples: boot.data.resamples, seed: boot.data.seed, block_length: boot.data.block_length ?? null },
+    };
+    return this.runFit(request, resolveFitOptions(opts), opts);
+  }
+
+  /** A fit of a request that is already resolved (the dev text and the settings evaluated on it). */
+  async runFit(request: EvaluationRequest, options: FitOptions, hooks: Omit<RunHooks, "resume"> = {}): Promise<FitEvaluation> {
+    const taken = request.settings.filter((s) => (Object.values(FITTED_IDS) as string[]).includes(s.id));
+    if (taken.length) throw new UserError(`fit: the id${taken.length > 1 ? "s" : ""} ${taken.map((s) => `"${s.id}"`).join(", ")} name the fitted settings; rename or drop ${taken.length > 1 ? "them" : "it"}`, 2);
+    const request_id = `f${++this.requests}`;
+    const started = performance.now();
+    const { aborted, detach } = this.cancelOnAbort(request_id, hooks);
+    try {
+      const fitted = await Promise.race([
+        this.worker.fit(
+          {
+            request_id, dataset: request.dataset, settings: [...request.settings], batch_size: request.batchSize,
+            progress_every: hooks.progressEvery ?? DEFAULTS.progress_every, options,
+          },
+          hooks.onProgress && progressWithEveryWindow(null, hooks.onProgress),
+        ),
+        aborted,
+      ]);
+      const seconds = (performance.now() - started) / 1000;
+      const settings = fitted.fits.map((f) => f.setting);
+      const result: ResultMsg = {
+        seq: fitted.seq, type: "result", request_id: fitted.request_id, space: fitted.space, tokens: fitted.tokens, windows: fitted.windows,
+        sums: fitted.sums, byte_stats: fitted.byte_stats, seconds: fitted.seconds, tokenize_seconds: fitted.tokenize_seconds,
+        peak_memory_bytes: fitted.peak_memory_bytes, device: fitted.device, dtype: fitted.dtype,
+      };
+      const metrics = buildMetrics({
+        models: this.models, request: { ...request, settings: [...request.settings, ...settings] }, result, loaded: this.loaded,
+        hello: this.worker.hello, seconds, version: VERSION, bytes: this.bytes,
+      });
+      return { metrics, fits: fitted.fits, settings, result: fitted };
+    } finally {
+      detach();
+    }
   }
 
   /** Runs a request that is already resolved (a RunPlan's), as it is. */

@@ -16,7 +16,7 @@ import { DEFAULTS } from "./defaults.js";
 import { UserError } from "./errors.js";
 import {
   FromWorker, PROTOCOL_VERSION, ToWorker,
-  type ChunkMsg, type ErrorMsg, type FromWorker as FromWorkerMsg, type GeneratedMsg, type HelloMsg, type LoadedMsg, type ProgressMsg, type ResultMsg,
+  type ChunkMsg, type ErrorMsg, type FittedMsg, type FromWorker as FromWorkerMsg, type GeneratedMsg, type HelloMsg, type LoadedMsg, type ProgressMsg, type ResultMsg,
 } from "./protocol.js";
 
 export const PACKAGE_ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -276,7 +276,8 @@ export class Worker {
         return;
       case "loaded":
       case "result":
-      case "generated": {
+      case "generated":
+      case "fitted": {
         const p = this.pending;
         this.pending = null;
         p?.resolve(msg);
@@ -337,6 +338,12 @@ export class Worker {
   generate(message: Omit<Extract<Outgoing, { type: "generate" }>, "type">, onChunk?: (m: ChunkMsg) => void): Promise<GeneratedMsg> {
     return this.request({ type: "generate", ...message }, `generating with ${message.setting.id}`,
       onChunk && ((m) => m.type === "chunk" && onChunk(m)));
+  }
+
+  /** Fitting on a text: progress as for evaluate, then the fitted message. */
+  fit(message: Omit<Extract<Outgoing, { type: "fit" }>, "type">, onProgress?: (m: ProgressMsg) => void): Promise<FittedMsg> {
+    return this.request({ type: "fit", ...message }, `fitting on ${message.dataset.path}`,
+      onProgress && ((m) => m.type === "progress" && onProgress(m)));
   }
 
   async cancel(requestId: string): Promise<void> {

@@ -135,6 +135,26 @@ describe("the fake worker speaks the protocol", () => {
       const streamed = w.messages.filter((m) => m.type === "chunk").flatMap((m) => m.chunks);
       assert.deepEqual(streamed.filter((c) => c.prompt === 1).map((c) => c.text), ["b", "c", "d", "", ""], "the start of a stop string is held back, then dropped");
 
+      // fitting: the evaluate pass with the request's setting, then the documented closed forms
+      // (canned.ts fittedSettings): poe at T = 1 with c_m = 1 / (M τ_m), mix at the grid points
+      // nearest τ_m with weights 1/M; their NLLs those of any setting (the PPL formula)
+      await w.send({
+        type: "fit", request_id: "f1", dataset: { path: text, max_length: 32, stride: 16, bos_per_window: false },
+        settings: [{ id: "entropy", type: "entropy", temperatures: [1, 1], betas: null, weights: null }], batch_size: 3, progress_every: 2,
+        options: { fits: ["loglinear", "mix"], mix_temperatures: [0.9, 1.15], memory_budget_bytes: 2 ** 30, max_iterations: 50, tolerance: 1e-6, em_max_iterations: 100, em_tolerance: 1e-9 },
+      });
+      const fitted = await w.next("fitted");
+      assert.ok(w.progress("f1").length >= 2, "progress during the fit's pass");
+      assert.deepEqual(fitted.fits.map((f) => f.setting.id), ["fitted-poe", "fitted-mix"]);
+      const c = [1 / 2, 1 / (2 * 1.1)];
+      assert.deepEqual(fitted.fits[0].setting.betas, c);
+      assert.deepEqual(fitted.fits[1].setting.temperatures, [1, 1.15]);
+      const shares = c.map((x) => x / (c[0] + c[1]));
+      close(Math.exp(fitted.sums.fusion_nll[0] / scored), 17 * 1.01, "entropy on the fit's pass");
+      close(Math.exp(fitted.sums.fusion_nll[1] / scored), 18 * (1 + 0.1 ** 2) * (1 + shares.reduce((a, x) => a + (x - 0.5) ** 2, 0)), "fitted-poe");
+      close(Math.exp(fitted.sums.fusion_nll[2] / scored), 18.5 * (1 + 0.05 ** 2), "fitted-mix");
+      assert.equal(fitted.kept_bytes, 2 * scored * 400 * 4 + 2 * 3 * scored * 8 + scored * 16, "kept: the logits, the target log-probabilities");
+
       await w.send(evaluate("r2", { dataset: { path: join(dir, "missing.txt"), max_length: 32, stride: 16, bos_per_window: false } }));
       const err = await w.next("error");
       assert.deepEqual([err.request_id, err.code], ["r2", "not_found"]);

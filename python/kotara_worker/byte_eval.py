@@ -184,11 +184,12 @@ def plan_byte_batches(n_windows: int, batch_size: int, done: int = 0) -> list[ra
 def run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window], settings: Sequence[Setting],
              batch_size: int, resume: Sums | None, on_progress: Callable[[Sums], None], progress_every: int,
              should_stop: Callable[[], bool], fusion_cfg: FusionConfig | None = None,
-             positions: Collector | None = None) -> ByteResult:
+             positions: Collector | None = None,
+             collect: Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], None] | None = None) -> ByteResult:
     """_run_pass, then each model's trie forgets the nodes this request memoized (ByteTrie.forget)."""
     try:
         return _run_pass(models, text, windows, settings, batch_size, resume, on_progress, progress_every,
-                         should_stop, fusion_cfg, positions)
+                         should_stop, fusion_cfg, positions, collect)
     finally:
         for m in models:
             m.lm.trie.forget()
@@ -197,13 +198,16 @@ def run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window]
 def _run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window], settings: Sequence[Setting],
              batch_size: int, resume: Sums | None, on_progress: Callable[[Sums], None], progress_every: int,
              should_stop: Callable[[], bool], fusion_cfg: FusionConfig | None = None,
-             positions: Collector | None = None) -> ByteResult:
+             positions: Collector | None = None,
+             collect: Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], None] | None = None) -> ByteResult:
     """Σ byte NLL of every model and every setting over the windows; `resume` continues
     from a checkpoint's sums. The settings are trusted (the server checks them once per
     request); check_windows should have passed. Raises Cancelled (with the sums of every
     finished batch) when should_stop() says so, NumericalError naming model and window.
     positions: a token view's collector (positions.py; a position is a byte), given each
-    window's per-byte numbers at the view's bytes."""
+    window's per-byte numbers at the view's bytes.
+    collect: called per window with every model's floored rows [n, 257] (what the fusion
+    reads), the window's byte values [n] and its index [n] (a fit: fit.py)."""
     sums = _starting_sums(resume, len(models), len(settings), len(windows))
     fusion_cfg = fusion_cfg or FusionConfig.for_device("cpu")        # the rows live on the CPU
     beams = [BeamTotals() for _ in models]
@@ -228,6 +232,10 @@ def _run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window
         for b, i in enumerate(batch):
             view = positions if positions is not None and windows[i].first_scored < positions.n_view else None
             part = _window_sums(models, [r[b] for r in rows], text, i, windows[i], settings, fusion_cfg, view)
+            if collect is not None:          # the rows as the fusion read them (floored), once they passed its checks
+                w = windows[i]
+                targets = torch.tensor(list(text[w.first_scored:w.end]), dtype=torch.long)
+                collect([r[b].clamp(min=LOG_FLOOR) for r in rows], targets, torch.full_like(targets, i))
             # a window's bytes are its scored bytes (they partition the text)
             sums.add_window(part.positions, part.positions, part.model_nll.tolist(), part.fusion_nll.tolist())
             sums.add_weights(part.fusion_weights)

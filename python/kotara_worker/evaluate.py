@@ -27,6 +27,9 @@ from .windows import Window
 
 __all__ = ["Model", "Sums", "Cancelled", "NumericalError", "EvalConfig", "plan_batches", "evaluate", "run_pass"]
 
+# run_pass's collect hook: (each model's logits [p, V_m], targets [p], window index [p]) per chunk
+Collect = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], None]
+
 
 @runtime_checkable
 class Model(Protocol):
@@ -216,12 +219,14 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
              on_progress: Callable[[Sums], None], progress_every: int,
              should_stop: Callable[[], bool], cfg: EvalConfig | None = None,
              window_bytes: Sequence[int] | None = None, feed_last: bool = True,
-             positions: Collector | None = None) -> Sums:
+             positions: Collector | None = None, collect: Collect | None = None) -> Sums:
     """evaluate() for a caller that has checked the settings already (the server does, once
     per request, before tokenizing): the settings are trusted, everything else is checked.
     feed_last=False feeds each window without its last token (a target only: its logits
     are never read), so a window of L + 1 stream positions enters the model as L tokens
-    (documents mode, windows.plan_document_windows; the same NLLs for a causal LM)."""
+    (documents mode, windows.plan_document_windows; the same NLLs for a causal LM).
+    collect: called with every chunk's logits (one [p, V_m] tensor per model), its targets [p]
+    and each position's window index [p], in window order (a fit keeps what it needs: fit.py)."""
     cfg = cfg or EvalConfig.for_device(models[0].device)
     token_ids = token_ids.reshape(-1).long().cpu()                                 # [n]
     offset = 0 if bos_id is None else 1
@@ -260,7 +265,7 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
                 sel = slice(c, c + cfg.position_chunk)
                 try:
                     part = _score_chunk(models, sources, b_idx[sel], p_idx[sel], targets[sel], vocab, settings,
-                                        fusion_cfg)
+                                        fusion_cfg, collect and (lambda z, t, sel=sel: collect(z, t, batch.start + b_idx[sel])))
                 except NumericalError as e:
                     raise _in_window(e, models, windows, batch.start + int(b_idx[c + e.position])) from None
                 if view is not None:
@@ -334,7 +339,7 @@ def _forward_pool(models: Sequence[Model], concurrent: bool | None) -> AbstractC
 
 def _score_chunk(models: Sequence[Model], sources: Sequence[torch.Tensor], b_idx: torch.Tensor,
                  p_idx: torch.Tensor, targets: torch.Tensor, vocab: int, settings: Sequence[Setting],
-                 fusion_cfg: FusionConfig) -> PositionScores:
+                 fusion_cfg: FusionConfig, collect: Callable[[list, torch.Tensor], None] | None = None) -> PositionScores:
     """The per-position NLLs of one chunk of scored positions. Its [p, V] logits are the
     pass's biggest tensors; they die when this returns, so none is alive through the next
     batch's forward."""
@@ -344,6 +349,8 @@ def _score_chunk(models: Sequence[Model], sources: Sequence[torch.Tensor], b_idx
         rows = src[b_idx.to(src.device), p_idx.to(src.device)]                     # [p, H] or [p, V]
         z = m.head(rows) if m.head_path == "scored" else rows                       # [p, V_m]
         logits.append(z.to(fuse_device))
+    if collect is not None:
+        collect(logits, targets)
     # the settings were checked once for the request (fusion.score_chunk's contract, per position)
     return each_position(logits, targets, vocab, settings, fusion_cfg)
 

@@ -1,4 +1,4 @@
-"""Message handling: what the worker does with load / evaluate / cancel / shutdown.
+"""Message handling: what the worker does with load / evaluate / generate / fit / cancel / shutdown.
 
 One request at a time, in the main thread. While an evaluation runs, the loop in
 evaluate.py asks `should_stop()` between batches, which reads any message that
@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import transformers
 
-from . import __version__, byte_eval, evaluate as ev, generate as gen, positions as pos, protocol
+from . import __version__, byte_eval, evaluate as ev, fit as fitting, generate as gen, positions as pos, protocol
 from . import datasets as kdatasets
 from .fusion import check_settings
 from .models import load_session
@@ -68,11 +68,13 @@ class Server:
                 self.evaluate(message)
             elif kind == "generate":
                 self.generate(message)
+            elif kind == "fit":
+                self.fit(message)
         except RequestError as e:
             self.error(request_id, e.code, e.message)
         except ev.NumericalError as e:
             self.error(request_id, "numerical", str(e))
-        except (ev.Cancelled, gen.Interrupted):
+        except (ev.Cancelled, gen.Interrupted, fitting.Interrupted):
             self.error(request_id, "cancelled", "cancelled by the controller")
         except Exception as e:  # noqa: BLE001 - report, keep serving
             self.error(request_id, "internal", f"{type(e).__name__}: {e}", traceback.format_exc())
@@ -274,6 +276,116 @@ class Server:
             out = gen.generate(self.models, tok, len(tok), request, start_id, on_step, self.stop_check(request_id),
                                warn)
         self.channel.send({"type": "generated", "request_id": request_id, "space": self.space, **out})
+        if self.stopping:
+            self.channel.send({"type": "bye"})
+
+    def fit(self, message: dict) -> None:
+        """Fitting (fit.py): one evaluation pass over the dev text with the request's settings,
+        whose chunks a Collector keeps what the optimizers need, then the fits, then a
+        fitted message: the dev sums of every model, every setting of the request and every
+        fitted setting (after them, in the order of options.fits)."""
+        if self.space == "bytes" and self.models:
+            return self.fit_bytes(message)
+        request_id = message["request_id"]
+        data = message["dataset"]
+        bos_id = self.check_request(message)            # before tokenizing: fail fast
+        options = self.fit_options(message)
+        reset_peak_memory()
+        tokenize_started = time.perf_counter()
+        token_ids, text, token_ends = self.tokenize(data["path"])
+        try:
+            windows = plan_windows(len(token_ids), data["max_length"], data["stride"], bos=data["bos_per_window"])
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
+        window_bytes = (windows_bytes(windows, text, token_ends) if token_ends is not None
+                        else self.decoded_window_bytes(windows, token_ids))
+        del text, token_ends
+        release_memory()
+        tokenize_seconds = time.perf_counter() - tokenize_started
+        collector = self.collector(sum(w.n_scored for w in windows), len(self.tokenizer), options,
+                                   self.models[0].device)
+        started = time.perf_counter()
+        on_progress = self.progress_sender(request_id, len(windows), len(token_ids), started, None)
+        try:
+            sums = ev.run_pass(self.models, token_ids, windows, message["settings"], message["batch_size"], bos_id,
+                               len(self.tokenizer), None, on_progress, message["progress_every"],
+                               self.stop_check(request_id), window_bytes=window_bytes, collect=collector.add)
+        except ev.Cancelled as c:
+            on_progress(c.sums)
+            raise
+        self.send_fitted(request_id, "tokens", len(token_ids), len(windows), sums, None, collector, options, started,
+                         tokenize_seconds)
+
+    def fit_bytes(self, message: dict) -> None:
+        """fit in byte space: the byte pass (byte_eval) with the same collector over the 257 outcomes."""
+        request_id = message["request_id"]
+        data = message["dataset"]
+        self.check_settings(message)
+        try:
+            byte_eval.check_byte_settings(message["settings"])
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
+        options = self.fit_options(message)
+        reset_peak_memory()
+        tokenize_started = time.perf_counter()
+        text = self.read_text(data["path"])
+        try:
+            windows = plan_byte_windows(text, data["max_length"], data["stride"])
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
+        self.status(f"tokenizing {len(windows)} windows of {data['path']} for {len(self.byte_models)} models")
+        byte_eval.check_windows(self.byte_models, text, windows)
+        release_memory()
+        tokenize_seconds = time.perf_counter() - tokenize_started
+        collector = self.collector(sum(w.n_scored for w in windows), byte_eval.VOCAB, options, "cpu")
+        started = time.perf_counter()
+        on_progress = self.progress_sender(request_id, len(windows), len(text), started, None)
+        try:
+            out = byte_eval.run_pass(self.byte_models, text, windows, message["settings"], message["batch_size"],
+                                     None, on_progress, message["progress_every"], self.stop_check(request_id),
+                                     collect=collector.add)
+        except ev.Cancelled as c:
+            on_progress(c.sums)
+            raise
+        self.send_fitted(request_id, "bytes", len(text), len(windows), out.sums, [b.to_dict() for b in out.beams],
+                         collector, options, started, tokenize_seconds)
+
+    @staticmethod
+    def fit_options(message: dict) -> fitting.FitOptions:
+        try:
+            return fitting.FitOptions.from_dict(message["options"])
+        except ValueError as e:
+            raise RequestError("bad_request", f"fit options: {e}") from None
+
+    def collector(self, positions: int, vocab: int, options: fitting.FitOptions, device) -> fitting.Collector:
+        """The fit's per-position store, refused (before any window runs) above the memory budget."""
+        try:
+            return fitting.Collector(len(self.models), vocab, positions, options, device)
+        except fitting.FitError as e:
+            raise RequestError("bad_request", str(e)) from None
+
+    def send_fitted(self, request_id, space: str, positions: int, n_windows: int, sums: ev.Sums,
+                    byte_stats: list[dict] | None, collector: fitting.Collector, options: fitting.FitOptions,
+                    started: float, tokenize_seconds: float) -> None:
+        """The fits on what the pass kept; their settings' dev sums appended to the pass's."""
+        outcome = fitting.run_fits(collector, options, space, self.status, self.stop_check(request_id))
+        for f in outcome.fits:
+            per_window = fitting.window_sums(collector, f.position_nll, n_windows)
+            total = 0.0
+            for x in per_window:                     # the total is the window-order sum, as add_window makes it
+                total += x
+            sums.fusion_nll.append(total)
+            sums.window_fusion_nll.append(per_window)
+            sums.fusion_weights.append([a * sums.scored_tokens for a in fitting.static_weights(f.setting)])
+        first = self.models[0]
+        self.channel.send({
+            "type": "fitted", "request_id": request_id, "space": space, "tokens": positions, "windows": n_windows,
+            "sums": sums.to_dict(), "byte_stats": byte_stats, "fits": [f.to_dict() for f in outcome.fits],
+            "positions": collector.positions, "kept_bytes": collector.kept_bytes,
+            "seconds": time.perf_counter() - started, "fit_seconds": outcome.seconds,
+            "tokenize_seconds": tokenize_seconds, "peak_memory_bytes": peak_memory_bytes(),
+            "device": str(first.device), "dtype": str(first.dtype).replace("torch.", ""),
+        })
         if self.stopping:
             self.channel.send({"type": "bye"})
 

@@ -13,7 +13,7 @@ from kotara_worker import protocol
 
 GOLDEN = Path(__file__).resolve().parents[2] / "protocol" / "golden"
 KEY = os.urandom(32)
-TO_WORKER = {"load", "evaluate", "evaluate_resume", "evaluate_positions", "generate", "cancel", "shutdown"}
+TO_WORKER = {"load", "evaluate", "evaluate_resume", "evaluate_positions", "generate", "fit", "cancel", "shutdown"}
 
 
 def golden_names():
@@ -21,7 +21,7 @@ def golden_names():
 
 
 def test_golden_set_is_complete():
-    assert set(golden_names()) >= TO_WORKER | {"hello", "loaded", "progress", "result", "chunk", "generated", "error", "bye", "heartbeat", "status"}
+    assert set(golden_names()) >= TO_WORKER | {"hello", "loaded", "progress", "result", "chunk", "generated", "fitted", "error", "bye", "heartbeat", "status"}
 
 
 @pytest.mark.parametrize("name", golden_names())

@@ -32,7 +32,7 @@
 // min(bytes asked, n). Each position has the same numbers as every token: ν_m per model,
 // ν_s per asked setting, α per asked setting and model. A resumed request gives every
 // position of the view too (the worker scores the checkpoint's windows of the view again).
-import type { Positions, PositionsRequest, Setting, Sums } from "../../src/protocol.js";
+import type { FitOptions, FitResult, Positions, PositionsRequest, Setting, Sums } from "../../src/protocol.js";
 import { paramsOf } from "../../src/strategies.js";
 
 export interface Window {
@@ -202,4 +202,34 @@ export function positionsOf(text: Buffer, windows: Window[], asked: PositionsReq
     fusion_nll: asked.settings.map((k) => stream.map(() => r.fusion[k])),
     weights: asked.settings.map((k) => r.weights[k].map((a) => stream.map(() => a))),
   };
+}
+
+/** What the worker's log-linear fit keeps: models × scored positions × vocabulary × 4 bytes (fit.py). */
+export const keptLogitsBytes = (nModels: number, positions: number, vocab: number): number => nModels * positions * vocab * 4;
+
+/**
+ * The fake's fits, in options.fits order (closed forms of its canned surface):
+ *   loglinear → fitted-poe: temperatures 1, betas c_m = 1 / (M · τ_m) (the weights 1/M at the
+ *               temperatures τ_m its surface favours), Newton 3 iterations, 7 passes, |∇| 0;
+ *   mix       → fitted-mix: weights 1/M, each temperature the grid value (mix_temperatures and 1)
+ *               nearest τ_m (the first of equals), EM 1 iteration per grid value.
+ * Their NLLs are fusionPpl's, as for any setting.
+ */
+export function fittedSettings(nModels: number, options: FitOptions): FitResult[] {
+  const M = nModels;
+  const grid = [...new Set([...options.mix_temperatures, 1])].sort((a, b) => a - b);
+  const nearest = (t: number) => grid.reduce((best, x) => (Math.abs(x - t) < Math.abs(best - t) ? x : best), grid[0]);
+  return options.fits.map((kind): FitResult => {
+    if (kind === "loglinear") {
+      const c = Array.from({ length: M }, (_, m) => 1 / (M * bestTemperature(m)));
+      const setting: Setting = { id: "fitted-poe", type: "poe", temperatures: Array(M).fill(1), betas: c, weights: null };
+      const nu = Math.log(fusionPpl(setting));
+      return { kind, setting, iterations: 3, evaluations: 7, converged: true, gradient_norm: 0, history: [Math.log(BASE_PPL.average), nu],
+        coefficients: c, at_bound: Array(M).fill(false), note: null };
+    }
+    const weights = Array(M).fill(1 / M);
+    const setting: Setting = { id: "fitted-mix", type: "mix", temperatures: Array.from({ length: M }, (_, m) => nearest(bestTemperature(m))), betas: null, weights };
+    return { kind, setting, iterations: grid.length, evaluations: grid.length, converged: true, gradient_norm: 0,
+      history: [Math.log(fusionPpl(setting))], coefficients: weights, at_bound: Array(M).fill(false), note: null };
+  });
 }

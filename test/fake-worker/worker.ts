@@ -24,6 +24,10 @@
 //             (token id 97 + letter), log-probability −(1 + step mod 3)/4, equal
 //             weights; stop strings cut it; a chunk per step (KOTARA_FAKE_DELAY_MS
 //             sleeps per step), cancel and shutdown honoured between steps.
+//   fit       the evaluate pass over the dev text (its checks, progress, cancel, faults), then the
+//             fitted settings of ./canned.ts fittedSettings in closed form, their sums those
+//             evaluate gives them; a log-linear fit whose kept logits (models × scored positions
+//             × vocab_size × 4 bytes) are over options.memory_budget_bytes: bad_request first.
 //   cancel    idle: ignored. shutdown: bye, exit 0.
 //   drops     bad frames, bad signatures, undecodable, off-schema and replayed messages,
 //             with the worker's stderr lines ("kotara-worker: dropped a message: …").
@@ -46,7 +50,7 @@ import { decode, encode } from "@msgpack/msgpack";
 import * as zmq from "zeromq";
 import { FromWorker, PROTOCOL_VERSION, ToWorker, type ErrorMsg, type Setting, type Sums } from "../../src/protocol.js";
 import { LIST_PARAMS, LIST_PARAM_NAMES } from "../../src/strategies.js";
-import { addWindow, firstBadUtf8, planBatches, planWindows, positionsOf, rates, sumsSince, windowBytes, zeroSums } from "./canned.js";
+import { addWindow, firstBadUtf8, fittedSettings, keptLogitsBytes, planBatches, planWindows, positionsOf, rates, sumsSince, windowBytes, zeroSums } from "./canned.js";
 
 const FAKE_WORKER_VERSION = "0.1.0-fake";
 const PEAK_MEMORY_BYTES = 64 * 1024 * 1024;
@@ -235,10 +239,11 @@ class Server {
       return;
     }
     if (message.type === "cancel") return; // nothing is running
-    const requestId = message.type === "evaluate" || message.type === "generate" ? message.request_id : null;
+    const requestId = message.type === "evaluate" || message.type === "generate" || message.type === "fit" ? message.request_id : null;
     try {
       if (message.type === "load") this.load(message);
       else if (message.type === "generate") await this.generate(message);
+      else if (message.type === "fit") await this.fit(message);
       else await this.evaluate(message);
     } catch (e) {
       if (e instanceof RequestError) this.error(requestId, e.code, e.message, e.detail);
@@ -361,6 +366,66 @@ class Server {
   }
 
   private async evaluate(message: Extract<ToWorkerMsg, { type: "evaluate" }>): Promise<void> {
+    const { sums, nTokens, windows, started, tokenizeSeconds, asked, bytes, r } = await this.pass(message, message.resume);
+    const firstModel = this.models[0];
+    void this.channel.send({
+      type: "result", request_id: message.request_id, space: "tokens", tokens: nTokens, windows: windows.length, sums, byte_stats: null,
+      seconds: (performance.now() - started) / 1000, tokenize_seconds: tokenizeSeconds, peak_memory_bytes: PEAK_MEMORY_BYTES,
+      device: firstModel.device, dtype: firstModel.dtype, ...(asked ? { positions: positionsOf(bytes, windows, asked, r) } : {}),
+    });
+    if (this.stopping) await this.channel.send({ type: "bye" });
+  }
+
+  /**
+   * fit (fit.py, in closed form): the pass over the dev text with the request's settings, as
+   * evaluate runs it; the memory budget checked first (kept = models × scored positions ×
+   * vocabulary × 4 bytes, as the worker counts it, when loglinear is asked for); then the
+   * fitted settings, in options.fits order (see canned.ts fittedSettings), their sums those
+   * evaluate gives them (so that `kotara run` of a fitted config reproduces the dev numbers).
+   */
+  private async fit(message: Extract<ToWorkerMsg, { type: "fit" }>): Promise<void> {
+    const { options } = message;
+    if (this.models.length && this.tokenizer && options.fits.includes("loglinear")) {
+      let size = 0;
+      try {
+        size = statSync(message.dataset.path).size;
+      } catch {
+        // the pass says not_found
+      }
+      if (size >= 2) {
+        const d = message.dataset;
+        const positions = planWindows(size, d.max_length, d.stride, d.bos_per_window).reduce((a, w) => a + w.end - w.firstScored, 0);
+        const need = keptLogitsBytes(this.models.length, positions, this.tokenizer.vocab_size);
+        if (need > options.memory_budget_bytes) {
+          throw new RequestError("bad_request", `the log-linear fit keeps every model's logits at every dev position: ${positions} positions × ` +
+            `${this.models.length} models × ${this.tokenizer.vocab_size} logits × 4 bytes = ${need} bytes, over the memory budget of ${options.memory_budget_bytes} bytes`);
+        }
+      }
+    }
+    const { sums, nTokens, windows, started, tokenizeSeconds } = await this.pass(message, null);
+    const fitted = fittedSettings(this.models.length, options);
+    const r = rates(this.models.length, fitted.map((f) => f.setting));
+    fitted.forEach((f, k) => {
+      const perWindow = windows.map((w) => (w.end - w.firstScored) * r.fusion[k]);
+      sums.fusion_nll.push(perWindow.reduce((a, x) => a + x, 0));
+      sums.window_fusion_nll.push(perWindow);
+      sums.fusion_weights.push(r.weights[k].map((x) => x * sums.scored_tokens));
+    });
+    const firstModel = this.models[0];
+    const positions = sums.scored_tokens;
+    void this.channel.send({
+      type: "fitted", request_id: message.request_id, space: "tokens", tokens: nTokens, windows: windows.length, sums, byte_stats: null,
+      fits: fitted, positions,
+      kept_bytes: (options.fits.includes("loglinear") ? keptLogitsBytes(this.models.length, positions, this.tokenizer!.vocab_size) : 0)
+        + this.models.length * (new Set([...options.mix_temperatures, 1]).size) * positions * 8 + positions * 16,
+      seconds: (performance.now() - started) / 1000, fit_seconds: 0, tokenize_seconds: tokenizeSeconds,
+      peak_memory_bytes: PEAK_MEMORY_BYTES, device: firstModel.device, dtype: firstModel.dtype,
+    });
+    if (this.stopping) await this.channel.send({ type: "bye" });
+  }
+
+  /** The evaluation pass of evaluate and fit: checks, windows, batches, progress, cancel, faults. */
+  private async pass(message: Extract<ToWorkerMsg, { type: "evaluate" | "fit" }>, resume: Sums | null) {
     if (!this.models.length || !this.tokenizer) throw new RequestError("bad_request", "no models are loaded (send load first)");
     const requestId = message.request_id;
     const { max_length: maxLength, stride, bos_per_window: bos, path: file } = message.dataset;
@@ -374,7 +439,7 @@ class Server {
       throw new RequestError("bad_request", "dataset.bos_per_window is true but the tokenizer has no BOS token");
     }
     checkSettings(message.settings, this.models.length);
-    const asked = message.positions ?? null;
+    const asked = message.type === "evaluate" ? (message.positions ?? null) : null;
     if (asked) {
       const bad = asked.settings.find((k) => k >= message.settings.length);
       if (bad !== undefined) throw new RequestError("bad_request", `positions.settings: index ${bad} is not one of the request's ${message.settings.length} settings`);
@@ -402,7 +467,7 @@ class Server {
     }
     const nModels = this.models.length;
     const nSettings = message.settings.length;
-    const sums: Sums = message.resume ? structuredClone(message.resume) : zeroSums(nModels, nSettings);
+    const sums: Sums = resume ? structuredClone(resume) : zeroSums(nModels, nSettings);
     const done = sums.windows_done;
     const lists = [sums.window_targets, sums.window_bytes, ...sums.window_model_nll, ...sums.window_fusion_nll];
     if (sums.model_nll.length !== nModels || sums.fusion_nll.length !== nSettings || sums.fusion_weights.length !== nSettings
@@ -452,13 +517,7 @@ class Server {
     } finally {
       this.running = null;
     }
-    const firstModel = this.models[0];
-    void this.channel.send({
-      type: "result", request_id: requestId, space: "tokens", tokens: nTokens, windows: windows.length, sums, byte_stats: null,
-      seconds: (performance.now() - started) / 1000, tokenize_seconds: tokenizeSeconds, peak_memory_bytes: PEAK_MEMORY_BYTES,
-      device: firstModel.device, dtype: firstModel.dtype, ...(asked ? { positions: positionsOf(bytes, windows, asked, r) } : {}),
-    });
-    if (this.stopping) await this.channel.send({ type: "bye" });
+    return { sums, nTokens, windows, started, tokenizeSeconds, asked, bytes, r };
   }
 
   /** The injected faults that fire at a batch boundary, `evaluated` windows into the request. */
