@@ -292,7 +292,7 @@ class Server:
         options = self.fit_options(message)
         reset_peak_memory()
         tokenize_started = time.perf_counter()
-        token_ids, text, token_ends = self.tokenize(data["path"])
+        token_ids, text, token_ends = self.tokenize(self.read_dataset_text(data), data["path"])
         try:
             windows = plan_windows(len(token_ids), data["max_length"], data["stride"], bos=data["bos_per_window"])
         except ValueError as e:
@@ -328,7 +328,8 @@ class Server:
         options = self.fit_options(message)
         reset_peak_memory()
         tokenize_started = time.perf_counter()
-        text = self.read_text(data["path"])
+        text = self.read_text(data["path"]) if not data.get("field") else \
+            self.read_dataset_text(data).encode("utf-8")
         try:
             windows = plan_byte_windows(text, data["max_length"], data["stride"])
         except ValueError as e:
