@@ -137,7 +137,7 @@ def main() -> None:
             for m, x in enumerate(w[:-1][-trg:].double().sum(0).tolist()):
                 wsum[m] += x
         fusions.append({"id": s["id"], "type": s["type"], "temperatures": s["temperatures"], "betas": s["betas"],
-                        "nll_sum": nll, "weights_sum": wsum, "seconds": time.perf_counter() - t})
+                        "weights": s.get("weights"), "nll_sum": nll, "weights_sum": wsum, "seconds": time.perf_counter() - t})
         if k % 10 == 0 or k == len(settings) - 1:
             log(f"setting {k + 1}/{len(settings)} {s['id']}: {fusions[-1]['seconds']:.2f}s")
 

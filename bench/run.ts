@@ -1,7 +1,8 @@
 // `npm run bench`: Kotara against a naive reference, and the cost of a sweep.
 //
-//   npm run bench                         # the full benchmark (≈ 11–12 min on 2 cores)
+//   npm run bench                         # the full benchmark (≈ 11–12 min on 2 cores, + the generation part: 4–7 min)
 //   npm run bench -- --quick              # a smoke run of the harness (tiny models, seconds)
+//   npm run bench -- --generate-only      # fused generation vs each model's own model.generate
 //   npm run bench -- --tokens 1024 --max-length 512 --stride 256 --naive-subset 20 --out results/bench.json
 //   npm run bench -- --help               # every option
 //
@@ -22,7 +23,11 @@
 //   6. byte space (bench/bytes.ts): byte-space ÷ token-space evaluation of the demo's
 //      same-tokenizer pair at K = 1 and the default K, and its peak memory on a 2× and an
 //      8× text (--no-bytes skips it);
-//   7. with --memory-probe: bench/memory_probe.py, in-process, takes the worker's request
+//   7. generation (bench/generation.ts): fused generation (session.generate, greedy) against
+//      each model's own Hugging Face model.generate (bench/hf_generate.py) on the same
+//      GPT-2-small-shaped pair, batch 1 and 8: the fused step ÷ the two models' own steps,
+//      tokens/s, time to first token (--no-generate skips it, --generate-only runs it alone);
+//   8. with --memory-probe: bench/memory_probe.py, in-process, takes the worker's request
 //      path apart to see which piece of a request's peak memory grows with the text.
 //
 // main() runs these as named steps; each step is one function below.
@@ -39,6 +44,7 @@ import { openSession, resolvePython, type Evaluation, type Session } from "../sr
 import { KNOWN_STRATEGIES, resolveStrategies, settingKey } from "../src/strategies.js";
 import { temperatureGrid } from "../src/sweep.js";
 import { byteSpaceBench } from "./bytes.js";
+import { STEP_TARGET, generationBench } from "./generation.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const GRID = [0.7, 0.85, 1.0, 1.15, 1.3];
@@ -65,6 +71,10 @@ interface Options {
   bytes: boolean;
   bytesOnly: boolean;
   byteText: number;
+  generate: boolean;
+  generateOnly: boolean;
+  genTokens: number;
+  genRounds: number;
 }
 
 const HELP = `usage: npm run bench -- [options]
@@ -88,6 +98,11 @@ prints every figure with its target and writes a JSON report (docs/benchmarks.md
   --no-bytes         skip the byte-space part (bench/bytes.ts)
   --bytes-only       run only the byte-space part (≈ 3 min; no GPT-2-small models needed)
   --byte-text N      bytes of text for the byte-space cost figure (default 8192; --quick 1024)
+  --no-generate      skip the generation part (bench/generation.ts)
+  --generate-only    run only the generation part: fused generation vs each model's own
+                     model.generate, batch 1 and 8 (≈ 4 min at the defaults on 2 cores)
+  --gen-tokens N     new tokens per prompt in the generation part (default 64; --quick 8)
+  --gen-rounds N     interleaved rounds of the generation part, medians (default 3; --quick 1)
   --memory-probe     also run bench/memory_probe.py: the worker's request path in-process,
                      piece by piece, at 1×, 4× and 16× the memory check's 2× text
                      (several minutes at the defaults)
@@ -109,6 +124,10 @@ const OPTION_SPEC = {
   "no-bytes": { type: "boolean" },
   "bytes-only": { type: "boolean" },
   "byte-text": { type: "string" },
+  "no-generate": { type: "boolean" },
+  "generate-only": { type: "boolean" },
+  "gen-tokens": { type: "string" },
+  "gen-rounds": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const satisfies ParseArgsConfig["options"];
 
@@ -134,16 +153,24 @@ function parseOptions(argv: string[]): Options | null {
     batchSize: positiveInt("batch-size", values["batch-size"], 8),
     naiveSubset: values["naive-full"] ? null : positiveInt("naive-subset", values["naive-subset"], quick ? 8 : SWEEP_SIZE),
     out: values.out !== undefined ? resolve(values.out)
-      : join(ROOT, "results", quick ? "bench-quick.json" : values["bytes-only"] ? "bench-bytes.json" : "bench.json"),
+      : join(ROOT, "results", quick ? "bench-quick.json" : values["bytes-only"] ? "bench-bytes.json"
+        : values["generate-only"] ? "bench-generate.json" : "bench.json"),
     modelsDir: values["models-dir"] !== undefined ? resolve(values["models-dir"]) : join(ROOT, ".kotara", "bench-models"),
     gpu: !values["no-gpu"],
     memoryProbe: values["memory-probe"] ?? false,
     bytes: !values["no-bytes"],
     bytesOnly: values["bytes-only"] ?? false,
     byteText: positiveInt("byte-text", values["byte-text"], quick ? 1024 : 8192),
+    generate: !values["no-generate"],
+    generateOnly: values["generate-only"] ?? false,
+    genTokens: positiveInt("gen-tokens", values["gen-tokens"], quick ? 8 : 64),
+    genRounds: positiveInt("gen-rounds", values["gen-rounds"], quick ? 1 : 3),
   };
   if (o.stride > o.maxLength) throw new UsageError("--stride must be <= --max-length");
   if (o.bytesOnly && !o.bytes) throw new UsageError("--bytes-only and --no-bytes exclude each other");
+  if (o.generateOnly && !o.generate) throw new UsageError("--generate-only and --no-generate exclude each other");
+  if (o.generateOnly && o.bytesOnly) throw new UsageError("--generate-only and --bytes-only exclude each other");
+  if (o.genTokens < 2) throw new UsageError("--gen-tokens needs at least 2 (a step is timed after the first token)");
   if (o.naiveSubset !== null && o.naiveSubset >= SWEEP_SIZE) o.naiveSubset = null;
   return o;
 }
@@ -293,12 +320,18 @@ interface Inputs {
   warm: TextFile;
 }
 
-function prepareInputs(o: Options, work: string): Inputs {
+/** The two bench models (built once, cached) and the text their tokenizer was built from. */
+function buildModels(o: Options): { wikitext: string; haveWiki: boolean; shape: string; built: BuiltModels } {
   const wikitext = resolve(ROOT, "..", "shared", "data", "wikitext-2-raw-test.txt");
   const haveWiki = existsSync(wikitext);
   const shape = o.quick ? "tiny" : "small";
   log(`models: GPT-2 ${shape} shape ×2 (cached in ${relative(ROOT, o.modelsDir)})`);
   const built: BuiltModels = python("make_models.py", ["models", "--out", o.modelsDir, "--shape", shape, ...(haveWiki ? ["--source", wikitext] : [])]);
+  return { wikitext, haveWiki, shape, built };
+}
+
+function prepareInputs(o: Options, work: string): Inputs {
+  const { wikitext, haveWiki, shape, built } = buildModels(o);
   const [modelA] = built.models;
   const cut = (tokens: number, name: string): TextFile =>
     python("make_models.py", ["text", "--tokenizer", modelA, "--source", built.source, "--tokens", String(tokens), "--out", join(work, name)]);
@@ -722,6 +755,7 @@ interface Measured {
   bridge: BridgeFigures;
   gpu: unknown;
   bytes: unknown;
+  generation: unknown;
   probe: unknown;
 }
 
@@ -752,6 +786,7 @@ function buildReport(o: Options, m: Measured, totalSeconds: number) {
     },
     gpu: m.gpu,
     byte_space: m.bytes,
+    generation: m.generation,
     memory_probe: m.probe,
     table: rows,
     total_seconds: totalSeconds,
@@ -796,8 +831,36 @@ async function measure(o: Options, work: string): Promise<Measured> {
   const gpu = await gpuPart(o, kotara.hello, inputs);
   const bytes = o.bytes ? await byteSpaceBench({ root: ROOT, work, bytes: o.byteText, batchSize: o.batchSize, log, row }) : null;
   if (!o.bytes) row("byte space ÷ token space", "skipped (--no-bytes)", "", "skipped");
+  const generation = o.generate ? await generationPart(o, work, inputs.built) : null;
+  if (!o.generate) row(`generation: fused step ÷ the two models' own steps`, "skipped (--no-generate)", `<= ${STEP_TARGET}`, "skipped");
   const probe = o.memoryProbe ? memoryProbe(o, inputs, settings.four, work) : null;
-  return { machine, inputs, settings, kotara, mem, naive, agree, speed, memory, bridge, gpu, bytes, probe };
+  return { machine, inputs, settings, kotara, mem, naive, agree, speed, memory, bridge, gpu, bytes, generation, probe };
+}
+
+/** Step 7: generation (bench/generation.ts) on the bench's pair, batch 1 and 8. */
+function generationPart(o: Options, work: string, built: BuiltModels): Promise<unknown> {
+  return generationBench({ root: ROOT, work, models: built.models.slice(0, 2), source: built.source, newTokens: o.genTokens,
+    batches: [1, 8], rounds: o.genRounds, log, row });
+}
+
+/** `--generate-only`: the generation part alone, its rows and a JSON report. */
+async function generateOnly(o: Options, work: string, started: number): Promise<number> {
+  const machine = machineInfo();
+  const { shape, built } = buildModels(o);
+  const generation = await generationPart(o, work, built);
+  const report = { kind: o.quick ? "generation only, quick smoke run (tiny models): not a benchmark" : "generation only",
+    machine: { ...machine, loadavg_start: round2(machine.loadavg_start), loadavg_end: round2(loadavg()) },
+    models: built.models.slice(0, 2), parameters: built.parameters.slice(0, 2), generation, table: rows,
+    total_seconds: (performance.now() - started) / 1000 };
+  mkdirSync(dirname(o.out), { recursive: true });
+  writeFileSync(o.out, JSON.stringify(report, null, 2) + "\n");
+  printTable(`Kotara benchmark, generation only${o.quick ? " (QUICK SMOKE RUN: tiny models, not a benchmark)" : ""} — ` +
+    `${machine.nproc} cores, ${machine.cpu_model}; 2 × GPT-2 ${shape} shape (${(built.parameters[0] / 1e6).toFixed(1)}M params each), ` +
+    `${o.genTokens} new tokens, greedy`);
+  console.log(`\nload average: ${round2(machine.loadavg_start).join(" ")} at start, ${round2(loadavg()).join(" ")} at end` +
+    (machine.loadavg_start[0] > 0.5 ? "  (WARNING: a busy machine; timings are not representative)" : ""));
+  console.log(`total ${fmt(report.total_seconds, 0)} s; JSON: ${relative(process.cwd(), o.out)}`);
+  return 0;
 }
 
 /** `--bytes-only`: the byte-space part alone, its rows and a JSON report. */
@@ -822,6 +885,7 @@ async function main(): Promise<number> {
   const work = mkdtempSync(join(tmpdir(), "kotara-bench-"));
   try {
     if (o.bytesOnly) return await bytesOnly(o, work, started);
+    if (o.generateOnly) return await generateOnly(o, work, started);
     const m = await measure(o, work);
     const report = buildReport(o, m, (performance.now() - started) / 1000);
     mkdirSync(dirname(o.out), { recursive: true });

@@ -47,10 +47,11 @@ class Sampling:
 def choose(logp: torch.Tensor, s: Sampling, generator: torch.Generator) -> torch.Tensor:
     """The next token of each row of logp [B, V] (float32): argmax, or a sample of
     softmax(logp / temperature) cut to the top_k tokens and to the smallest set whose
-    probability reaches top_p. Returns [B] long (on the CPU: the generator's device)."""
-    logp = logp.float().cpu()
+    probability reaches top_p. Returns [B] long on the CPU (greedy takes the argmax where
+    logp is and moves only the [B] ids; sampling moves logp to the CPU generator)."""
     if s.greedy:
-        return logp.argmax(-1)                                              # [B]
+        return logp.argmax(-1).cpu()                                        # [B]: on the logits' device, [B] back
+    logp = logp.float().cpu()
     x = logp / s.temperature                                                # [B, V]
     if s.top_k and s.top_k < x.shape[-1]:
         kth = torch.topk(x, s.top_k, dim=-1).values[:, -1:]                 # [B, 1]
@@ -69,11 +70,20 @@ def _cache_kw(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def _keep_last_kw(model: Any) -> str | None:
+    # transformers' causal LMs take logits_to_keep (num_logits_to_keep before 4.50): the head
+    # then runs on the last position only, as model.generate does; a model without either
+    # (remote code, say) computes every position's logits and the last is taken
+    params = inspect.signature(model.forward).parameters
+    return next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+
+
 class _Decoder:
     """One model's side of a batch: its KV cache, attention mask and next positions."""
 
     def __init__(self, model: Any, device: torch.device):
         self.model, self.device, self.kw = model, device, _cache_kw(model)
+        self.keep_last = _keep_last_kw(model)
         self.cache: Any = None
         self.mask: torch.Tensor | None = None      # [B, L] long
         self.pos: torch.Tensor | None = None       # [B] long: the next token's position
@@ -83,7 +93,10 @@ class _Decoder:
         """ids, mask [B, L] (left-padded): the logits after each row's last token [B, V]."""
         self.mask = mask.to(self.device)
         pos = (self.mask.cumsum(-1) - 1).clamp_min(0)                        # [B, L] each row from 0
-        out = self.model(input_ids=ids.to(self.device), attention_mask=self.mask, position_ids=pos, use_cache=True)
+        # the head on each row's last position only (left padding: every row's last is column -1)
+        keep = {self.keep_last: 1} if self.keep_last else {}
+        out = self.model(input_ids=ids.to(self.device), attention_mask=self.mask, position_ids=pos, use_cache=True,
+                         **keep)
         self.cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         self.pos = pos[:, -1] + 1
         return out.logits[:, -1]
@@ -108,9 +121,11 @@ class Row:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     weights: list[list[float]] = field(default_factory=list)
-    text: str = ""                       # the decoded output (cut at a stop string)
-    sent: int = 0                        # characters of text already streamed
+    text: str = ""                       # the decoded output (cut at a stop string), set when it finishes
+    stream: str = ""                     # the text decoded so far, piece by piece (_TextTail)
+    sent: int = 0                        # characters of stream already streamed
     finish: str | None = None            # "length" | "stop" | "end"
+    tail: "_TextTail | None" = field(default=None, repr=False)
 
     def summary(self) -> dict[str, Any]:
         n = max(1, len(self.weights))
@@ -132,6 +147,46 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
                 n = max(n, k)
                 break
     return n
+
+
+class _TextTail:
+    """A row's output text as it grows, decoding a few tokens per step instead of all of
+    them (text-generation-inference's decode_token, the prefix and read offsets): each
+    push decodes the tokens not printed yet together with the piece printed before them
+    (its context: a space between two words, SentencePiece's leading space) and returns
+    what they add to that piece. A window whose text ends in U+FFFD (a partial UTF-8
+    character) waits for the next token; flush() gives it as it stands. Re-decoding
+    every token at every step made a row's text cost O(n²) in its length."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0          # ids[prefix:read]: the piece printed last (the context)
+        self.read = 0            # ids[read:]: not printed yet
+        self.before = ""         # decode(ids[prefix:read])
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False) if ids else ""
+
+    def push(self, t: int) -> str:
+        self.ids.append(t)
+        return self._take(final=False)
+
+    def flush(self) -> str:
+        return self._take(final=True) if len(self.ids) > self.read else ""
+
+    def _take(self, final: bool) -> str:
+        text = self._decode(self.ids[self.prefix:])
+        if not final and (len(text) <= len(self.before) or text.endswith("\ufffd")):
+            return ""
+        # text starts with before unless the decoder rewrites what came before the new
+        # tokens (the Python-side clean_up_tokenization_spaces turns "a ." into "a."): what
+        # was printed stays printed, as when every step decoded everything; the row's
+        # final text is one decode of all its tokens in any case (_advance)
+        new = text[len(self.before):]
+        self.prefix, self.read = self.read, len(self.ids)
+        self.before = self._decode(self.ids[self.prefix:self.read])
+        return new
 
 
 @dataclass
@@ -161,7 +216,7 @@ def _prompt_rows(tokenizer: Any, r: Request, context: int | None, start_id: int,
         if cut:
             warn(f"prompt {i}: {len(ids)} tokens, truncated from the left to the last {room} to fit the context "
                  f"of {context} positions with {r.max_new} new tokens")
-        rows.append(Row(i, [start_id, *ids[cut:]], cut))
+        rows.append(Row(i, [start_id, *ids[cut:]], cut, tail=_TextTail(tokenizer)))
     return rows
 
 
@@ -198,13 +253,15 @@ def generate(models: Sequence[Any], tokenizer: Any, vocab: int, r: Request, star
     logits = [d.prefill(ids, mask) for d in decoders]                       # [B, V_m] each
     for step in range(r.max_new):
         logp, alpha = fused_log_probs([z.to(logits[0].device) for z in logits], vocab, r.setting, cfg)   # [B, V], [B, N]
-        chosen = choose(logp, r.sampling, generator)                       # [B]
+        chosen = choose(logp, r.sampling, generator)                       # [B] CPU
+        # every row's values in one gather and one transfer each (not B small reads)
+        picked = logp.gather(1, chosen.to(logp.device).view(-1, 1)).view(-1).tolist()
+        tokens, weights = chosen.tolist(), alpha.tolist()
         chunks = []
         for b, row in enumerate(rows):
             if row.finish is not None:
                 continue
-            t = int(chosen[b])
-            chunks.append(_advance(row, t, float(logp[b, t]), alpha[b].tolist(), tokenizer, eos, r))
+            chunks.append(_advance(row, tokens[b], picked[b], weights[b], tokenizer, eos, r))
         if first_token is None:
             first_token = time.perf_counter() - started
         on_step(step, chunks)
@@ -215,8 +272,9 @@ def generate(models: Sequence[Any], tokenizer: Any, vocab: int, r: Request, star
         feed = torch.tensor([row.tokens[-1] if row.tokens else pad for row in rows], dtype=torch.long)
         logits = [d.step(feed) for d in decoders]
     for row in rows:
-        if row.finish is None:
+        if row.finish is None:                      # (every row finishes in _advance by max_new)
             row.finish = "length"
+            row.text = tokenizer.decode(row.tokens, skip_special_tokens=False) if row.tokens else ""
     return {"outputs": [row.summary() for row in rows], "steps": max(len(row.tokens) for row in rows),
             "seconds": time.perf_counter() - started, "first_token_seconds": first_token or 0.0}
 
@@ -227,28 +285,44 @@ class Interrupted(Exception):
 
 def _advance(row: Row, t: int, logprob: float, weights: list[float], tokenizer: Any, eos: int | None,
              r: Request) -> dict[str, Any]:
-    """Record token t for row; decide whether the row is finished; the newly printable text."""
+    """Record token t for row; decide whether the row is finished; the newly printable text.
+    The text grows by the pieces of row.tail (a few tokens decoded per step); when the row
+    finishes, its text is one decode of all its tokens (without the end token), cut before
+    the first stop string, and the last chunk carries what of it was not printed yet."""
     if not math.isfinite(logprob):
         raise RequestError("numerical", f"prompt {row.index}: the fused distribution gave its chosen token "
                                         f"{t} log-probability {logprob}")
     row.tokens.append(t)
     row.logprobs.append(logprob)
     row.weights.append(weights)
-    if eos is not None and t == eos:
+    if row.tail is None:
+        row.tail = _TextTail(tokenizer)
+    end = eos is not None and t == eos
+    last = end or len(row.tokens) >= r.max_new
+    piece = row.tail.push(t) if not end else ""
+    if last:
+        piece += row.tail.flush()
+    before = len(row.stream)
+    row.stream += piece
+    if piece and any(s and row.stream.find(s, max(0, before - len(s) + 1)) >= 0 for s in r.stop):
+        row.finish = "stop"          # a stop string ends in the new piece (none was in the text before it)
+    elif end:
         row.finish = "end"
-        out_ids = row.tokens[:-1]
-    else:
-        out_ids = row.tokens
-    text = tokenizer.decode(out_ids, skip_special_tokens=False) if out_ids else ""
-    hits = [text.find(s) for s in r.stop if s and text.find(s) >= 0]
-    if hits:
-        text, row.finish = text[:min(hits)], "stop"
-    elif len(row.tokens) >= r.max_new and row.finish is None:
+    elif last:
         row.finish = "length"
-    row.text = text
-    printable = len(text) if row.finish is not None else len(text) - _held_back(text, r.stop)
-    new = text[row.sent:printable] if printable > row.sent else ""
-    row.sent = max(row.sent, printable)
+    if row.finish is None:
+        printable = len(row.stream) - _held_back(row.stream, r.stop)
+        new = row.stream[row.sent:printable] if printable > row.sent else ""
+        row.sent = max(row.sent, printable)
+    else:
+        out_ids = row.tokens[:-1] if end else row.tokens
+        text = tokenizer.decode(out_ids, skip_special_tokens=False) if out_ids else ""
+        hits = [h for h in (text.find(s) for s in r.stop if s) if h >= 0]
+        if hits:
+            text, row.finish = text[:min(hits)], "stop"
+        row.text = text
+        new = text[row.sent:] if text.startswith(row.stream[:row.sent]) else ""
+        row.sent = len(text)
     return {"prompt": row.index, "token": t, "text": new, "logprob": logprob, "weights": weights,
             "done": row.finish is not None}
 
