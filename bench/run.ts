@@ -44,6 +44,7 @@ import { openSession, resolvePython, type Evaluation, type Session } from "../sr
 import { KNOWN_STRATEGIES, resolveStrategies, settingKey } from "../src/strategies.js";
 import { temperatureGrid } from "../src/sweep.js";
 import { byteSpaceBench } from "./bytes.js";
+import { intervalsCost } from "./intervals.js";
 import { STEP_TARGET, generationBench } from "./generation.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -376,6 +377,8 @@ interface KotaraRuns {
   t1: Timed;
   t4: Timed;
   t100: Timed;
+  /** bench/intervals.ts: the sweep with ÷ without the bootstrap. */
+  intervals: unknown;
 }
 
 async function kotaraRuns(o: Options, inputs: Inputs, s: SettingsUnderTest): Promise<KotaraRuns> {
@@ -389,6 +392,7 @@ async function kotaraRuns(o: Options, inputs: Inputs, s: SettingsUnderTest): Pro
     `head paths ${session.loaded.models.map((m) => m.head_path).join(",")}`);
   let timed: Timed[];
   let closeSeconds: number;
+  let intervals: unknown = null;
   try {
     timed = [
       await timedEvaluate(session, "warm-up (not timed)", inputs.warm.path, s.four, o),
@@ -396,6 +400,8 @@ async function kotaraRuns(o: Options, inputs: Inputs, s: SettingsUnderTest): Pro
       await timedEvaluate(session, `${s.four.length} strategies`, inputs.text1.path, s.four, o),
       await timedEvaluate(session, `${s.sweep.length}-setting sweep`, inputs.text1.path, s.sweep, o),
     ];
+    intervals = await intervalsCost({ session, path: inputs.text2.path, maxLength: o.maxLength, stride: o.stride, batchSize: o.batchSize,
+      settings: s.sweep, rounds: o.quick ? 1 : 3, log, row });
   } finally {
     const tClose = performance.now();
     await session.close();
@@ -403,7 +409,7 @@ async function kotaraRuns(o: Options, inputs: Inputs, s: SettingsUnderTest): Pro
   }
   const [warmRun, t1, t4, t100] = timed;
   const totalSeconds = (performance.now() - tOpen) / 1000;
-  return { hello, params, openSeconds, loadSeconds, closeSeconds, totalSeconds, warmRun, t1, t4, t100 };
+  return { hello, params, openSeconds, loadSeconds, closeSeconds, totalSeconds, warmRun, t1, t4, t100, intervals };
 }
 
 const allRuns = (k: KotaraRuns) => [k.warmRun, k.t1, k.t4, k.t100];
@@ -771,7 +777,7 @@ function buildReport(o: Options, m: Measured, totalSeconds: number) {
       // `source` is the text file's path (make_models.py's field); what kind of text it is goes beside it
       text: { ...noPath(inputs.text1), source_kind: inputs.haveWiki ? "wikitext-2-raw-test prefix" : "synthetic" },
       text_2x: noPath(inputs.text2), text_8x: noPath(inputs.text8), naive_subset: o.naiveSubset },
-    kotara: { runs: allRuns(k).map(summary), warmup_excluded: summary(k.warmRun), bridge: m.bridge,
+    kotara: { runs: allRuns(k).map(summary), warmup_excluded: summary(k.warmRun), bridge: m.bridge, intervals: k.intervals,
       memory_runs: { text_1x: summary(m.mem.once), text_2x: m.mem.x2.map(summary), text_8x: m.mem.x8.map(summary) },
       memory_batch_size: m.mem.batchSize },
     naive: { ...m.naive.naive, wall_s: m.naive.wall },
