@@ -184,6 +184,24 @@ class Server:
         self.send_result(request_id, "tokens", tokens_total, len(windows), sums, None, started, tokenize_seconds,
                          view_field=self.positions_out(asked, view))
 
+    def byte_windows(self, data: dict) -> tuple[bytes, list, float]:
+        """A byte-space request's text, its windows of bytes, and the seconds reading and
+        checking them took (the request's peak starts here): every refusal of check_windows
+        before any window runs, then the tokenizers' freed heap handed back (it grows with
+        the text), as in token space. Shared by evaluate and fit."""
+        reset_peak_memory()
+        started = time.perf_counter()
+        text = self.read_text(data["path"]) if not data.get("field") else \
+            self.read_dataset_text(data).encode("utf-8")
+        try:
+            windows = plan_byte_windows(text, data["max_length"], data["stride"])
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
+        self.status(f"tokenizing {len(windows)} windows of {data['path']} for {len(self.byte_models)} models")
+        byte_eval.check_windows(self.byte_models, text, windows)
+        release_memory()
+        return text, windows, time.perf_counter() - started
+
     def evaluate_bytes(self, message: dict) -> None:
         """Byte space (SPEC §7): the text's bytes in windows of bytes, every model as a byte LM,
         every setting fused over the 257 outcomes (byte_eval). dataset.bos_per_window does
@@ -196,18 +214,7 @@ class Server:
         except ValueError as e:
             raise RequestError("bad_request", str(e)) from None
         asked = self.positions_request(message)
-        reset_peak_memory()
-        tokenize_started = time.perf_counter()
-        text = self.read_text(data["path"]) if not data.get("field") else \
-            self.read_dataset_text(data).encode("utf-8")
-        try:
-            windows = plan_byte_windows(text, data["max_length"], data["stride"])
-        except ValueError as e:
-            raise RequestError("bad_request", str(e)) from None
-        self.status(f"tokenizing {len(windows)} windows of {data['path']} for {len(self.byte_models)} models")
-        byte_eval.check_windows(self.byte_models, text, windows)   # refusals before any window runs
-        release_memory()        # the tokenizers' freed heap (it grows with the text), as in token space
-        tokenize_seconds = time.perf_counter() - tokenize_started
+        text, windows, tokenize_seconds = self.byte_windows(data)
         resume = self.resume_sums(message)
         view = pos.Collector(pos.byte_view(text, asked[1]), asked[0], len(self.models)) if asked is not None else None
         started = time.perf_counter()
@@ -326,18 +333,7 @@ class Server:
         except ValueError as e:
             raise RequestError("bad_request", str(e)) from None
         options = self.fit_options(message)
-        reset_peak_memory()
-        tokenize_started = time.perf_counter()
-        text = self.read_text(data["path"]) if not data.get("field") else \
-            self.read_dataset_text(data).encode("utf-8")
-        try:
-            windows = plan_byte_windows(text, data["max_length"], data["stride"])
-        except ValueError as e:
-            raise RequestError("bad_request", str(e)) from None
-        self.status(f"tokenizing {len(windows)} windows of {data['path']} for {len(self.byte_models)} models")
-        byte_eval.check_windows(self.byte_models, text, windows)
-        release_memory()
-        tokenize_seconds = time.perf_counter() - tokenize_started
+        text, windows, tokenize_seconds = self.byte_windows(data)
         collector = self.collector(sum(w.n_scored for w in windows), byte_eval.VOCAB, options, "cpu")
         started = time.perf_counter()
         on_progress = self.progress_sender(request_id, len(windows), len(text), started, None)

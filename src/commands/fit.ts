@@ -4,6 +4,7 @@
 // PackLLM-style grid) on the test text; report dev and test side by side, compare the
 // fitted rules with the grid's best point on test, and write a config with the fitted
 // strategies that `kotara run` accepts.
+import { catchInterrupts } from "./run.js";
 import { existsSync, statSync } from "node:fs";
 import path from "node:path";
 import { loadConfig } from "../config.js";
@@ -98,14 +99,7 @@ export async function fitCommand(configPath: string, flags: FitFlags): Promise<v
   const base = planRequest(plan);
   const settings = [...defaults, ...grid];
   const devRequest: EvaluationRequest = { ...base, dataset: { ...plan.dataset, path: dev.path }, text: dev.stats, settings, sweep: null };
-  const abort = new AbortController();
-  const onSignal = () => {
-    if (abort.signal.aborted) process.exit(130);
-    process.stderr.write("\nkotara: interrupted; stopping the worker (Ctrl-C again to quit at once)\n");
-    abort.abort();
-  };
-  const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
-  for (const s of signals) process.on(s, onSignal);
+  const abort = catchInterrupts("interrupted; stopping the worker (Ctrl-C again to quit at once)");
   let session: Session | null = null;
   try {
     progress.status(`loading ${plan.models.map((m) => m.ref).join(", ")}`);
@@ -145,7 +139,7 @@ export async function fitCommand(configPath: string, flags: FitFlags): Promise<v
     progress.stop();
     throw abort.signal.aborted ? new Interrupted() : e;
   } finally {
-    for (const s of signals) process.removeListener(s, onSignal);
+    abort.dispose();
     await session?.close();
   }
 }

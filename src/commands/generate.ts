@@ -2,6 +2,7 @@
 // The config gives the models and the strategies; --strategy picks one by id (default:
 // the first). With several prompts they decode together in one batch; stdout shows
 // them in order (each one's text as soon as the ones before it are done).
+import { catchInterrupts } from "./run.js";
 import { readFile } from "node:fs/promises";
 import { loadConfig } from "../config.js";
 import { Interrupted, UserError } from "../errors.js";
@@ -76,13 +77,7 @@ export async function generateCommand(configPath: string, f: GenerateFlags): Pro
     throw new UserError("generate: --greedy takes no --temperature, --top-k, --top-p or --seed", 2);
   }
   const say = (m: string) => f.quiet || process.stderr.write(`kotara: ${m}\n`);
-  const abort = new AbortController();
-  const onSignal = () => {
-    if (abort.signal.aborted) process.exit(130);
-    abort.abort();
-  };
-  const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
-  for (const s of signals) process.on(s, onSignal);
+  const abort = catchInterrupts(null);      // what was printed stays; the top-level handler says "interrupted"
   let session: Session | null = null;
   try {
     say(`loading ${plan.models.map((m) => m.ref).join(", ")}`);
@@ -116,7 +111,7 @@ export async function generateCommand(configPath: string, f: GenerateFlags): Pro
     }
     throw e;
   } finally {
-    for (const s of signals) process.removeListener(s, onSignal);
+    abort.dispose();
     await session?.close();
   }
 }

@@ -101,15 +101,17 @@ function htmlOptions(evaluation: Evaluation, request: EvaluationRequest): HtmlRe
 }
 
 /**
- * Ctrl-C (and SIGTERM, SIGHUP): the first one aborts the signal (the run cancels the
- * request and keeps what was finished, a checkpoint; exit 130); a second one leaves at
- * once (the exit hook kills the worker).
+ * Ctrl-C (and SIGTERM, SIGHUP): the first one aborts the signal (the command cancels its
+ * request and keeps what was finished; exit 130), saying `said` when given; a second one
+ * leaves at once (the exit hook kills the worker). Shared by run, eval, fit and generate.
  */
-function catchInterrupts(): { signal: AbortSignal; dispose: () => void } {
+export function catchInterrupts(
+  said: string | null = "interrupted; stopping the worker and saving a checkpoint (Ctrl-C again to quit at once)",
+): { signal: AbortSignal; dispose: () => void } {
   const abort = new AbortController();
   const onSignal = () => {
     if (abort.signal.aborted) process.exit(130);
-    process.stderr.write("\nkotara: interrupted; stopping the worker and saving a checkpoint (Ctrl-C again to quit at once)\n");
+    if (said) process.stderr.write(`\nkotara: ${said}\n`);
     abort.abort();
   };
   const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
