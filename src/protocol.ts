@@ -11,7 +11,7 @@
 import { z } from "zod";
 import { KNOWN_STRATEGIES, LIST_PARAM_NAMES, type ListParam } from "./strategies.js";
 
-export const PROTOCOL_VERSION = 7;
+export const PROTOCOL_VERSION = 8;
 
 // zod 4 numbers are finite (NaN and ±Infinity fail); these also map onto JSON Schema.
 const finite = z.number();
@@ -146,6 +146,8 @@ export const EvaluateMsg = z.strictObject({
   progress_every: z.number().int().positive(), // windows between progress messages (which carry sums)
   resume: Sums.nullable(), // continue from these sums (a checkpoint; every window so far: window_first 0)
   positions: PositionsRequest.nullable().optional(), // v6: per-position data for the token view; absent or null: none
+  // v8: a pool's batch: only windows first .. stop − 1, their sums alone (window_first = first); no progress messages
+  share: z.strictObject({ first: count, stop: z.number().int().positive() }).nullable().optional(),
 });
 /** How generation picks each token from the fused distribution (it does not change what is reported). */
 export const Sampling = z.strictObject({

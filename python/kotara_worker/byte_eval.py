@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .byte_lm import ByteLM, ByteStats, Interrupted, NonFiniteLogits
-from .evaluate import Cancelled, Sums, _starting_sums
+from .evaluate import Cancelled, Sums, _starting_sums, share_sums
 from .fusion import ChunkSums, FusionConfig, NumericalError, Setting
 from .fusion import _each_position as each_position   # score_chunk's per-position numbers, settings trusted
 from .models import ByteReader, LoadedModel
@@ -185,11 +185,12 @@ def run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window]
              batch_size: int, resume: Sums | None, on_progress: Callable[[Sums], None], progress_every: int,
              should_stop: Callable[[], bool], fusion_cfg: FusionConfig | None = None,
              positions: Collector | None = None,
-             collect: Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], None] | None = None) -> ByteResult:
+             collect: Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], None] | None = None,
+             share: tuple[int, int] | None = None) -> ByteResult:
     """_run_pass, then each model's trie forgets the nodes this request memoized (ByteTrie.forget)."""
     try:
         return _run_pass(models, text, windows, settings, batch_size, resume, on_progress, progress_every,
-                         should_stop, fusion_cfg, positions, collect)
+                         should_stop, fusion_cfg, positions, collect, share)
     finally:
         for m in models:
             m.lm.trie.forget()
@@ -199,7 +200,8 @@ def _run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window
              batch_size: int, resume: Sums | None, on_progress: Callable[[Sums], None], progress_every: int,
              should_stop: Callable[[], bool], fusion_cfg: FusionConfig | None = None,
              positions: Collector | None = None,
-             collect: Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], None] | None = None) -> ByteResult:
+             collect: Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], None] | None = None,
+             share: tuple[int, int] | None = None) -> ByteResult:
     """Σ byte NLL of every model and every setting over the windows; `resume` continues
     from a checkpoint's sums. The settings are trusted (the server checks them once per
     request); check_windows should have passed. Raises Cancelled (with the sums of every
@@ -207,12 +209,18 @@ def _run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window
     positions: a token view's collector (positions.py; a position is a byte), given each
     window's per-byte numbers at the view's bytes.
     collect: called per window with every model's floored rows [n, 257] (what the fusion
-    reads), the window's byte values [n] and its index [n] (a fit: fit.py)."""
-    sums = _starting_sums(resume, len(models), len(settings), len(windows))
+    reads), the window's byte values [n] and its index [n] (a fit: fit.py).
+    share=(first, stop): only those windows (a pool's batch), as evaluate.run_pass's share.
+    A batch is a group of batch_size windows (absolute), whose weights are added at its end
+    (evaluate.Sums)."""
+    sums = share_sums(share, len(models), len(settings), len(windows), resume, batch_size) if share is not None \
+        else _starting_sums(resume, len(models), len(settings), len(windows))
+    stop = share[1] if share is not None else len(windows)
     fusion_cfg = fusion_cfg or FusionConfig.for_device("cpu")        # the rows live on the CPU
     beams = [BeamTotals() for _ in models]
     reported = sums.windows_done
-    for batch in plan_byte_batches(len(windows), batch_size, sums.windows_done):
+    for batch in plan_byte_batches(stop, batch_size, sums.windows_done):
+        group_weights = torch.zeros(len(settings), len(models), dtype=torch.float64)   # [K, N]
         if should_stop():
             raise Cancelled(sums.copy())
         # every model over the batch's windows: [n_scored, 257] float64 rows per window
@@ -238,7 +246,8 @@ def _run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window
                 collect([r[b].clamp(min=LOG_FLOOR) for r in rows], targets, torch.full_like(targets, i))
             # a window's bytes are its scored bytes (they partition the text)
             sums.add_window(part.positions, part.positions, part.model_nll.tolist(), part.fusion_nll.tolist())
-            sums.add_weights(part.fusion_weights)
+            group_weights += part.fusion_weights
+        sums.add_weights(group_weights)
         del rows
         sums.windows_done = batch.stop
         if sums.windows_done - reported >= progress_every:

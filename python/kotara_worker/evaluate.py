@@ -25,7 +25,8 @@ from .positions import Collector
 from .fusion import _each_position as each_position   # score_chunk's per-position scores, settings trusted
 from .windows import Window
 
-__all__ = ["Model", "Sums", "Cancelled", "NumericalError", "EvalConfig", "plan_batches", "evaluate", "run_pass"]
+__all__ = ["Model", "Sums", "Cancelled", "NumericalError", "EvalConfig", "plan_batches", "evaluate", "run_pass",
+           "share_sums"]
 
 # run_pass's collect hook: (each model's logits [p, V_m], targets [p], window index [p]) per chunk
 Collect = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], None]
@@ -64,14 +65,19 @@ class Sums:
     and every setting over it (floats per window; never per position). Every NLL total
     is the float64 sum of its per-window values in window order (add_window adds each
     window's value to the total as it appends it), so the two agree exactly and a
-    resumed run repeats both bit for bit. Here the window_* lists always hold every
-    window done (window_first 0); to_dict(since=k) gives a progress message's share."""
+    resumed run repeats both bit for bit. The weights have no per-window list: their
+    totals grow by one float64 sum per group of batch_size windows (add_weights, once a
+    group is done), so that a pool of workers, each scoring whole groups, adds the
+    groups' sums in window order and gets one worker's totals bit for bit.
+    The window_* lists hold windows window_first .. windows_done − 1: every window done
+    (window_first 0), or a share of the windows (a pool's batch: run_pass's `share`);
+    to_dict(since=k) gives a progress message's part."""
     windows_done: int = 0
     scored_tokens: int = 0
     model_nll: list[float] = field(default_factory=list)            # per model: Σ NLL (nats)
     fusion_nll: list[float] = field(default_factory=list)           # per setting, request order
     fusion_weights: list[list[float]] = field(default_factory=list)  # per setting: Σ α_m
-    window_first: int = 0                                           # always 0 here (see to_dict)
+    window_first: int = 0                                           # 0, or a share's first window
     window_targets: list[int] = field(default_factory=list)         # per window: scored positions
     window_bytes: list[int] = field(default_factory=list)           # per window: bytes it covers
     window_model_nll: list[list[float]] = field(default_factory=list)   # per model, per window
@@ -98,8 +104,8 @@ class Sums:
             self.fusion_nll[k] += x
 
     def add_weights(self, fusion_weights: torch.Tensor) -> None:
-        """Σ α of a chunk of positions [K, N] (float64, added in a fixed order: a resumed
-        run repeats it bit for bit)."""
+        """Σ α of a group of windows [K, N] (float64; one addition per group, in window
+        order: a resumed run, or a pool adding its shares, repeats it bit for bit)."""
         for k, row in enumerate(fusion_weights.tolist()):
             for m, x in enumerate(row):
                 self.fusion_weights[k][m] += x
@@ -116,12 +122,13 @@ class Sums:
         """The wire form; since=k keeps only windows k.. in the window_* lists (a progress
         message: the windows finished since the previous one), window_first = k."""
         d = asdict(self)
-        if since:
+        if since > self.window_first:
+            cut = since - self.window_first
             d["window_first"] = since
             for key in ("window_targets", "window_bytes"):
-                d[key] = d[key][since:]
+                d[key] = d[key][cut:]
             for key in ("window_model_nll", "window_fusion_nll"):
-                d[key] = [r[since:] for r in d[key]]
+                d[key] = [r[cut:] for r in d[key]]
         return d
 
     @staticmethod
@@ -200,17 +207,17 @@ def evaluate(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
              on_progress: Callable[[Sums], None], progress_every: int,
              should_stop: Callable[[], bool], cfg: EvalConfig | None = None,
              window_bytes: Sequence[int] | None = None, feed_last: bool = True,
-             positions: Collector | None = None) -> Sums:
+             positions: Collector | None = None, share: tuple[int, int] | None = None) -> Sums:
     """Σ NLL of every model (T = 1, whole output layer) and every setting (over [:vocab])
     on the scored targets of `windows`, in total and per window; `resume` continues from
     a checkpoint's sums. window_bytes: each window's bytes of text (windows.window_bytes;
     the server always passes them), recorded per window; None records 0 for each.
     positions: a token view's collector (positions.py), given each chunk's per-position
-    numbers at the view's stream positions.
+    numbers at the view's stream positions. share: run_pass's (a pool's batch).
     The library's entry point: checks the settings, then run_pass checks the rest."""
     check_settings(settings, len(models))
     return run_pass(models, token_ids, windows, settings, batch_size, bos_id, vocab, resume,
-                    on_progress, progress_every, should_stop, cfg, window_bytes, feed_last, positions)
+                    on_progress, progress_every, should_stop, cfg, window_bytes, feed_last, positions, share=share)
 
 
 @torch.inference_mode()
@@ -219,28 +226,38 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
              on_progress: Callable[[Sums], None], progress_every: int,
              should_stop: Callable[[], bool], cfg: EvalConfig | None = None,
              window_bytes: Sequence[int] | None = None, feed_last: bool = True,
-             positions: Collector | None = None, collect: Collect | None = None) -> Sums:
+             positions: Collector | None = None, collect: Collect | None = None,
+             share: tuple[int, int] | None = None) -> Sums:
     """evaluate() for a caller that has checked the settings already (the server does, once
     per request, before tokenizing): the settings are trusted, everything else is checked.
     feed_last=False feeds each window without its last token (a target only: its logits
     are never read), so a window of L + 1 stream positions enters the model as L tokens
     (documents mode, windows.plan_document_windows; the same NLLs for a causal LM).
     collect: called with every chunk's logits (one [p, V_m] tensor per model), its targets [p]
-    and each position's window index [p], in window order (a fit keeps what it needs: fit.py)."""
+    and each position's window index [p], in window order (a fit keeps what it needs: fit.py).
+    share=(first, stop): only windows first .. stop − 1 (a pool's batch), batched as the whole
+    pass batches them; the sums then list those windows (window_first = first) and hold their
+    totals alone (the controller adds the shares in window order). No resume with a share."""
     cfg = cfg or EvalConfig.for_device(models[0].device)
     token_ids = token_ids.reshape(-1).long().cpu()                                 # [n]
     offset = 0 if bos_id is None else 1
     _check_stream(windows, token_ids, offset, vocab)
     window_bytes = _check_window_bytes(window_bytes, len(windows))
-    sums = _starting_sums(resume, len(models), len(settings), len(windows))
+    sums = share_sums(share, len(models), len(settings), len(windows), resume, batch_size) if share is not None \
+        else _starting_sums(resume, len(models), len(settings), len(windows))
+    first, stop = sums.windows_done, (share[1] if share is not None else len(windows))
     fusion_cfg = cfg.fusion or FusionConfig.for_device(models[0].device)
     reported = sums.windows_done
+    group_weights = torch.zeros(len(settings), len(models), dtype=torch.float64)   # [K, N] Σ α of this group
     with _forward_pool(models, cfg.concurrent) as pool:
         for batch in plan_batches(windows, batch_size):
-            if batch.stop <= sums.windows_done:
-                continue                                            # done before the checkpoint
-            batch = range(max(batch.start, sums.windows_done), batch.stop)
-            if should_stop():
+            if batch.stop <= first:
+                continue                                            # done before the checkpoint, or another share's
+            if batch.start >= stop:
+                break
+            batch = range(max(batch.start, first), min(batch.stop, stop))
+            # stop only between groups: the sums then hold every finished group's weights
+            if _group_starts(batch.start, first, batch_size) and should_stop():
                 raise Cancelled(sums.copy())
             ws = [windows[i] for i in batch]
             trim = 0 if feed_last else 1
@@ -272,15 +289,44 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
                     view.add(stream[sel], part.model_nll, part.fusion_nll, part.weights)
                 model_acc.index_add_(1, b_idx[sel], part.model_nll)
                 fusion_acc.index_add_(1, b_idx[sel], part.fusion_nll)
-                sums.add_weights(part.weights.sum(1))
+                group_weights += part.weights.sum(1)                             # [K, N]
                 del part
             del sources
             for b, (i, w) in enumerate(zip(batch, ws)):
                 sums.add_window(w.n_scored, window_bytes[i], model_acc[:, b].tolist(), fusion_acc[:, b].tolist())
             sums.windows_done = batch.stop
-            if sums.windows_done - reported >= progress_every:
-                reported = sums.windows_done
-                on_progress(sums.copy())
+            if _group_ends(batch.stop, stop, batch_size):
+                sums.add_weights(group_weights)
+                group_weights.zero_()
+                if sums.windows_done - reported >= progress_every:
+                    reported = sums.windows_done
+                    on_progress(sums.copy())
+    return sums
+
+
+def _group_starts(i: int, first: int, batch_size: int) -> bool:
+    """Window i opens a group of batch_size windows (absolute: index // batch_size), or the pass."""
+    return i % batch_size == 0 or i == first
+
+
+def _group_ends(i: int, stop: int, batch_size: int) -> bool:
+    """A batch ending before window i closes its group (or the pass)."""
+    return i % batch_size == 0 or i == stop
+
+
+def share_sums(share: tuple[int, int], n_models: int, n_settings: int, n_windows: int,
+               resume: Sums | None, batch_size: int) -> Sums:
+    """The empty sums of a pool's share: windows first .. stop − 1 (within one group of
+    batch_size windows, so that its weights are one group's sum), none done yet."""
+    first, stop = share
+    if resume is not None:
+        raise ValueError("a share of the windows cannot also resume (the controller holds the checkpoint)")
+    if not 0 <= first < stop <= n_windows:
+        raise ValueError(f"the share of windows {first}..{stop - 1} is not within the {n_windows} windows")
+    if first // batch_size != (stop - 1) // batch_size:
+        raise ValueError(f"the share of windows {first}..{stop - 1} is not within one group of {batch_size} windows")
+    sums = Sums.zeros(n_models, n_settings)
+    sums.window_first = sums.windows_done = first
     return sums
 
 

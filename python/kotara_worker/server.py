@@ -12,6 +12,7 @@ import platform
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import transformers
@@ -25,6 +26,32 @@ from .windows import plan_byte_windows, plan_document_windows, plan_windows
 from .windows import window_bytes as windows_bytes
 
 
+@dataclass
+class Prepared:
+    """A pool request's text as windows (Server.prepared_windows), for its next shares."""
+    key: tuple
+    windows: list
+    positions: int                       # the stream's positions: tokens, or bytes
+    seconds: float                       # reading and tokenizing it (reported by the first share only)
+    token_ids: torch.Tensor | None = None
+    window_bytes: list | None = None
+    text: bytes | None = None            # byte space
+    view: pos.View | None = None
+
+    def take_seconds(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
+def _file_stamp(path: str) -> tuple:
+    """A file's size and modification time (a text edited between two requests is read again)."""
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return None, None
+
+
 class Server:
     def __init__(self, channel: protocol.Channel, log):
         self.channel = channel
@@ -34,6 +61,7 @@ class Server:
         self.space = "tokens"
         self.byte_models: list[byte_eval.ByteModel] = []   # byte space: each model as a byte LM
         self.stopping = False
+        self._prepared: Prepared | None = None              # a pool's text, between its shares
         self.channel.send({
             "type": "hello",
             "protocol_version": protocol.PROTOCOL_VERSION,
@@ -93,7 +121,7 @@ class Server:
         a model directory that has none. loaded.tokenizer is the shared tokenizer in token
         space, the first model's in byte space."""
         start = time.perf_counter()
-        self.models, self.byte_models, self.tokenizer = [], [], None
+        self.models, self.byte_models, self.tokenizer, self._prepared = [], [], None, None
         options = message.get("bytes") or {"beam": 8, "prune": 0.0}
         session = load_session(message["models"], message["tokenizer"], message["max_length"],
                                message["bos_per_window"], self.status, space=message.get("space", "auto"))
@@ -120,9 +148,14 @@ class Server:
             if mode == "documents":
                 raise RequestError("bad_request", "dataset.mode documents is for token space (lm-eval's rolling "
                                                   "windows count tokens); these models run in byte space")
-            return self.evaluate_bytes(message)
+            return self.evaluate_share(message) if message.get("share") else self.evaluate_bytes(message)
+        if message.get("share") and mode == "documents":
+            raise RequestError("bad_request", "a pool of workers scores dataset.mode stream; documents mode runs "
+                                              "on one worker")
         if mode == "documents":
             return self.evaluate_documents(message)
+        if message.get("share"):
+            return self.evaluate_share(message)
         request_id = message["request_id"]
         data = message["dataset"]
         bos_id = self.check_request(message)  # before tokenizing: fail fast
@@ -246,6 +279,95 @@ class Server:
             raise RequestError("bad_request", str(e)) from None
         self.send_result(request_id, "bytes", len(text), len(windows), out.sums, [b.to_dict() for b in out.beams],
                          started, tokenize_seconds, view_field=self.positions_out(asked, view))
+
+    def evaluate_share(self, message: dict) -> None:
+        """A pool's batch (protocol v8 `share`): windows first .. stop − 1 of the request's text,
+        batched as one worker batches the whole pass, their sums alone (window_first = first) in
+        the result; the controller adds the shares in window order (src/pool.ts). The text's
+        windows are kept between the shares of one request (prepared_windows), so a worker
+        tokenizes it once. A share past the last window gets empty sums (the controller hands
+        out the first shares before it knows how many windows there are)."""
+        request_id, data = message["request_id"], message["dataset"]
+        first, stop = int(message["share"]["first"]), int(message["share"]["stop"])
+        if message.get("resume"):
+            raise RequestError("bad_request", "a share of the windows cannot also resume (the controller holds the "
+                                              "checkpoint)")
+        if self.space == "bytes":
+            self.check_settings(message)
+            try:
+                byte_eval.check_byte_settings(message["settings"])
+            except ValueError as e:
+                raise RequestError("bad_request", str(e)) from None
+            bos_id = None
+        else:
+            bos_id = self.check_request(message)
+        asked = self.positions_request(message)
+        prep = self.prepared_windows(data, asked)
+        n, n_models = len(prep.windows), len(self.models)
+        started = time.perf_counter()
+        if first >= n:
+            sums = ev.Sums.zeros(n_models, len(message["settings"]))
+            sums.window_first = sums.windows_done = n
+            beams = [byte_eval.BeamTotals().to_dict() for _ in self.models] if self.space == "bytes" else None
+            return self.send_result(request_id, self.space, prep.positions, n, sums, beams, started,
+                                    prep.take_seconds(), view_field=self.positions_out(None, None))
+        stop = min(stop, n)
+        view = None
+        if asked is not None and prep.view is not None and first < pos.windows_in_view(prep.windows, prep.view.n):
+            view = pos.Collector(prep.view, asked[0], n_models)
+        never = lambda _s: None                                      # noqa: E731 - a share sends no progress
+        try:
+            if self.space == "bytes":
+                out = byte_eval.run_pass(self.byte_models, prep.text, prep.windows, message["settings"],
+                                         message["batch_size"], None, never, 10**9, self.stop_check(request_id),
+                                         positions=view, share=(first, stop))
+                sums, beams = out.sums, [b.to_dict() for b in out.beams]
+            else:
+                sums = ev.run_pass(self.models, prep.token_ids, prep.windows, message["settings"],
+                                   message["batch_size"], bos_id, len(self.tokenizer), None, never, 10**9,
+                                   self.stop_check(request_id), window_bytes=prep.window_bytes, positions=view,
+                                   share=(first, stop))
+                beams = None
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
+        # positions: only in a share that scores some of the view (the controller joins them)
+        view_field = {} if asked is None else ({"positions": view.to_dict()} if view is not None else
+                                               ({"positions": None} if prep.view is None else {}))
+        self.send_result(request_id, self.space, prep.positions, n, sums, beams, started, prep.take_seconds(),
+                         view_field=view_field)
+
+    def prepared_windows(self, data: dict, asked) -> "Prepared":
+        """The text of a pool's request, tokenized and cut into windows once: kept for the
+        next share of the same dataset (and token view), replaced by another's."""
+        key = (repr(sorted(data.items())), _file_stamp(data["path"]), asked[1] if asked else None)
+        if self._prepared is not None and self._prepared.key == key:
+            return self._prepared
+        self._prepared = None
+        if self.space == "bytes":
+            text, windows, seconds = self.byte_windows(data)
+            view = pos.byte_view(text, asked[1]) if asked is not None else None
+            self._prepared = Prepared(key, windows, len(text), seconds, text=text, view=view)
+            return self._prepared
+        started = time.perf_counter()
+        token_ids, text, token_ends = self.tokenize(self.read_dataset_text(data), data["path"])
+        try:
+            windows = plan_windows(len(token_ids), data["max_length"], data["stride"], bos=data["bos_per_window"])
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
+        window_bytes = (windows_bytes(windows, text, token_ends) if token_ends is not None
+                        else self.decoded_window_bytes(windows, token_ids))
+        view = None
+        if asked is not None:
+            if token_ends is None:
+                self.status("warning: no token view: the tokenizer has no offset mapping (a Python tokenizer), "
+                            "so its tokens' places in the text are unknown")
+            else:
+                view = pos.token_view(text, token_ends, asked[1])
+        del text, token_ends
+        release_memory()
+        self._prepared = Prepared(key, windows, len(token_ids), time.perf_counter() - started, token_ids=token_ids,
+                                  window_bytes=window_bytes, view=view)
+        return self._prepared
 
     def generate(self, message: dict) -> None:
         """Fused generation (generate.py): every prompt of the request decoded together,

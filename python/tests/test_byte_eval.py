@@ -448,3 +448,47 @@ def test_byte_space_mix_is_the_mixture_of_each_windows_rows(tiny, byte_dirs, mon
     # exact log-probabilities: softmax(l) = p), within the same bounds
     assert out.sums.fusion_weights[3][0] == 0.0
     close(torch.tensor(out.sums.fusion_nll[3]), torch.tensor(sp_alone), sp_allowed, "mix-sp is the second model")
+
+
+# ----------------------------------------------------------------------------- (f) a pool's shares
+
+@pytest.mark.parametrize("space", ["tokens", "bytes"])
+def test_the_servers_shares_join_into_its_whole_result_bit_for_bit(tiny, byte_dirs, tmp_path, space):
+    # what a pool does (src/pool.ts): one group of batch_size windows per evaluate request
+    # (`share`), on separate servers, joined in window order: the one-server result exactly
+    from test_evaluate import join_shares
+    refs = [tiny["gpt2-a"], tiny["gpt2-b"]] if space == "tokens" else [tiny["gpt2-a"], byte_dirs["sp"]]
+    path, settings, B = text_file(tmp_path), settings2(), 2
+    one = load(refs, space=space)
+    whole = evaluate(one, path, settings, 24, 16, batch_size=B, progress_every=10**6)
+    assert whole["type"] == "result", whole
+    n = whole["windows"]
+    assert n >= 4
+    pool = [load(refs, space=space), load(refs, space=space)]
+    shares, tokenized = [], [0, 0]
+    for g, first in enumerate(range(0, n + B, B)):          # one share past the end: empty
+        s = pool[g % 2]
+        s.channel.sent.clear()
+        s.dispatch({"type": "evaluate", "request_id": f"s{g}", "batch_size": B, "progress_every": 1, "resume": None,
+                    "dataset": {"path": path, "max_length": 24, "stride": 16, "bos_per_window": False},
+                    "settings": settings, "share": {"first": first, "stop": first + B}})
+        for m in s.channel.sent:
+            assert protocol.schema_errors({**m, "seq": 0}, "from_worker") == [], m
+        out = s.channel.sent[-1]
+        assert out["type"] == "result" and out["windows"] == n, out
+        assert not any(m["type"] == "progress" for m in s.channel.sent)
+        tokenized[g % 2] += out["tokenize_seconds"] > 0          # each server reads the text once
+        if first >= n:
+            assert out["sums"]["window_first"] == out["sums"]["windows_done"] == n and not out["sums"]["window_targets"]
+            continue
+        assert out["sums"]["window_first"] == first and out["sums"]["windows_done"] == min(first + B, n)
+        shares.append(Sums.from_dict(out["sums"]))
+    assert tokenized == [1, 1]
+    assert join_shares(shares) == Sums.from_dict(whole["sums"])
+    # a share that spans two groups, or resumes, is refused
+    s = pool[0]
+    for extra in ({"share": {"first": 1, "stop": 3}}, {"share": {"first": 0, "stop": 2}, "resume": whole["sums"]}):
+        s.dispatch({"type": "evaluate", "request_id": "bad", "batch_size": B, "progress_every": 1, "resume": None,
+                    "dataset": {"path": path, "max_length": 24, "stride": 16, "bos_per_window": False},
+                    "settings": settings, **extra})
+        assert s.channel.sent[-1]["type"] == "error" and s.channel.sent[-1]["code"] == "bad_request"

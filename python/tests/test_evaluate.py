@@ -416,3 +416,53 @@ def test_no_logits_outlive_their_chunk_into_the_next_forward():
     assert len(alive_at_forward) == 2 * len(plan_batches(windows, 3)) > 10
     assert len(produced) > 2 * len(alive_at_forward)          # several chunks per batch
     assert alive_at_forward == [0] * len(alive_at_forward)
+
+
+def join_shares(shares: list[Sums]) -> Sums:
+    """A pool's merge, written here independently of src/pool.ts: the shares in window order,
+    their window lists concatenated, every NLL total the running float64 sum of its windows'
+    values, the weights the running sum of each share's total."""
+    out = Sums.zeros(len(shares[0].model_nll), len(shares[0].fusion_nll))
+    for s in shares:
+        assert s.window_first == out.windows_done
+        for j, t in enumerate(s.window_targets):
+            out.add_window(t, s.window_bytes[j], [r[j] for r in s.window_model_nll],
+                           [r[j] for r in s.window_fusion_nll])
+        for k, row in enumerate(s.fusion_weights):
+            for m, x in enumerate(row):
+                out.fusion_weights[k][m] += x
+        out.windows_done = s.windows_done
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 5])
+def test_shares_of_whole_groups_join_into_the_whole_pass_bit_for_bit(batch_size):
+    # a pool hands out groups of batch_size windows; joined in window order, their sums are
+    # the one-worker pass's exactly (the weights too: they are summed per group)
+    ids = fake_stream(3000, 50, 7)
+    windows = plan_windows(ids.numel(), 64, 40)
+    assert len(windows) == 75
+    edges = list(range(0, 75, batch_size)) + [75]
+    settings = all_settings(2)
+    nbytes = [3 * i + 1 for i in range(len(windows))]
+    whole = run(fakes(), ids, windows, settings, batch_size=batch_size, vocab=50, window_bytes=nbytes)
+    shares = [run(fakes(), ids, windows, settings, batch_size=batch_size, vocab=50, window_bytes=nbytes,
+                  share=(a, b)) for a, b in zip(edges, edges[1:])]
+    for (a, b), s in zip(zip(edges, edges[1:]), shares):
+        assert (s.window_first, s.windows_done, len(s.window_targets)) == (a, b, b - a)
+    assert join_shares(shares) == whole                      # dataclass equality: exact floats
+    # in the wire form too (what a result message carries)
+    assert join_shares([Sums.from_dict(s.to_dict()) for s in shares]) == whole
+
+
+def test_a_share_cannot_resume_and_must_lie_within_the_windows():
+    ids = fake_stream(500, 50, 2)
+    windows = plan_windows(ids.numel(), 64, 64)
+    with pytest.raises(ValueError, match="within"):
+        run(fakes(), ids, windows, batch_size=2, vocab=50, share=(2, len(windows) + 1))
+    with pytest.raises(ValueError, match="within"):
+        run(fakes(), ids, windows, batch_size=2, vocab=50, share=(3, 3))
+    with pytest.raises(ValueError, match="resume"):
+        run(fakes(), ids, windows, batch_size=2, vocab=50, share=(0, 2), resume=Sums.zeros(2, 0))
+    with pytest.raises(ValueError, match="one group"):
+        run(fakes(), ids, windows, batch_size=2, vocab=50, share=(0, 4))
