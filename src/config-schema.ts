@@ -5,7 +5,7 @@
 import { z } from "zod";
 import { DEFAULTS } from "./defaults.js";
 import { MAX_VIEW_BYTES, MAX_VIEW_SETTINGS } from "./protocol.js";
-import { show, strictObject } from "./validation.js";
+import { errorMap, isPlainObject, show, strictObject } from "./validation.js";
 
 const positiveInt = z
   .number()
@@ -17,17 +17,18 @@ const nonNegativeInt = z
   .min(0, { error: (iss) => `must be 0 or a positive integer, got ${show(iss.input)}` });
 const nonEmpty = z.string().min(1, { error: "must not be empty" });
 
+const device = z
+  .string()
+  .regex(/^(auto|cpu|cuda|cuda:\d+|mps)$/, {
+    error: (iss) => `must be auto, cpu, cuda, cuda:N or mps, got ${show(iss.input)}`,
+  });
+
 export const ModelConfig = strictObject({
   ref: nonEmpty,
   revision: nonEmpty.nullish(),
   trust_remote_code: z.boolean().default(DEFAULTS.trust_remote_code),
   dtype: z.enum(["auto", "float32", "float16", "bfloat16"]).default(DEFAULTS.dtype),
-  device: z
-    .string()
-    .regex(/^(auto|cpu|cuda|cuda:\d+|mps)$/, {
-      error: (iss) => `must be auto, cpu, cuda, cuda:N or mps, got ${show(iss.input)}`,
-    })
-    .default(DEFAULTS.device),
+  device: device.default(DEFAULTS.device),
 });
 
 /** Where the text comes from (one of path, hf), and how it is scored (docs/datasets.md). */
@@ -54,11 +55,41 @@ export const DatasetConfig = strictObject({
   bos_per_window: z.boolean().default(DEFAULTS.bos_per_window),
 });
 
+/** A worker spawned here, holding every model (on `device` when given, else the models' own). */
+export const LocalWorkerConfig = strictObject({
+  device: device.nullish(),
+  /** torch's intra-op threads (OMP_NUM_THREADS); a CPU worker per core wants 1. */
+  threads: positiveInt.nullish(),
+});
+
+/** A worker started by hand elsewhere (`kotara worker --listen`), reached over TCP with CURVE. */
+export const RemoteWorkerConfig = strictObject({
+  connect: z.string().regex(/^tcp:\/\/(\[[0-9a-fA-F:.]+\]|[^\s:/[\]]+):\d{1,5}$/, {
+    error: (iss) => `must be tcp://HOST:PORT, got ${show(iss.input)}`,
+  }),
+  /** The key file of `kotara keygen`, the same one the worker was started with. */
+  key_file: nonEmpty,
+});
+
+/** runtime.workers[i]: remote when it names `connect`, else local (each entry checked as that kind). */
+const WorkerConfig = z.unknown().transform((value, ctx) => {
+  const schema = isPlainObject(value) && "connect" in value ? RemoteWorkerConfig : LocalWorkerConfig;
+  const parsed = schema.safeParse(value, { error: errorMap });
+  if (parsed.success) return parsed.data as z.infer<typeof LocalWorkerConfig> | z.infer<typeof RemoteWorkerConfig>;
+  for (const issue of parsed.error.issues) {
+    const keys = issue.code === "unrecognized_keys" ? issue.keys : [null];
+    for (const key of keys) ctx.addIssue({ code: "custom", message: issue.message, path: [...issue.path, ...(key === null ? [] : [key])] as PropertyKey[] });
+  }
+  return z.NEVER;
+});
+
 export const RuntimeConfig = strictObject({
   batch_size: positiveInt.default(DEFAULTS.batch_size),
   python: nonEmpty.nullish(),
   /** Write a resumable checkpoint every this many windows; 0: never. */
   checkpoint_every: nonNegativeInt.default(DEFAULTS.checkpoint_every),
+  /** A pool (docs/workers.md): the windows go out a group of batch_size at a time to whichever worker is free. */
+  workers: z.array(WorkerConfig).min(1, { error: "must list at least one worker (or leave runtime.workers out)" }).nullish(),
 });
 
 /** Byte space (SPEC §7): each model read as a byte LM through a beam of K token prefixes. */

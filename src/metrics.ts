@@ -17,6 +17,7 @@ import { DEFAULTS } from "./defaults.js";
 import { windowProblem } from "./sums.js";
 import type { ByteOptions, ByteStats, DatasetSpec, HelloMsg, LoadedMsg, ModelSpec, PositionsRequest, ResultMsg, Setting, Space, Sums } from "./protocol.js";
 import type { Sweep } from "./sweep.js";
+import type { WorkerReport } from "./pool.js";
 
 /** The numbers of one model or fusion. */
 export interface Scores {
@@ -139,6 +140,12 @@ export interface Metrics {
     /** Tokens of the text per second of compute. */
     tokens_per_second: number;
     peak_memory_bytes: number;
+    /**
+     * Every worker of the run (one without runtime.workers): its device, threads, endpoint
+     * (a remote one), the windows it scored in this run and the seconds it spent on them,
+     * and why it was lost (null: it was not).
+     */
+    workers: WorkerReport[];
   };
   // The original research script's keys (two models; from the first fusion).
   baseline_ppl_a?: number;
@@ -183,6 +190,8 @@ export interface BuildMetricsInput {
   bytes?: ByteOptions;
   /** Windows done before this request (the checkpoint it resumed from); 0 otherwise. */
   resumedWindows?: number;
+  /** runtime.workers[] (default: the one worker, from the result). */
+  workers?: WorkerReport[];
 }
 
 /** SPEC §6 metrics from a result's sums. @throws Error when the sums do not fit the request. */
@@ -321,7 +330,7 @@ function rank(models: ModelMetrics[], fusions: FusionMetrics[]) {
   return { bestModel, ranked };
 }
 
-function runtimeOf({ result, loaded, hello, seconds }: BuildMetricsInput): Metrics["runtime"] {
+function runtimeOf({ result, loaded, hello, seconds, workers }: BuildMetricsInput): Metrics["runtime"] {
   return {
     device: result.device,
     dtype: result.dtype,
@@ -334,6 +343,7 @@ function runtimeOf({ result, loaded, hello, seconds }: BuildMetricsInput): Metri
     load_seconds: loaded.seconds,
     tokens_per_second: result.seconds > 0 ? result.tokens / result.seconds : 0,
     peak_memory_bytes: result.peak_memory_bytes,
+    workers: workers ?? [{ label: `${result.device}#1`, device: result.device, threads: null, endpoint: null, windows: result.windows, seconds: result.seconds, lost: null }],
   };
 }
 

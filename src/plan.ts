@@ -8,6 +8,7 @@
 //
 // The plan then flows one way: commands/run.ts hands its settings, sweep and text
 // statistics to the session, the session to the worker and to the metrics.
+import type { WorkerSpec } from "./pool.js";
 import { existsSync } from "node:fs";
 import path from "node:path";
 import type { z } from "zod";
@@ -46,7 +47,7 @@ export interface RunPlan {
   settings: Setting[];
   sweep: Sweep | null;
   /** `python`: the config's runtime.python, resolved; python-env.ts decides what runs. */
-  runtime: { batch_size: number; python: string | null; checkpoint_every: number };
+  runtime: { batch_size: number; python: string | null; checkpoint_every: number; workers: WorkerSpec[] | null };
   output: { metrics: string | null };
   /**
    * How the report's paired intervals are drawn (report.bootstrap); whether to write the
@@ -246,7 +247,12 @@ function planRuntime(raw: unknown, ctx: Ctx): RunPlan["runtime"] {
     python = resolveCommand(r.python, ctx.baseDir);
     if (ctx.checkFiles && path.isAbsolute(python) && !existsSync(python)) ctx.lines.push(`runtime.python: not found: ${python}`);
   }
-  return { batch_size: r?.batch_size ?? DEFAULTS.batch_size, python, checkpoint_every: r?.checkpoint_every ?? DEFAULTS.checkpoint_every };
+  // a remote worker's key file, as every path of a config, from the config's folder
+  const workers = r?.workers?.map((w) => ("connect" in w ? { ...w, key_file: resolvePath(w.key_file, ctx.baseDir) } : w)) ?? null;
+  workers?.forEach((w, i) => {
+    if ("connect" in w && ctx.checkFiles && !existsSync(w.key_file)) ctx.lines.push(`runtime.workers[${i}].key_file: not found: ${w.key_file} (make one with kotara keygen)`);
+  });
+  return { batch_size: r?.batch_size ?? DEFAULTS.batch_size, python, checkpoint_every: r?.checkpoint_every ?? DEFAULTS.checkpoint_every, workers };
 }
 
 function planOutput(raw: unknown, ctx: Ctx): RunPlan["output"] {

@@ -1,7 +1,8 @@
 // Progress on stderr while the worker runs: windows done/total, tokens/s (bytes/s in
-// byte space), ETA.
+// byte space), ETA, and with a pool each worker's windows/s (a lost one marked).
 // A live bar on a terminal; a line every ~10% otherwise; nothing with --quiet.
 import cliProgress from "cli-progress";
+import type { WorkerReport } from "./pool.js";
 import type { ProgressMsg } from "./protocol.js";
 
 export class Progress {
@@ -18,8 +19,9 @@ export class Progress {
     process.stderr.write(`${message}\n`);
   }
 
-  update(p: ProgressMsg, resumedFrom = 0) {
+  update(p: ProgressMsg & { workers?: WorkerReport[] }, resumedFrom = 0) {
     if (!this.enabled) return;
+    const pool = p.workers && p.workers.length > 1 ? ` | ${workerRates(p.workers)}` : "";
     const done = p.sums.windows_done;
     const tokensPerSecond = p.seconds > 0 ? Math.round(p.sums.scored_tokens / p.seconds) : 0;
     const rate = p.seconds > 0 ? (done - resumedFrom) / p.seconds : 0;
@@ -27,17 +29,17 @@ export class Progress {
     if (this.tty) {
       if (!this.bar) {
         this.bar = new cliProgress.SingleBar({
-          format: `{bar} {value}/{total} windows | {tps} ${this.unit}/s | ETA {eta_text}`,
+          format: `{bar} {value}/{total} windows | {tps} ${this.unit}/s | ETA {eta_text}{pool}`,
           stream: process.stderr, hideCursor: true, clearOnComplete: true, etaBuffer: 20,
         }, cliProgress.Presets.shades_classic);
-        this.bar.start(p.windows_total, done, { tps: tokensPerSecond, eta_text: formatSeconds(eta) });
+        this.bar.start(p.windows_total, done, { tps: tokensPerSecond, eta_text: formatSeconds(eta), pool });
       }
-      this.bar.update(done, { tps: tokensPerSecond, eta_text: formatSeconds(eta) });
+      this.bar.update(done, { tps: tokensPerSecond, eta_text: formatSeconds(eta), pool });
     } else {
       const tenth = Math.floor((10 * done) / Math.max(1, p.windows_total));
       if (tenth !== this.lastTenth) {
         this.lastTenth = tenth;
-        process.stderr.write(`windows ${done}/${p.windows_total} | ${tokensPerSecond} ${this.unit}/s | ETA ${formatSeconds(eta)}\n`);
+        process.stderr.write(`windows ${done}/${p.windows_total} | ${tokensPerSecond} ${this.unit}/s | ETA ${formatSeconds(eta)}${pool}\n`);
       }
     }
   }
@@ -54,4 +56,9 @@ export function formatSeconds(s: number): string {
   if (s < 60) return `${s}s`;
   if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
   return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+}
+
+/** Each worker of a pool: its label and windows per second of its own work, or that it was lost. */
+export function workerRates(workers: readonly WorkerReport[]): string {
+  return workers.map((w) => (w.lost ? `${w.label} lost` : `${w.label} ${w.seconds > 0 ? (w.windows / w.seconds).toFixed(1) : "0.0"} w/s`)).join(", ");
 }

@@ -23,6 +23,7 @@ import { resolveStrategies, type StrategyEntry } from "./strategies.js";
 import { appendWindows } from "./sums.js";
 import type { Sweep } from "./sweep.js";
 import { Worker, type WorkerOptions } from "./worker.js";
+import { isRemote, reportOf, runShares, type Member, type WorkerReport, type WorkerSpec } from "./pool.js";
 import { chunkStream, generateRequest, type GenerateOptions, type Generation } from "./generation.js";
 
 export { resolvePython } from "./python-env.js";
@@ -50,6 +51,14 @@ export interface SessionOptions {
   startTimeoutMs?: number;
   heartbeatTimeoutMs?: number;
   env?: Record<string, string>;
+  /**
+   * A pool (runtime.workers; docs/workers.md): local workers (`{ device: "cuda:1" }`,
+   * `{ device: "cpu", threads: 1 }`), each spawned holding every model, and remote ones
+   * (`{ connect: "tcp://host:5555", key_file: "lab.key" }`). Evaluations are then handed
+   * out a group of batch_size windows at a time; fit and generate run on the first worker.
+   * Absent or null: one local worker, as the models' devices say.
+   */
+  workers?: WorkerSpec[] | null;
 }
 
 /** The text and its windows; the defaults are those of a config (defaults.ts). */
@@ -139,12 +148,16 @@ export class Session {
   private requests = 0;
 
   private constructor(
-    readonly worker: Worker,
+    /** Every worker; one unless SessionOptions.workers lists more. */
+    readonly members: Member[],
+    /** Evaluations go out in shares (SessionOptions.workers was given). */
+    readonly pooled: boolean,
     readonly loaded: LoadedMsg,
     readonly models: ModelSpec[],
     readonly tokenizer: string | null,
     /** The byte options the models were loaded with (used in byte space). */
     readonly bytes: ByteOptions,
+    private onStatus?: (message: string) => void,
   ) {}
 
   /** The space this session's evaluations run in (the worker resolved `auto`). */
@@ -154,6 +167,17 @@ export class Session {
 
   get hello() {
     return this.worker.hello;
+  }
+
+  /** The first worker: fit and generate run there (and everything, without a pool). */
+  get worker(): Worker {
+    const m = this.members.find((x) => !x.lost) ?? this.members[0];
+    return m.worker;
+  }
+
+  /** Each worker as the metrics' runtime.workers[] records it (the last request's windows and seconds). */
+  get workerReports(): WorkerReport[] {
+    return this.members.map(reportOf);
   }
 
   static async open(opts: SessionOptions): Promise<Session> {
@@ -167,20 +191,38 @@ export class Session {
     const bytes = { beam: opts.bytes?.beam ?? DEFAULTS.beam, prune: opts.bytes?.prune ?? DEFAULTS.prune };
     const checked = ByteOptions.safeParse(bytes, { error: errorMap });
     if (!checked.success) throw new ConfigError(issueLines(checked.error, "bytes"));
-    let worker: Worker;
-    try {
-      worker = await Worker.start(workerOpts);
-    } catch (e) {
-      throw withSetupHint(e, python);
+    const specs: WorkerSpec[] = opts.workers?.length ? opts.workers : [{}];
+    // a pool's workers say the same things at the same time: each line says whose it is
+    const own = (i: number): WorkerOptions => (specs.length > 1 && opts.onStatus
+      ? { ...workerOpts, onStatus: (m) => opts.onStatus!(`[worker ${i + 1}] ${m}`) } : workerOpts);
+    const started = await Promise.allSettled(specs.map((spec, i) => startWorker(spec, own(i), python)));
+    const workers = started.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+    const failed = started.findIndex((r) => r.status === "rejected");
+    if (failed >= 0) {
+      await Promise.all(workers.map((w) => w.close()));
+      const e = (started[failed] as PromiseRejectedResult).reason;
+      throw specs.length > 1 && e instanceof UserError ? new UserError(`runtime.workers[${failed}]: ${e.message}`, e.exitCode) : e;
     }
     try {
-      const loaded = await worker.load({
-        models, tokenizer: opts.tokenizer ?? null, max_length: opts.maxLength ?? null, bos_per_window: opts.bosPerWindow ?? DEFAULTS.bos_per_window,
-        space: opts.space ?? DEFAULTS.space, bytes,
-      });
-      return new Session(worker, loaded, models, opts.tokenizer ?? null, bytes);
+      const loads = await Promise.all(workers.map((w, i) => {
+        const device = isRemote(specs[i]) ? null : (specs[i] as { device?: string | null }).device;
+        return w.load({
+          models: device ? models.map((m) => ({ ...m, device })) : models, tokenizer: opts.tokenizer ?? null, max_length: opts.maxLength ?? null,
+          bos_per_window: opts.bosPerWindow ?? DEFAULTS.bos_per_window, space: opts.space ?? DEFAULTS.space, bytes,
+        });
+      }));
+      const members: Member[] = workers.map((worker, i) => ({
+        index: i + 1, spec: specs[i], worker, loaded: loads[i], windows: 0, seconds: 0, lost: null,
+        label: `${isRemote(specs[i]) ? (specs[i] as { connect: string }).connect : loads[i].models[0]?.device ?? "?"}#${i + 1}`,
+      }));
+      const odd = members.find((m) => m.loaded.space !== loads[0].space || m.loaded.tokenizer.vocab_size !== loads[0].tokenizer.vocab_size);
+      if (odd) {
+        throw new UserError(`runtime.workers: worker ${odd.label} loaded the models in ${odd.loaded.space} space with a vocabulary of ${odd.loaded.tokenizer.vocab_size}, ` +
+          `worker ${members[0].label} in ${loads[0].space} space with ${loads[0].tokenizer.vocab_size}: every worker must load the same models`, 2);
+      }
+      return new Session(members, !!opts.workers?.length, loads[0], models, opts.tokenizer ?? null, bytes, opts.onStatus);
     } catch (e) {
-      await worker.close();
+      await Promise.all(workers.map((w) => w.close()));
       throw e;
     }
   }
@@ -261,6 +303,7 @@ export class Session {
       const metrics = buildMetrics({
         models: this.models, request: { ...request, settings: [...request.settings, ...settings] }, result, loaded: this.loaded,
         hello: this.worker.hello, seconds, version: VERSION, bytes: this.bytes,
+        workers: [{ ...reportOf(this.members.find((m) => m.worker === this.worker)!), windows: fitted.windows, seconds: fitted.seconds }],
       });
       return { metrics, fits: fitted.fits, settings, result: fitted };
     } finally {
@@ -270,6 +313,7 @@ export class Session {
 
   /** Runs a request that is already resolved (a RunPlan's), as it is. */
   async run(request: EvaluationRequest, hooks: RunHooks = {}): Promise<Evaluation> {
+    if (this.pooled && request.dataset.mode !== "documents") return this.runPooled(request, hooks);
     const request_id = `r${++this.requests}`;
     const started = performance.now();
     const { aborted, detach } = this.cancelOnAbort(request_id, hooks);
@@ -286,14 +330,35 @@ export class Session {
         aborted,
       ]);
       const seconds = (performance.now() - started) / 1000;
+      const first = this.members[0];
+      Object.assign(first, { windows: result.windows - (hooks.resume?.windows_done ?? 0), seconds: result.seconds });
       const metrics = buildMetrics({
         models: this.models, request, result, loaded: this.loaded, hello: this.worker.hello, seconds, version: VERSION, bytes: this.bytes,
-        resumedWindows: hooks.resume?.windows_done ?? 0,
+        resumedWindows: hooks.resume?.windows_done ?? 0, workers: [reportOf(first)],
       });
       return { metrics, result, settings: request.settings };
     } finally {
       detach();
     }
+  }
+
+  /** run() over the pool: the windows in shares, joined in window order (pool.ts). */
+  private async runPooled(request: EvaluationRequest, hooks: RunHooks): Promise<Evaluation> {
+    const request_id = `r${++this.requests}`;
+    const started = performance.now();
+    const result = await runShares(this.members, {
+      request_id, dataset: request.dataset, settings: [...request.settings], batch_size: request.batchSize,
+      positions: request.positions ?? null, resume: hooks.resume ?? null,
+    }, {
+      onProgress: hooks.onProgress, onStatus: this.onStatus, signal: hooks.signal,
+      cancelGraceMs: hooks.cancelGraceMs ?? DEFAULTS.cancel_grace_ms,
+    });
+    const seconds = (performance.now() - started) / 1000;
+    const metrics = buildMetrics({
+      models: this.models, request, result, loaded: this.loaded, hello: this.worker.hello, seconds, version: VERSION, bytes: this.bytes,
+      resumedWindows: hooks.resume?.windows_done ?? 0, workers: this.workerReports,
+    });
+    return { metrics, result, settings: request.settings };
   }
 
   /**
@@ -339,7 +404,22 @@ export class Session {
   }
 
   async close(): Promise<void> {
-    await this.worker.close();
+    await Promise.all(this.members.map((m) => m.worker.close()));
+  }
+}
+
+/** A worker of SessionOptions.workers, started (local: spawned; remote: connected). */
+async function startWorker(spec: WorkerSpec, opts: WorkerOptions, python: string): Promise<Worker> {
+  if (isRemote(spec)) {
+    throw new UserError(`remote workers (${spec.connect}) are not available in this build`, 2);
+  }
+  const threads = spec.threads ?? null;
+  // intra-op threads: torch reads OMP_NUM_THREADS when it starts (a worker per core wants 1)
+  const env = threads ? { ...opts.env, OMP_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) } : opts.env;
+  try {
+    return await Worker.start({ ...opts, env });
+  } catch (e) {
+    throw withSetupHint(e, python);
   }
 }
 

@@ -68,3 +68,42 @@ export function windowProblem(sums: Sums, nModels: number, nSettings: number): s
   if (badK >= 0) return `setting ${badK + 1}'s per-window NLL does not add up to its total`;
   return null;
 }
+
+/**
+ * The sums of every window so far (`prev`; null: none yet) followed by a pool's share
+ * (its windows right after them, its totals its own): the lists concatenated, each NLL
+ * total grown by the share's window values one at a time and the weights by the share's
+ * total, in float64, as one worker adds them (evaluate.py Sums: add_window per window,
+ * add_weights per group of batch_size windows, a share being one group). So the shares
+ * joined in window order give one worker's sums bit for bit. New arrays, as appendWindows.
+ * @throws Error when the share does not start where `prev` ends.
+ */
+export function addShare(prev: Sums | null, share: Sums): Sums {
+  const before = prev?.windows_done ?? 0;
+  const n = share.window_targets.length;
+  if (share.window_first !== before || share.windows_done !== before + n) {
+    throw new Error(`a share lists windows ${share.window_first}..${share.windows_done - 1} after ${before} windows`);
+  }
+  if (prev && prev.window_first !== 0) throw new Error("addShare: the earlier sums must list every window (window_first 0)");
+  const base = prev ?? emptySums(share.model_nll.length, share.fusion_nll.length);
+  const grow = (total: number, values: readonly number[]) => {
+    for (const x of values) total += x;
+    return total;
+  };
+  const join = (a: number[][], b: number[][]) => {
+    if (a.length !== b.length) throw new Error(`a share has ${b.length} per-window lists after ${a.length}`);
+    return a.map((x, i) => x.concat(b[i]));
+  };
+  return {
+    windows_done: share.windows_done,
+    scored_tokens: grow(base.scored_tokens, share.window_targets),
+    model_nll: base.model_nll.map((t, m) => grow(t, share.window_model_nll[m])),
+    fusion_nll: base.fusion_nll.map((t, k) => grow(t, share.window_fusion_nll[k])),
+    fusion_weights: base.fusion_weights.map((row, k) => row.map((t, m) => t + share.fusion_weights[k][m])),
+    window_first: 0,
+    window_targets: base.window_targets.concat(share.window_targets),
+    window_bytes: base.window_bytes.concat(share.window_bytes),
+    window_model_nll: join(base.window_model_nll, share.window_model_nll),
+    window_fusion_nll: join(base.window_fusion_nll, share.window_fusion_nll),
+  };
+}

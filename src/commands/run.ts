@@ -78,7 +78,7 @@ async function openSession(plan: RunPlan, progress: Progress, verbose?: boolean)
   progress.status(`loading ${plan.models.map((m) => m.ref).join(", ")}`);
   return Session.open({
     models: plan.models, tokenizer: plan.tokenizer, python: plan.runtime.python, maxLength: plan.dataset.max_length,
-    space: plan.space, bytes: plan.bytes,
+    space: plan.space, bytes: plan.bytes, workers: plan.runtime.workers,
     bosPerWindow: plan.dataset.bos_per_window, onStatus: (m) => progress.status(m),
     onStderr: verbose ? (l) => process.stderr.write(`[worker] ${l}\n`) : undefined,
     onDropped: verbose ? (why) => process.stderr.write(`[controller] dropped a message from the worker: ${why}\n`) : undefined,
