@@ -27,7 +27,10 @@
 //      each model's own Hugging Face model.generate (bench/hf_generate.py) on the same
 //      GPT-2-small-shaped pair, batch 1 and 8: the fused step ÷ the two models' own steps,
 //      tokens/s, time to first token (--no-generate skips it, --generate-only runs it alone);
-//   8. with --memory-probe: bench/memory_probe.py, in-process, takes the worker's request
+//   8. a pool (bench/pool.ts): two 1-thread CPU workers ÷ one 1-thread worker on the demo
+//      pair, and one worker with a thread per core beside it (--no-pool skips it,
+//      --pool-only runs it alone);
+//   9. with --memory-probe: bench/memory_probe.py, in-process, takes the worker's request
 //      path apart to see which piece of a request's peak memory grows with the text.
 //
 // main() runs these as named steps; each step is one function below.
@@ -44,6 +47,7 @@ import { openSession, resolvePython, type Evaluation, type Session } from "../sr
 import { KNOWN_STRATEGIES, resolveStrategies, settingKey } from "../src/strategies.js";
 import { temperatureGrid } from "../src/sweep.js";
 import { byteSpaceBench } from "./bytes.js";
+import { poolBench } from "./pool.js";
 import { intervalsCost } from "./intervals.js";
 import { STEP_TARGET, generationBench } from "./generation.js";
 
@@ -76,6 +80,8 @@ interface Options {
   generateOnly: boolean;
   genTokens: number;
   genRounds: number;
+  pool: boolean;
+  poolOnly: boolean;
 }
 
 const HELP = `usage: npm run bench -- [options]
@@ -104,6 +110,8 @@ prints every figure with its target and writes a JSON report (docs/benchmarks.md
                      model.generate, batch 1 and 8 (≈ 4 min at the defaults on 2 cores)
   --gen-tokens N     new tokens per prompt in the generation part (default 64; --quick 8)
   --gen-rounds N     interleaved rounds of the generation part, medians (default 3; --quick 1)
+  --no-pool          skip the pool part (bench/pool.ts)
+  --pool-only        run only the pool part: two 1-thread CPU workers vs one (≈ 1 min)
   --memory-probe     also run bench/memory_probe.py: the worker's request path in-process,
                      piece by piece, at 1×, 4× and 16× the memory check's 2× text
                      (several minutes at the defaults)
@@ -129,6 +137,8 @@ const OPTION_SPEC = {
   "generate-only": { type: "boolean" },
   "gen-tokens": { type: "string" },
   "gen-rounds": { type: "string" },
+  "no-pool": { type: "boolean" },
+  "pool-only": { type: "boolean" },
   help: { type: "boolean", short: "h" },
 } as const satisfies ParseArgsConfig["options"];
 
@@ -155,7 +165,7 @@ function parseOptions(argv: string[]): Options | null {
     naiveSubset: values["naive-full"] ? null : positiveInt("naive-subset", values["naive-subset"], quick ? 8 : SWEEP_SIZE),
     out: values.out !== undefined ? resolve(values.out)
       : join(ROOT, "results", quick ? "bench-quick.json" : values["bytes-only"] ? "bench-bytes.json"
-        : values["generate-only"] ? "bench-generate.json" : "bench.json"),
+        : values["generate-only"] ? "bench-generate.json" : values["pool-only"] ? "bench-pool.json" : "bench.json"),
     modelsDir: values["models-dir"] !== undefined ? resolve(values["models-dir"]) : join(ROOT, ".kotara", "bench-models"),
     gpu: !values["no-gpu"],
     memoryProbe: values["memory-probe"] ?? false,
@@ -166,7 +176,11 @@ function parseOptions(argv: string[]): Options | null {
     generateOnly: values["generate-only"] ?? false,
     genTokens: positiveInt("gen-tokens", values["gen-tokens"], quick ? 8 : 64),
     genRounds: positiveInt("gen-rounds", values["gen-rounds"], quick ? 1 : 3),
+    pool: !values["no-pool"],
+    poolOnly: values["pool-only"] ?? false,
   };
+  if (o.poolOnly && !o.pool) throw new UsageError("--pool-only and --no-pool exclude each other");
+  if (o.poolOnly && (o.bytesOnly || o.generateOnly)) throw new UsageError("--pool-only excludes --bytes-only and --generate-only");
   if (o.stride > o.maxLength) throw new UsageError("--stride must be <= --max-length");
   if (o.bytesOnly && !o.bytes) throw new UsageError("--bytes-only and --no-bytes exclude each other");
   if (o.generateOnly && !o.generate) throw new UsageError("--generate-only and --no-generate exclude each other");
@@ -762,6 +776,7 @@ interface Measured {
   gpu: unknown;
   bytes: unknown;
   generation: unknown;
+  pool: unknown;
   probe: unknown;
 }
 
@@ -793,6 +808,7 @@ function buildReport(o: Options, m: Measured, totalSeconds: number) {
     gpu: m.gpu,
     byte_space: m.bytes,
     generation: m.generation,
+    pool: m.pool,
     memory_probe: m.probe,
     table: rows,
     total_seconds: totalSeconds,
@@ -839,8 +855,10 @@ async function measure(o: Options, work: string): Promise<Measured> {
   if (!o.bytes) row("byte space ÷ token space", "skipped (--no-bytes)", "", "skipped");
   const generation = o.generate ? await generationPart(o, work, inputs.built) : null;
   if (!o.generate) row(`generation: fused step ÷ the two models' own steps`, "skipped (--no-generate)", `<= ${STEP_TARGET}`, "skipped");
+  const pool = o.pool ? await poolPart(o) : null;
+  if (!o.pool) row("pool: one 1-thread worker ÷ two 1-thread workers", "skipped (--no-pool)", "> 1", "skipped");
   const probe = o.memoryProbe ? memoryProbe(o, inputs, settings.four, work) : null;
-  return { machine, inputs, settings, kotara, mem, naive, agree, speed, memory, bridge, gpu, bytes, generation, probe };
+  return { machine, inputs, settings, kotara, mem, naive, agree, speed, memory, bridge, gpu, bytes, generation, pool, probe };
 }
 
 /** Step 7: generation (bench/generation.ts) on the bench's pair, batch 1 and 8. */
@@ -869,6 +887,26 @@ async function generateOnly(o: Options, work: string, started: number): Promise<
   return 0;
 }
 
+/** Step 8: the pool (bench/pool.ts) on the demo pair. */
+function poolPart(o: Options): Promise<unknown> {
+  return poolBench({ root: ROOT, batchSize: o.batchSize, rounds: o.quick ? 1 : 3, log, row });
+}
+
+/** `--pool-only`: the pool part alone, its rows and a JSON report. */
+async function poolOnly(o: Options, started: number): Promise<number> {
+  const machine = machineInfo();
+  const pool = await poolPart(o);
+  const report = { kind: "pool only", machine: { ...machine, loadavg_end: round2(loadavg()) }, pool, table: rows,
+    total_seconds: (performance.now() - started) / 1000 };
+  mkdirSync(dirname(o.out), { recursive: true });
+  writeFileSync(o.out, JSON.stringify(report, null, 2) + "\n");
+  printTable(`Kotara benchmark, pool only — ${machine.nproc} cores, ${machine.cpu_model}; demo pair twin-a + sibling, batch ${o.batchSize}`);
+  console.log(`\nload average: ${round2(machine.loadavg_start).join(" ")} at start, ${round2(loadavg()).join(" ")} at end` +
+    (machine.loadavg_start[0] > 0.5 ? "  (WARNING: a busy machine; timings are not representative)" : ""));
+  console.log(`total ${fmt(report.total_seconds, 0)} s; JSON: ${relative(process.cwd(), o.out)}`);
+  return rows.some((r) => r.status === "FAIL") ? 1 : 0;
+}
+
 /** `--bytes-only`: the byte-space part alone, its rows and a JSON report. */
 async function bytesOnly(o: Options, work: string, started: number): Promise<number> {
   const machine = machineInfo();
@@ -892,6 +930,7 @@ async function main(): Promise<number> {
   try {
     if (o.bytesOnly) return await bytesOnly(o, work, started);
     if (o.generateOnly) return await generateOnly(o, work, started);
+    if (o.poolOnly) return await poolOnly(o, started);
     const m = await measure(o, work);
     const report = buildReport(o, m, (performance.now() - started) / 1000);
     mkdirSync(dirname(o.out), { recursive: true });

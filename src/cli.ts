@@ -132,6 +132,8 @@ export function buildProgram(): Command {
     .option("--space <space>", "tokens | bytes | auto (bytes: models whose tokenizers differ; max_length and stride then count bytes)", DEFAULTS.space)
     .option("--beam <k>", "byte space: token prefixes kept per model", integer("--beam"), DEFAULTS.beam)
     .option("--prune <p>", "byte space: also drop token prefixes lighter than p × the heaviest, in [0, 1)", number("--prune"), DEFAULTS.prune)
+    .option("--workers <devices>", "a pool of local workers, one per device, comma-separated: cuda:0,cuda:1 or cpu,cpu (docs/workers.md)")
+    .option("--threads <n>", "with --workers: torch threads per worker", positive("--threads"))
     .option("--save_metrics <file>", "write the metrics JSON here")
     .option("--quiet", "no progress on stderr")
     .option("--verbose", "forward the worker's stderr")

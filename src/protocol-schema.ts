@@ -77,6 +77,12 @@ export const GOLDEN_MESSAGES: Record<string, To | From> = {
     ],
     positions: { settings: [1, 0], bytes: 4096 },
   },
+  evaluate_share: {
+    seq: 6, type: "evaluate", request_id: "r5", batch_size: 8, progress_every: 1, resume: null,
+    dataset: { path: "/data/wiki.txt", max_length: 1024, stride: 512, bos_per_window: false },
+    settings: [{ id: "average", type: "average", temperatures: [1, 1], betas: null, weights: null }],
+    share: { first: 16, stop: 24 },
+  },
   cancel: { seq: 4, type: "cancel", request_id: "r1" },
   shutdown: { seq: 5, type: "shutdown" },
   hello: {

@@ -269,7 +269,7 @@ export const ResultMsg = z.strictObject({
   space: Space,
   tokens: z.number().int().nonnegative(), // positions of the stream: tokens, or bytes in byte space
   windows: z.number().int().nonnegative(),
-  sums: Sums, // scored_tokens: scored positions (bytes in byte space); window_first 0: every window
+  sums: Sums, // scored_tokens: scored positions (bytes in byte space); window_first 0: every window (a share: its windows alone, from share.first)
   byte_stats: z.array(ByteStats).nullable(), // byte space: per model, how much its beam pruned; null in token space
   seconds: finite, // compute loop only
   tokenize_seconds: finite, // reading and tokenizing the text

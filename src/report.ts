@@ -27,7 +27,10 @@ export function formatReport(metrics: Metrics, opts: ReportOptions = {}): string
 /** The text and its windows; the device and the speed. */
 export function header({ space, dataset: d, runtime: rt, bytes }: Metrics): string[] {
   const text = `${displayRef(d.path)}: ${int(d.bytes)} bytes, ${int(d.words)} words`;
-  const speed = (unit: string) => `${rt.device} · ${rt.dtype} · ${rt.seconds.toFixed(1)} s (${int(rt.tokens_per_second)} ${unit}/s) · ` +
+  // a pool: how many workers, and each one's windows (a lost one marked)
+  const pool = rt.workers && rt.workers.length > 1
+    ? ` · ${rt.workers.length} workers (${rt.workers.map((w) => `${w.label} ${int(w.windows)}${w.lost ? ", lost" : ""}`).join(", ")})` : "";
+  const speed = (unit: string) => `${rt.device} · ${rt.dtype} · ${rt.seconds.toFixed(1)} s (${int(rt.tokens_per_second)} ${unit}/s)${pool} · ` +
     `torch ${rt.torch} · transformers ${rt.transformers}`;
   if (space === "bytes") {
     return [

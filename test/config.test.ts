@@ -70,7 +70,7 @@ describe("a valid config", () => {
     assert.equal(plan.dataset.max_length, 1024);
     assert.equal(plan.dataset.stride, 1024, "stride defaults to max_length");
     assert.equal(plan.dataset.bos_per_window, false);
-    assert.deepEqual(plan.runtime, { batch_size: 8, python: null, checkpoint_every: 0 });
+    assert.deepEqual(plan.runtime, { batch_size: 8, python: null, checkpoint_every: 0, workers: null });
     assert.deepEqual(plan.output, { metrics: null });
     assert.equal(plan.sweep, null);
     assert.deepEqual(plan.settings, [{ id: "entropy", type: "entropy", temperatures: [1, 1], betas: null, weights: null }]);
@@ -100,7 +100,7 @@ strategies:
   - { type: poe, betas: [0.5, 0.5] }
   - { id: sharp-gap, type: gap, temperatures: [0.7, 0.7] }
   - { type: mix, temperatures: [0.9, 1], weights: [0.7, 0.3] }
-runtime: { batch_size: 4, python: python3, checkpoint_every: 50 }
+runtime: { batch_size: 4, python: python3, checkpoint_every: 50, workers: [{ device: cpu, threads: 1 }, { device: "cuda:1" }] }
 output: { metrics: results/out.json }
 `,
         dir,
@@ -115,7 +115,7 @@ output: { metrics: results/out.json }
     );
     assert.deepEqual(plan.settings[4], { id: "mix@t=0.9,1;w=0.7,0.3", type: "mix", temperatures: [0.9, 1], betas: null, weights: [0.7, 0.3] });
     for (const s of plan.settings) assert.ok(Setting.safeParse(s).success, s.id);
-    assert.deepEqual(plan.runtime, { batch_size: 4, python: "python3", checkpoint_every: 50 });
+    assert.deepEqual(plan.runtime, { batch_size: 4, python: "python3", checkpoint_every: 50, workers: [{ device: "cpu", threads: 1 }, { device: "cuda:1" }] });
     assert.equal(plan.output.metrics, path.join(dir, "results", "out.json"));
   });
 });
@@ -192,7 +192,7 @@ describe("rejected: unknown keys", () => {
     );
   });
   test("in runtime", async () => {
-    hasLine(await problems(BASE + "runtime:\n  batchsize: 4\n"), "runtime.batchsize: unknown key; allowed: batch_size, python, checkpoint_every");
+    hasLine(await problems(BASE + "runtime:\n  batchsize: 4\n"), "runtime.batchsize: unknown key; allowed: batch_size, python, checkpoint_every, workers");
   });
   test("in output", async () => {
     hasLine(await problems(BASE + "output:\n  csv: x.csv\n"), "output.csv: unknown key; allowed: metrics");

@@ -26,7 +26,7 @@ test("every golden message decodes to its JSON and validates", () => {
     const decoded = decode(bytes);
     assert.deepEqual(decoded, expected, name);
     assert.deepEqual(Buffer.from(encode(expected)), bytes, `${name} re-encodes to the same bytes`);
-    const schema = ["load", "evaluate", "evaluate_resume", "evaluate_positions", "generate", "fit", "cancel", "shutdown"].includes(name) ? ToWorker : FromWorker;
+    const schema = ["load", "evaluate", "evaluate_resume", "evaluate_positions", "evaluate_share", "generate", "fit", "cancel", "shutdown"].includes(name) ? ToWorker : FromWorker;
     assert.ok(schema.safeParse(decoded).success, `${name} validates`);
   }
 });

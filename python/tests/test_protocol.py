@@ -13,7 +13,7 @@ from kotara_worker import protocol
 
 GOLDEN = Path(__file__).resolve().parents[2] / "protocol" / "golden"
 KEY = os.urandom(32)
-TO_WORKER = {"load", "evaluate", "evaluate_resume", "evaluate_positions", "generate", "fit", "cancel", "shutdown"}
+TO_WORKER = {"load", "evaluate", "evaluate_resume", "evaluate_positions", "evaluate_share", "generate", "fit", "cancel", "shutdown"}
 
 
 def golden_names():

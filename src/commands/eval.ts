@@ -10,6 +10,8 @@ export interface EvalFlags {
   temp_a: number; temp_b: number; poe_beta_a: number; poe_beta_b: number;
   device: string; dtype: string; trust_remote_code: boolean; batch_size: number; space: string; beam: number; prune: number;
   save_metrics?: string; quiet?: boolean; verbose?: boolean;
+  /** A pool: local workers' devices, comma-separated (`cuda:0,cuda:1`, `cpu,cpu`); threads each. */
+  workers?: string; threads?: number;
 }
 
 /** The config the flags stand for (validated like any YAML config). */
@@ -25,7 +27,10 @@ export function flagsToConfig(f: EvalFlags): Record<string, unknown> {
     ...(f.tokenizer ? { tokenizer: f.tokenizer } : {}),
     dataset: { path: f.dataset_path, max_length: f.max_length, stride: f.stride },
     strategies: [strategy],
-    runtime: { batch_size: f.batch_size },
+    runtime: {
+      batch_size: f.batch_size,
+      ...(f.workers ? { workers: f.workers.split(",").map((d) => ({ device: d.trim(), ...(f.threads ? { threads: f.threads } : {}) })) } : {}),
+    },
     ...(f.save_metrics ? { output: { metrics: f.save_metrics } } : {}),
   };
 }
