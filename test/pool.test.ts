@@ -76,6 +76,17 @@ test("in byte space too: two workers give one worker's sums and beam statistics"
   assert.deepEqual(two.result.byte_stats, one.result.byte_stats);
 });
 
+test("more workers than groups: the idle ones get nothing to do, the result is one worker's", async () => {
+  const refs = [join(models, "gpt2-a"), join(models, "llama")];
+  const text = writeFile(work, "two-windows.txt", readFileSync(join(models, "text.txt"), "utf8").slice(0, 300));
+  const opts: EvaluateOptions = { dataset: { path: text, max_length: 48, stride: 48 }, batchSize: 8, strategies: ["entropy"] };
+  const one = await evaluateWith(refs, null, opts);
+  const three = await evaluateWith(refs, [...TWO, { device: "cpu", threads: 1 }], opts);
+  assert.ok(one.result.windows <= 8, "one group");
+  assert.deepEqual(three.result.sums, one.result.sums);
+  assert.deepEqual(three.reports.map((r) => r.windows).sort(), [0, 0, one.result.windows]);
+});
+
 test("addShare joins shares in window order and refuses one out of place", () => {
   // the same floats added in another grouping differ: (a + b) + c ≠ a + (b + c) here
   const a = 0.1, b = 0.2, c = 0.3;
