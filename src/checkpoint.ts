@@ -70,7 +70,9 @@ async function modelFingerprint(m: ModelSpec): Promise<string> {
 
 export async function fingerprint(key: EvaluationKey): Promise<Fingerprint> {
   const config = sha256(JSON.stringify({
-    space: key.space, bytes: key.bytes, models: key.models.map((m) => ({ ...m })), tokenizer: key.tokenizer, dataset: { ...key.dataset, path: undefined },
+    // where a model's parts lie (device_map, max_memory) does not change its numbers (docs/scale.md): a run that
+    // ran out of memory may resume with a smaller budget or over more devices
+    space: key.space, bytes: key.bytes, models: key.models.map(({ device_map: _m, max_memory: _b, ...m }) => m), tokenizer: key.tokenizer, dataset: { ...key.dataset, path: undefined },
     settings: key.settings, batch_size: key.batch_size,
   }));
   return { config, text: key.text.sha256, models: await Promise.all(key.models.map(modelFingerprint)) };

@@ -4,7 +4,7 @@
 // that passes into a RunPlan.
 import { z } from "zod";
 import { DEFAULTS } from "./defaults.js";
-import { MAX_VIEW_BYTES, MAX_VIEW_SETTINGS } from "./protocol.js";
+import { MAX_VIEW_BYTES, MAX_VIEW_SETTINGS, SIZE_PATTERN } from "./protocol.js";
 import { errorMap, isPlainObject, show, strictObject } from "./validation.js";
 
 const positiveInt = z
@@ -23,12 +23,33 @@ const device = z
     error: (iss) => `must be auto, cpu, cuda, cuda:N or mps, got ${show(iss.input)}`,
   });
 
+/** A max_memory value: an integer of bytes, or a size such as 20GiB / 500MB (protocol.ts SIZE_PATTERN). */
+const memorySize = z.custom<number | string>(
+  (v) => (typeof v === "number" && Number.isInteger(v) && v >= 0) || (typeof v === "string" && SIZE_PATTERN.test(v)),
+  { error: (iss) => `must be an integer of bytes or a size such as 20GiB or 500MB, got ${show(iss.input)}` },
+);
+
 export const ModelConfig = strictObject({
   ref: nonEmpty,
   revision: nonEmpty.nullish(),
   trust_remote_code: z.boolean().default(DEFAULTS.trust_remote_code),
   dtype: z.enum(["auto", "float32", "float16", "bfloat16"]).default(DEFAULTS.dtype),
   device: device.default(DEFAULTS.device),
+  /** Shard the model over its devices with accelerate (docs/scale.md); default: only when device is auto on several GPUs. */
+  device_map: z
+    .enum(["auto", "balanced", "sequential"], {
+      error: (iss) => `must be auto, balanced or sequential, got ${show(iss.input)}`,
+    })
+    .nullish(),
+  /** A sharded load's budget per device: { "0": 20GiB, "1": 20GiB, cpu: 64GiB }; implies device_map auto. */
+  max_memory: z
+    .record(z.string().regex(/^(\d+|cpu)$/), memorySize, {
+      error: (iss) =>
+        iss.code === "invalid_key"
+          ? `unknown device; the keys are GPU indices ("0", "1", …) or cpu`
+          : `must be a mapping of device to size ({ "0": 20GiB, cpu: 64GiB }), got ${show(iss.input)}`,
+    })
+    .nullish(),
 });
 
 /** Where the text comes from (one of path, hf), and how it is scored (docs/datasets.md). */

@@ -134,6 +134,8 @@ function planModels(raw: unknown, ctx: Ctx): ModelSpec[] | null {
   }
   return models?.map((m) => ({
     ref: resolveRef(m.ref, ctx.baseDir).value, revision: m.revision ?? null, trust_remote_code: m.trust_remote_code, dtype: m.dtype, device: m.device,
+    ...(m.device_map != null ? { device_map: m.device_map } : {}),
+    ...(m.max_memory != null ? { max_memory: m.max_memory } : {}),
   })) ?? null;
 }
 

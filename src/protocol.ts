@@ -37,12 +37,26 @@ export const Setting = z.strictObject({
 });
 export type Setting = z.infer<typeof Setting>;
 
+/** How accelerate splits a model over its devices (transformers' "auto" is "balanced"). */
+export const DeviceMap = z.enum(["auto", "balanced", "sequential"]);
+/** A max_memory key: a GPU index ("0", "1", …) or "cpu". */
+export const MemoryKey = z.string().regex(/^(\d+|cpu)$/);
+/** A size: KB/MB/GB/TB count powers of 1000, KiB/MiB/GiB/TiB powers of 1024 (as accelerate reads them). */
+export const SIZE_PATTERN = /^\s*\d+(\.\d+)?\s*([KkMmGgTt][Ii]?[Bb]|[Bb])\s*$/;
+/** A max_memory value: bytes, or a size such as "20GiB". */
+export const MemorySize = z.union([z.number().int().nonnegative(), z.string().regex(SIZE_PATTERN)]);
+
 export const ModelSpec = z.strictObject({
   ref: z.string().min(1),
   revision: z.string().nullable(),
   trust_remote_code: z.boolean(),
   dtype: z.enum(["auto", "float32", "float16", "bfloat16"]),
   device: z.string().regex(/^(auto|cpu|cuda|cuda:\d+|mps)$/),
+  // v8 (absent or null: one device, or accelerate's "auto" when device is auto on several GPUs):
+  // shard the model over its devices with accelerate (docs/scale.md)
+  device_map: DeviceMap.nullable().optional(),
+  // v8: a sharded load's budget per device, in bytes or as "20GiB" / "500MB"; keys: a GPU index or "cpu"
+  max_memory: z.record(MemoryKey, MemorySize).nullable().optional(),
 });
 export type ModelSpec = z.infer<typeof ModelSpec>;
 
@@ -222,6 +236,8 @@ export const LoadedModel = z.strictObject({
   max_positions: z.number().int().positive().nullable(),
   head_path: z.enum(["scored", "full"]), // "scored": only scored positions go through the output layer
   tokenizer: z.string(), // the tokenizer this model reads with (its own in byte space)
+  // v8: a sharded model: the devices its parts lie on ("cuda:0", "cuda:1", "cpu", "disk"); absent: one device
+  devices: z.array(z.string()).optional(),
 });
 export const LoadedMsg = z.strictObject({
   ...base,

@@ -141,6 +141,9 @@ export function toModelSpec(m: ModelInput): ModelSpec {
     trust_remote_code: o.trust_remote_code ?? DEFAULTS.trust_remote_code,
     dtype: o.dtype ?? DEFAULTS.dtype,
     device: o.device ?? DEFAULTS.device,
+    // sent only when set (absent = null on the wire), so a config without them fingerprints as before
+    ...(o.device_map != null ? { device_map: o.device_map } : {}),
+    ...(o.max_memory != null ? { max_memory: o.max_memory } : {}),
   };
 }
 

@@ -182,7 +182,7 @@ describe("rejected: unknown keys", () => {
   test("in a model", async () => {
     hasLine(
       await problems(BASE.replace("ref: distilgpt2", "ref: distilgpt2\n    precision: fp16")),
-      "models[1].precision: unknown key; allowed: ref, revision, trust_remote_code, dtype, device",
+      "models[1].precision: unknown key; allowed: ref, revision, trust_remote_code, dtype, device, device_map, max_memory",
     );
   });
   test("in dataset", async () => {
@@ -235,6 +235,25 @@ describe("rejected: wrong types", () => {
   });
   test("a bad device", async () => {
     hasLine(await problems(BASE.replace("ref: gpt2", "ref: gpt2\n    device: gpu")), 'models[0].device: must be auto, cpu, cuda, cuda:N or mps, got "gpu"');
+  });
+  test("sharding: device_map and max_memory reach the plan (and only when set)", async () => {
+    const plan = await loadConfig(configFile(BASE.replace("ref: gpt2", 'ref: gpt2\n    device_map: balanced\n    max_memory: { "0": 20GiB, "1": 500MB, cpu: 1000000 }')));
+    assert.deepEqual(plan.models[0], {
+      ref: "gpt2", revision: null, trust_remote_code: false, dtype: "auto", device: "auto",
+      device_map: "balanced", max_memory: { "0": "20GiB", "1": "500MB", cpu: 1000000 },
+    });
+    assert.equal("device_map" in plan.models[1], false);
+    assert.equal("max_memory" in plan.models[1], false);
+  });
+  test("bad max_memory and device_map values", async () => {
+    const lines = await problems(BASE.replace("ref: gpt2", 'ref: gpt2\n    device_map: pipeline\n    max_memory: { gpu0: 20GiB, cpu: 20 gigs, "1": -5, "2": 1.5 }'));
+    hasLine(lines, 'models[0].device_map: must be auto, balanced or sequential, got "pipeline"');
+    hasLine(lines, 'models[0].max_memory.gpu0: unknown device; the keys are GPU indices ("0", "1", …) or cpu');
+    hasLine(lines, 'models[0].max_memory.cpu: must be an integer of bytes or a size such as 20GiB or 500MB, got "20 gigs"');
+    hasLine(lines, 'models[0].max_memory["1"]: must be an integer of bytes or a size such as 20GiB or 500MB, got -5');
+    hasLine(lines, 'models[0].max_memory["2"]: must be an integer of bytes or a size such as 20GiB or 500MB, got 1.5');
+    hasLine(await problems(BASE.replace("ref: gpt2", "ref: gpt2\n    max_memory: 20GiB")),
+      'models[0].max_memory: must be a mapping of device to size ({ "0": 20GiB, cpu: 64GiB }), got "20GiB"');
   });
   test("a strategy that is a number", async () => {
     hasLine(await problems(BASE + "  - 42\n"), /^strategies\[1\]: expected a strategy name or a mapping .*, got 42$/);

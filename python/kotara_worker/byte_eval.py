@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .byte_lm import ByteLM, ByteStats, Interrupted, NonFiniteLogits
-from .evaluate import Cancelled, Sums, _starting_sums, share_sums
+from .evaluate import _ALLOCATE, Cancelled, OutOfMemory, Sums, _starting_sums, share_sums
 from .fusion import ChunkSums, FusionConfig, NumericalError, Setting
 from .fusion import _each_position as each_position   # score_chunk's per-position numbers, settings trusted
 from .models import ByteReader, LoadedModel
@@ -91,6 +91,12 @@ def byte_models(models: Sequence[LoadedModel], readers: Sequence[ByteReader], be
                 prune: float) -> list[ByteModel]:
     out = []
     for m, r in zip(models, readers):
+        gpus = [d for d in (m.devices or []) if d.startswith("cuda")]
+        if len(gpus) > 1:
+            # the beam stacks every layer's KV cache into one tensor (byte_lm): one device
+            raise RequestError("bad_request", f"model {m.ref} is sharded over {', '.join(gpus)}: byte space runs a "
+                                              "model on one GPU (its parts on the CPU or disk may stay); set "
+                                              "device: cuda:N with max_memory for that GPU and cpu")
         lm = ByteLM(m, r.table, r.start_id, beam=beam, prune=prune)
         window = getattr(lm.model.config, "sliding_window", None)
         out.append(ByteModel(m.ref, r, lm, lm.max_positions, window if isinstance(window, int) else None))
@@ -232,6 +238,15 @@ def _run_pass(models: Sequence[ByteModel], text: bytes, windows: Sequence[Window
                 scored = m.lm.score_many([(x.data, x.context, x.ids) for x in inputs], should_stop)
             except NonFiniteLogits:
                 raise _numerical_batch(m.ref, mi, m, text, windows, batch) from None
+            except torch.OutOfMemoryError as e:
+                # no retry here: the beam's forwards are batched by ByteLM (`batch` steps), not by window
+                first, last = windows[batch.start], windows[batch.stop - 1]
+                need = _ALLOCATE.search(str(e))
+                raise OutOfMemory(
+                    f"model {m.ref}: {'CUDA' if 'CUDA' in str(e) else 'the device'} out of memory in byte space, "
+                    f"scoring windows {batch.start}..{batch.stop - 1} (bytes {first.start}..{last.end - 1})"
+                    f"{f': it tried to allocate {need.group(1)}' if need else ''}; lower runtime.batch_size, "
+                    "dataset.max_length or bytes.beam, or shard the model (docs/scale.md)") from None
             except Interrupted:
                 raise Cancelled(sums.copy()) from None
             for _, stats in scored:

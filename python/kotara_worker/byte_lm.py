@@ -341,7 +341,9 @@ class ByteLM:
         if not 0.0 <= prune < 1.0:
             raise ValueError(f"prune must be in [0, 1), got {prune}")
         self.model = _hf_model(model)
-        self.device = next(self.model.parameters()).device
+        # a LoadedModel knows where its input goes (a sharded one's first weight may be on disk: meta)
+        device = getattr(model, "device", None) if not isinstance(model, torch.nn.Module) else None
+        self.device = device if isinstance(device, torch.device) else next(self.model.parameters()).device
         self.trie = ByteTrie(table)
         self.table = table
         self.start_id, self.beam, self.prune, self.batch, self.plain = start_id, beam, prune, max(1, batch), plain

@@ -12,6 +12,7 @@ numbers and keeps those of the text's first bytes (a few settings; positions.py)
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -25,7 +26,7 @@ from .positions import Collector
 from .fusion import _each_position as each_position   # score_chunk's per-position scores, settings trusted
 from .windows import Window
 
-__all__ = ["Model", "Sums", "Cancelled", "NumericalError", "EvalConfig", "plan_batches", "evaluate", "run_pass",
+__all__ = ["Model", "Sums", "Cancelled", "NumericalError", "OutOfMemory", "EvalConfig", "plan_batches", "evaluate", "run_pass",
            "share_sums"]
 
 # run_pass's collect hook: (each model's logits [p, V_m], targets [p], window index [p]) per chunk
@@ -227,7 +228,7 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
              should_stop: Callable[[], bool], cfg: EvalConfig | None = None,
              window_bytes: Sequence[int] | None = None, feed_last: bool = True,
              positions: Collector | None = None, collect: Collect | None = None,
-             share: tuple[int, int] | None = None) -> Sums:
+             share: tuple[int, int] | None = None, on_status: Callable[[str], None] | None = None) -> Sums:
     """evaluate() for a caller that has checked the settings already (the server does, once
     per request, before tokenizing): the settings are trusted, everything else is checked.
     feed_last=False feeds each window without its last token (a target only: its logits
@@ -237,7 +238,11 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
     and each position's window index [p], in window order (a fit keeps what it needs: fit.py).
     share=(first, stop): only windows first .. stop − 1 (a pool's batch), batched as the whole
     pass batches them; the sums then list those windows (window_first = first) and hold their
-    totals alone (the controller adds the shares in window order). No resume with a share."""
+    totals alone (the controller adds the shares in window order). No resume with a share.
+    on_status: told once per request when an out-of-memory error made the pass halve its
+    forward size (a batch then runs as sub-batches, its sums the same but for kernel
+    effects; see _run_batch); an out-of-memory error at 1 window per forward raises
+    OutOfMemory."""
     cfg = cfg or EvalConfig.for_device(models[0].device)
     token_ids = token_ids.reshape(-1).long().cpu()                                 # [n]
     offset = 0 if bos_id is None else 1
@@ -249,6 +254,7 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
     fusion_cfg = cfg.fusion or FusionConfig.for_device(models[0].device)
     reported = sums.windows_done
     group_weights = torch.zeros(len(settings), len(models), dtype=torch.float64)   # [K, N] Σ α of this group
+    forward = _ForwardSize(batch_size)
     with _forward_pool(models, cfg.concurrent) as pool:
         for batch in plan_batches(windows, batch_size):
             if batch.stop <= first:
@@ -260,38 +266,31 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
             if _group_starts(batch.start, first, batch_size) and should_stop():
                 raise Cancelled(sums.copy())
             ws = [windows[i] for i in batch]
-            trim = 0 if feed_last else 1
-            ids = torch.stack([token_ids[w.start:w.end - trim] for w in ws])          # [B, L]
-            if bos_id is not None:
-                ids = torch.cat([torch.full((len(ws), 1), bos_id, dtype=torch.long), ids], 1)  # [B, 1 + L]
-            b_idx, p_idx, targets = _scored_positions(ws, token_ids, offset)        # [P] each
-            # the token view's positions (a prefix of the stream) are in the first batches only
-            view = positions if positions is not None and ws[0].first_scored < positions.n_view else None
-            if view is not None:
-                # input position q of row b predicts stream index start_b + q + 1 - offset
-                stream = torch.tensor([w.start for w in ws])[b_idx] + p_idx + 1 - offset     # [P]
-
-            # each model runs once: hidden states (or, for head_path "full", its own logits);
-            # on separate devices all at once, each in its own thread
-            sources = list(pool.map(_forward, models, [ids] * len(models))) if pool else [_forward(m, ids) for m in models]
-            # per window of the batch: Σ NLL of each model and each setting, every position
-            # added in order (index_add_ on the CPU), whatever the chunks
+            # the batch's per-window sums and its part of the group's weights: batch-local, kept
+            # only once every sub-batch succeeded (an out-of-memory attempt leaves nothing behind)
             model_acc = torch.zeros(len(models), len(ws), dtype=torch.float64)        # [N, B]
             fusion_acc = torch.zeros(len(settings), len(ws), dtype=torch.float64)     # [K, B]
-            for c in range(0, targets.numel(), cfg.position_chunk):
-                sel = slice(c, c + cfg.position_chunk)
+            weight_parts: list[torch.Tensor] = []                                     # [K, N] per chunk, in order
+            at = 0
+            while at < len(ws):
+                n = min(forward.size, len(ws) - at)
+                sub = range(batch.start + at, batch.start + at + n)
+                marks = _marks(positions, collect)
                 try:
-                    part = _score_chunk(models, sources, b_idx[sel], p_idx[sel], targets[sel], vocab, settings,
-                                        fusion_cfg, collect and (lambda z, t, sel=sel: collect(z, t, batch.start + b_idx[sel])))
-                except NumericalError as e:
-                    raise _in_window(e, models, windows, batch.start + int(b_idx[c + e.position])) from None
-                if view is not None:
-                    view.add(stream[sel], part.model_nll, part.fusion_nll, part.weights)
-                model_acc.index_add_(1, b_idx[sel], part.model_nll)
-                fusion_acc.index_add_(1, b_idx[sel], part.fusion_nll)
-                group_weights += part.weights.sum(1)                             # [K, N]
-                del part
-            del sources
+                    parts = _run_batch(models, token_ids, windows, sub, settings, bos_id, offset, vocab, feed_last,
+                                       cfg, fusion_cfg, positions, collect, pool)
+                except _OutOfMemory as e:
+                    _rollback(marks)
+                    e.__traceback__ = e.error.__traceback__ = None     # the frames that hold the attempt's tensors
+                    _free(models)
+                    forward.shrink(e, n, models, windows, sub, on_status)
+                    continue
+                model_acc[:, at:at + n] = parts[0]
+                fusion_acc[:, at:at + n] = parts[1]
+                weight_parts += parts[2]
+                at += n
+            for w in weight_parts:                                                    # the order of an unsplit batch
+                group_weights += w
             for b, (i, w) in enumerate(zip(batch, ws)):
                 sums.add_window(w.n_scored, window_bytes[i], model_acc[:, b].tolist(), fusion_acc[:, b].tolist())
             sums.windows_done = batch.stop
@@ -302,6 +301,127 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
                     reported = sums.windows_done
                     on_progress(sums.copy())
     return sums
+
+
+# ----------------------------------------------------------------------------- one (sub-)batch, and out of memory
+
+def _run_batch(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence[Window], batch: range,
+               settings: Sequence[Setting], bos_id: int | None, offset: int, vocab: int, feed_last: bool,
+               cfg: EvalConfig, fusion_cfg: FusionConfig, positions: Collector | None, collect: Collect | None,
+               pool) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """One forward of every model over windows `batch` and the scoring of its positions:
+    (Σ NLL per model and window [N, B], per setting and window [K, B], each chunk's Σ α
+    [K, N] in order). Touches no sums (the view and the collect hook are called per chunk:
+    _marks/_rollback undo them). An out-of-memory error comes out as _OutOfMemory."""
+    ws = [windows[i] for i in batch]
+    trim = 0 if feed_last else 1
+    ids = torch.stack([token_ids[w.start:w.end - trim] for w in ws])          # [B, L]
+    if bos_id is not None:
+        ids = torch.cat([torch.full((len(ws), 1), bos_id, dtype=torch.long), ids], 1)  # [B, 1 + L]
+    b_idx, p_idx, targets = _scored_positions(ws, token_ids, offset)        # [P] each
+    # the token view's positions (a prefix of the stream) are in the first batches only
+    view = positions if positions is not None and ws[0].first_scored < positions.n_view else None
+    if view is not None:
+        # input position q of row b predicts stream index start_b + q + 1 - offset
+        stream = torch.tensor([w.start for w in ws])[b_idx] + p_idx + 1 - offset     # [P]
+    try:
+        # each model runs once: hidden states (or, for head_path "full", its own logits);
+        # on separate devices all at once, each in its own thread
+        sources = list(pool.map(_forward_of, models, [ids] * len(models))) if pool else \
+            [_forward_of(m, ids) for m in models]
+        # per window of the batch: Σ NLL of each model and each setting, every position
+        # added in order (index_add_ on the CPU), whatever the chunks
+        model_acc = torch.zeros(len(models), len(ws), dtype=torch.float64)        # [N, B]
+        fusion_acc = torch.zeros(len(settings), len(ws), dtype=torch.float64)     # [K, B]
+        weights: list[torch.Tensor] = []
+        for c in range(0, targets.numel(), cfg.position_chunk):
+            sel = slice(c, c + cfg.position_chunk)
+            try:
+                part = _score_chunk(models, sources, b_idx[sel], p_idx[sel], targets[sel], vocab, settings,
+                                    fusion_cfg, collect and (lambda z, t, sel=sel: collect(z, t, batch.start + b_idx[sel])))
+            except NumericalError as e:
+                raise _in_window(e, models, windows, batch.start + int(b_idx[c + e.position])) from None
+            if view is not None:
+                view.add(stream[sel], part.model_nll, part.fusion_nll, part.weights)
+            model_acc.index_add_(1, b_idx[sel], part.model_nll)
+            fusion_acc.index_add_(1, b_idx[sel], part.fusion_nll)
+            weights.append(part.weights.sum(1))                               # [K, N]
+            del part
+        del sources
+    except torch.OutOfMemoryError as e:          # torch.cuda.OutOfMemoryError is one
+        where = getattr(e, "kotara_model", None)
+        raise _OutOfMemory(e, where) from None
+    return model_acc, fusion_acc, weights
+
+
+def _forward_of(model: Model, ids: torch.Tensor) -> torch.Tensor:
+    """_forward, an out-of-memory error marked with the model that ran out."""
+    try:
+        return _forward(model, ids)
+    except torch.OutOfMemoryError as e:
+        e.kotara_model = model.ref
+        raise
+
+
+class _OutOfMemory(Exception):
+    def __init__(self, error: BaseException, model: str | None):
+        super().__init__(str(error))
+        self.error, self.model = error, model
+
+
+class OutOfMemory(RuntimeError):
+    """Out of memory at one window per forward: nothing smaller to retry with. The server
+    reports it as a RequestError("internal") with this message."""
+
+
+_ALLOCATE = re.compile(r"Tried to allocate ([0-9.]+ ?[KMGTP]?i?B)")
+
+
+class _ForwardSize:
+    """Windows per forward: batch_size, halved at each out-of-memory error, for the rest of
+    the request (the groups of batch_size windows, their weights, and the cancel points at
+    their starts are those of the batch_size run: only the forwards get smaller)."""
+
+    def __init__(self, batch_size: int):
+        self.size, self.told = batch_size, False
+
+    def shrink(self, e: _OutOfMemory, n: int, models: Sequence[Model], windows: Sequence[Window], batch: range,
+               on_status: Callable[[str], None] | None) -> None:
+        model = e.model or (models[0].ref if len(models) == 1 else None)
+        whose = f"model {model}" if model else f"the models {', '.join(m.ref for m in models)}"
+        device = "CUDA" if "CUDA" in str(e.error) else "the device"
+        if n <= 1:
+            w = windows[batch.start]
+            need = _ALLOCATE.search(str(e.error))
+            raise OutOfMemory(
+                f"{whose}: {device} out of memory at 1 window per forward, in window {batch.start} (tokens "
+                f"{w.start}..{w.end - 1}){f': it tried to allocate {need.group(1)}' if need else ''}; lower "
+                "dataset.max_length, use a smaller dtype (models[].dtype), or shard the model over more devices "
+                "(models[].max_memory / device_map: docs/scale.md)") from e.error
+        self.size = (n + 1) // 2
+        if not self.told and on_status is not None:
+            self.told = True
+            on_status(f"{device} out of memory at {n} windows per forward; retrying with {self.size} "
+                      f"(window {batch.start} of {whose}); the rest of this request runs {self.size} per forward")
+
+
+def _marks(positions: Collector | None, collect: Collect | None) -> list:
+    """What a failed attempt must undo: the token view's and the collect hook's owner's state."""
+    owners = [positions, getattr(collect, "__self__", None)]
+    return [(o, o.mark()) for o in owners if o is not None and hasattr(o, "mark")]
+
+
+def _rollback(marks: list) -> None:
+    for owner, mark in marks:
+        owner.rollback(mark)
+
+
+def _free(models: Sequence[Model]) -> None:
+    """Give the failed attempt's memory back before the retry."""
+    import gc
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _group_starts(i: int, first: int, batch_size: int) -> bool:
@@ -393,8 +513,12 @@ def _score_chunk(models: Sequence[Model], sources: Sequence[torch.Tensor], b_idx
     logits = []
     for m, src in zip(models, sources):
         rows = src[b_idx.to(src.device), p_idx.to(src.device)]                     # [p, H] or [p, V]
-        z = m.head(rows) if m.head_path == "scored" else rows                       # [p, V_m]
-        logits.append(z.to(fuse_device))
+        try:
+            z = m.head(rows) if m.head_path == "scored" else rows                   # [p, V_m]
+            logits.append(z.to(fuse_device))
+        except torch.OutOfMemoryError as e:
+            e.kotara_model = m.ref
+            raise
     if collect is not None:
         collect(logits, targets)
     # the settings were checked once for the request (fusion.score_chunk's contract, per position)

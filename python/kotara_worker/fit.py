@@ -174,6 +174,15 @@ class Collector:
         self.chunks.append(Chunk(i, i + p))
         self.filled = i + p
 
+    def mark(self) -> tuple[int, int]:
+        """A point to roll back to (evaluate: a batch that ran out of memory is scored again;
+        the positions it filled are then written again)."""
+        return self.filled, len(self.chunks)
+
+    def rollback(self, mark: tuple[int, int]) -> None:
+        self.filled = mark[0]
+        del self.chunks[mark[1]:]
+
     def check_complete(self) -> None:
         if self.filled != self.positions:
             raise AssertionError(f"the pass scored {self.filled} positions, {self.positions} were planned")

@@ -16,6 +16,7 @@ Hugging Face cache (HF_HOME, HF_HUB_OFFLINE, ...) is honoured by the library its
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,11 +43,14 @@ class ModelSpec:
     trust_remote_code: bool = False
     dtype: str = "auto"      # auto | float32 | float16 | bfloat16
     device: str = "auto"     # auto | cpu | cuda | cuda:N | mps
+    device_map: str | None = None                  # auto | balanced | sequential: shard (accelerate)
+    max_memory: dict[str, int | str] | None = None  # per GPU index / "cpu": the budget of a sharded load
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "ModelSpec":
         return ModelSpec(ref=d["ref"], revision=d.get("revision"), trust_remote_code=bool(d.get("trust_remote_code", False)),
-                         dtype=d.get("dtype") or "auto", device=d.get("device") or "auto")
+                         dtype=d.get("dtype") or "auto", device=d.get("device") or "auto",
+                         device_map=d.get("device_map"), max_memory=d.get("max_memory"))
 
     def hub_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
@@ -66,15 +70,28 @@ class LoadedModel:
     parameters: int
     head_path: str = "scored"       # "scored" | "full" (logits post-processed after the head)
     tokenizer_ref: str = ""         # the tokenizer it reads with (token space: the shared one)
+    # sharded (accelerate's device_map): where its parts lie, in order ("cuda:0", "cuda:1",
+    # "cpu", "disk"; parts on "cpu"/"disk" beside a GPU run on the first GPU), and where its
+    # output layer runs; None / self.device when it lies on one device
+    devices: list[str] | None = None
+    head_device: torch.device | None = None
     _body: Any = field(default=None, repr=False)
+
+    @property
+    def sharded(self) -> bool:
+        return self.devices is not None
 
     @torch.inference_mode()
     def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # sharded: accelerate's hooks move the activations from part to part; the result
+        # lies where the body's last part ran
         out = self._body(input_ids=input_ids.to(self.device), use_cache=False)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]   # [B, L, H]
 
     @torch.inference_mode()
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.head_device is not None:
+            hidden = hidden.to(self.head_device)                                        # a sharded model's head
         return self.model.get_output_embeddings()(hidden)                               # [P, V] model dtype
 
     @torch.inference_mode()
@@ -86,7 +103,14 @@ class LoadedModel:
         return {"ref": self.ref, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "parameters": self.parameters, "vocab_size": self.vocab_size,
                 "max_positions": self.max_positions, "head_path": self.head_path,
-                "tokenizer": self.tokenizer_ref}
+                "tokenizer": self.tokenizer_ref, **({"devices": list(self.devices)} if self.devices else {})}
+
+    def where(self) -> str:
+        """Its device, in words (the loaded status line)."""
+        if not self.devices:
+            return str(self.device)
+        return (f"sharded over {', '.join(self.devices)} (input on {self.device}, head on "
+                f"{self.head_device or self.device})")
 
 
 @dataclass
@@ -198,6 +222,153 @@ def _load_tokenizer(ref: str, kw: dict[str, Any], what: str) -> Any | None:
     return tok if len(tok.get_vocab()) > 1 else None
 
 
+# ----------------------------------------------------------------------------- placement: one device, or sharded
+
+# accelerate's strategies for a device_map (transformers' "auto" is "balanced")
+DEVICE_MAPS = ("auto", "balanced", "sequential")
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)\s*$", re.IGNORECASE)
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an integer or a size such as "20GiB", "500MB", "1.5 GB" (KB/MB/GB/TB:
+    powers of 1000; KiB/MiB/GiB/TiB: powers of 1024). ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"a size must be an integer of bytes or a string such as 20GiB, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size must be >= 0 bytes, got {value}")
+        return value
+    m = _SIZE.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise ValueError(f"a size must be an integer of bytes or a string such as 20GiB or 500MB, got {value!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model's weights go (plan_placement): one device (sharded False: _pick_device
+    resolves spec.device), or split by accelerate over `devices` (GPU indices, "cpu"; what
+    fits nowhere goes to disk) with the per-device budgets the config gave (bytes; a device
+    without one gets what accelerate finds free)."""
+    sharded: bool = False
+    device_map: str | None = None              # auto | balanced | sequential
+    devices: tuple[int | str, ...] = ()        # accelerate's max_memory keys: GPU indices, then "cpu"
+    max_memory: dict[int | str, int] = field(default_factory=dict)
+    implicit: bool = False                     # sharded only because device is auto on several GPUs
+
+
+def plan_placement(ref: str, device: str, cuda_count: int, device_map: str | None,
+                   max_memory: dict[str, int | str] | None) -> Placement:
+    """The decision, as a pure function of the request and the CUDA device count (tested
+    with counts 0, 1, 2 on any machine). A model is sharded when its spec asks
+    (device_map, or max_memory) or when device is auto and there are several GPUs; the
+    devices it may use: device cpu → the CPU; cuda:N → GPU N and the CPU; cuda or auto → every
+    GPU and the CPU (what fits on none goes to disk, in a temporary offload folder)."""
+    def bad(why: str) -> RequestError:
+        return RequestError("bad_request", f"model {ref}: {why}")
+
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise bad(f"device_map must be one of {', '.join(DEVICE_MAPS)}, got {device_map!r}")
+    budgets: dict[int | str, int] = {}
+    for key, value in (max_memory or {}).items():
+        if key == "cpu":
+            k: int | str = "cpu"
+        elif isinstance(key, str) and key.isdigit():
+            k = int(key)
+        else:
+            raise bad(f"max_memory keys are GPU indices (\"0\", \"1\", ...) or \"cpu\", got {key!r}")
+        try:
+            budgets[k] = parse_size(value)
+        except ValueError as e:
+            raise bad(f"max_memory.{key}: {e}") from None
+    asked = device_map is not None or max_memory is not None
+    implicit = not asked and device == "auto" and cuda_count >= 2
+    if not (asked or implicit):
+        return Placement()
+    if device == "mps":
+        raise bad("sharding (device_map / max_memory) is for CUDA devices and the CPU, not mps")
+    if device == "cpu":
+        gpus: list[int] = []
+    elif device.startswith("cuda:"):
+        gpus = [int(device[5:])]
+    else:
+        gpus = list(range(cuda_count))
+    if device.startswith("cuda") and cuda_count == 0:
+        raise bad(f"device {device} asked for, but this torch ({torch.__version__}) sees no CUDA device")
+    if any(g >= cuda_count for g in gpus):
+        raise bad(f"device {device} asked for, but this torch sees {cuda_count} CUDA device(s)")
+    stray = [k for k in budgets if k != "cpu" and k not in gpus]
+    if stray:
+        allowed = f"GPUs {', '.join(map(str, gpus))}" if gpus else "no GPU"
+        raise bad(f"max_memory names GPU {stray[0]}, but device {device} on this machine "
+                  f"({cuda_count} CUDA device(s)) gives the model {allowed}")
+    return Placement(True, device_map or "auto", (*gpus, "cpu"), budgets, implicit)
+
+
+def _cuda_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _has_accelerate() -> bool:
+    """accelerate is imported only when a model is sharded (a worker without it runs the rest)."""
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _budgets(p: Placement) -> dict[int | str, int]:
+    """accelerate's max_memory: the config's budgets, and for every other device of the
+    placement what accelerate finds free (devices left out get nothing)."""
+    from accelerate.utils import get_max_memory
+    free = get_max_memory()
+    return {d: p.max_memory[d] if d in p.max_memory else int(free.get(d, 0)) for d in p.devices}
+
+
+_OFFLOAD_DIRS: list[str] = []
+
+
+def _offload_folder(ref: str) -> str:
+    """A temporary folder for the layers that fit on no device (removed when the worker exits)."""
+    import atexit
+    import shutil
+    import tempfile
+    path = tempfile.mkdtemp(prefix="kotara-offload-")
+    if not _OFFLOAD_DIRS:
+        atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in _OFFLOAD_DIRS])
+    _OFFLOAD_DIRS.append(path)
+    return path
+
+
+def _shard_devices(model: Any) -> tuple[torch.device, torch.device, list[str]]:
+    """A sharded model's (input device, head device, the devices its parts lie on, in
+    order). From accelerate's hf_device_map: a part on a GPU runs there; a part on "cpu" or
+    "disk" runs on the first GPU of the map (accelerate streams its weights in), or on the
+    CPU when the map has no GPU."""
+    dmap: dict[str, Any] = getattr(model, "hf_device_map", None) or {"": "cpu"}
+
+    def named(d: Any) -> str:
+        return f"cuda:{d}" if isinstance(d, int) else str(d)
+
+    placed = list(dict.fromkeys(named(d) for d in dmap.values()))
+    gpus = [d for d in placed if d.startswith("cuda")]
+    main = torch.device(gpus[0] if gpus else "cpu")
+
+    def runs_on(module: Any) -> torch.device:
+        name = next((n for n, mod in model.named_modules() if mod is module), "")
+        keys = [k for k in dmap if k == "" or name == k or name.startswith(k + ".")]
+        d = named(dmap[max(keys, key=len)]) if keys else "cpu"
+        return torch.device(d) if d.startswith("cuda") else main
+
+    head = model.get_output_embeddings()
+    order = {"cuda": 0, "cpu": 1, "disk": 2}
+    placed.sort(key=lambda d: (order.get(d.split(":")[0], 3), int(d.split(":")[1]) if ":" in d else 0))
+    return runs_on(model.get_input_embeddings()), runs_on(head) if head is not None else main, placed
+
+
 # ----------------------------------------------------------------------------- the scored-head check
 
 def _check_head(m: LoadedModel) -> str:
@@ -289,15 +460,15 @@ def load_session(specs: list[dict[str, Any]], tokenizer_ref: str | None, max_len
         config = configs[i]
         if space == "tokens":
             max_positions = _check_context(spec, config, max_length, bos_per_window)
-            loaded = _load_model(spec, config, kw, n_vocab, tok_ref, max_positions)
+            loaded = _load_model(spec, config, kw, n_vocab, tok_ref, max_positions, status)
             loaded.tokenizer_ref = shared_ref
         else:
             mine = own[i] if own[i] is not None else tokenizer
             mine_ref = (getattr(mine, "name_or_path", "") or spec.ref) if own[i] is not None else shared_ref
-            loaded = _load_model(spec, config, kw, len(mine), mine_ref, _max_positions(config))
+            loaded = _load_model(spec, config, kw, len(mine), mine_ref, _max_positions(config), status)
             loaded.tokenizer_ref = mine_ref
             readers.append(_byte_reader(spec, mine, mine_ref, loaded.vocab_size))
-        status(f"loaded {spec.ref}: {loaded.parameters:,} parameters, {loaded.device}, "
+        status(f"loaded {spec.ref}: {loaded.parameters:,} parameters, {loaded.where()}, "
                f"{loaded.describe()['dtype']}, head path {loaded.head_path}")
         models.append(loaded)
     if space == "bytes":
@@ -355,16 +526,37 @@ def _check_context(spec: ModelSpec, config: Any, max_length: int | None, bos_per
 
 
 def _load_model(spec: ModelSpec, config: Any, kw: dict[str, Any], n_vocab: int, tok_ref: str,
-                max_positions: int | None) -> LoadedModel:
+                max_positions: int | None, status: Callable[[str], None] = lambda _m: None) -> LoadedModel:
     """The weights on their device in eval mode, with enough output rows, and the head path."""
     from transformers import AutoModelForCausalLM
-    device = _pick_device(spec.device)
+    placement = plan_placement(spec.ref, spec.device, _cuda_count(), spec.device_map, spec.max_memory)
+    shard_kw: dict[str, Any] = {}
+    if placement.sharded and not _has_accelerate():
+        if placement.implicit:      # device auto on several GPUs: what a worker without accelerate did before
+            status(f"warning: model {spec.ref} loads on cuda:0 alone: sharding it over the {_cuda_count()} GPUs "
+                   "needs the accelerate package (pip install accelerate, or kotara setup)")
+            placement = Placement()
+        else:
+            raise RequestError("bad_request", f"model {spec.ref}: sharding (device_map / max_memory) needs the "
+                                           "accelerate package, which this Python lacks: pip install accelerate "
+                                           "(or run kotara setup)")
+    if placement.sharded:
+        device = torch.device("cuda" if any(isinstance(d, int) for d in placement.devices) else "cpu")
+        shard_kw = {"device_map": placement.device_map, "max_memory": _budgets(placement),
+                    "offload_folder": _offload_folder(spec.ref)}
+    else:
+        device = _pick_device(spec.device)
     dtype = _pick_dtype(spec.dtype, device, config)
     try:
-        model = AutoModelForCausalLM.from_pretrained(spec.ref, config=config, **{_DTYPE_KWARG: dtype}, **kw)
+        model = AutoModelForCausalLM.from_pretrained(spec.ref, config=config, **{_DTYPE_KWARG: dtype}, **shard_kw, **kw)
     except Exception as e:  # noqa: BLE001
         raise _load_error(e, "model", spec.ref) from e
-    model.to(device).eval().requires_grad_(False)
+    devices = head_device = None
+    if placement.sharded:
+        device, head_device, devices = _shard_devices(model)
+        model.eval().requires_grad_(False)
+    else:
+        model.to(device).eval().requires_grad_(False)
 
     head = model.get_output_embeddings()
     rows = head.weight.shape[0] if head is not None else int(config.vocab_size)
@@ -374,6 +566,6 @@ def _load_model(spec: ModelSpec, config: Any, kw: dict[str, Any], n_vocab: int, 
     body = model.base_model if model.base_model is not model else None
     loaded = LoadedModel(ref=spec.ref, model=model, device=device, dtype=dtype, vocab_size=rows,
                          max_positions=max_positions, parameters=sum(p.numel() for p in model.parameters()),
-                         _body=body)
+                         devices=devices, head_device=head_device, _body=body)
     loaded.head_path = "full" if head is None or body is None else _check_head(loaded)
     return loaded

@@ -129,6 +129,15 @@ class Collector:
         s.fusion_nll.append(fusion_nll[self._index][:, keep].double().cpu())
         s.weights.append(weights[self._index][:, keep, :].double().cpu())
 
+    def mark(self) -> int:
+        """A point to roll back to (evaluate: a batch that ran out of memory is scored again)."""
+        return len(self._store.stream)
+
+    def rollback(self, mark: int) -> None:
+        s = self._store
+        for part in (s.stream, s.model_nll, s.fusion_nll, s.weights):
+            del part[mark:]
+
     def to_dict(self, select: Sequence[int] | None = None) -> dict:
         """The wire form (protocol.ts Positions), positions in stream order. `select`: the
         indices to report (default: this collector's)."""

@@ -102,6 +102,11 @@ class Server:
             self.error(request_id, e.code, e.message)
         except ev.NumericalError as e:
             self.error(request_id, "numerical", str(e))
+        except ev.OutOfMemory as e:                # at 1 window per forward (evaluate.run_pass; byte space)
+            self.error(request_id, "internal", str(e), traceback.format_exc())
+        except torch.OutOfMemoryError as e:        # anywhere else (a load, a generation)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
+            self.error(request_id, "internal", f"out of memory during {kind}: {first}", traceback.format_exc())
         except (ev.Cancelled, gen.Interrupted, fitting.Interrupted):
             self.error(request_id, "cancelled", "cancelled by the controller")
         except Exception as e:  # noqa: BLE001 - report, keep serving
@@ -113,6 +118,16 @@ class Server:
 
     def status(self, message: str) -> None:
         self.channel.send({"type": "status", "message": message})
+
+    def warn_once(self) -> Callable[[str], None]:
+        """A request's warning callback (evaluate.run_pass's on_status): its first message only."""
+        told = []
+
+        def warn(message: str) -> None:
+            if not told:
+                told.append(message)
+                self.status(f"warning: {message}")
+        return warn
 
     # -- requests ---------------------------------------------------------------
     def load(self, message: dict) -> None:
@@ -195,6 +210,7 @@ class Server:
         on_progress = self.progress_sender(request_id, len(windows), tokens_total, started, resume)
 
         should_stop = self.stop_check(request_id)
+        oom = self.warn_once()
         try:
             if view is not None and resume is not None:
                 # the view's windows that the checkpoint holds: scored again, for the view alone
@@ -204,13 +220,14 @@ class Server:
                     try:
                         ev.run_pass(self.models, token_ids, windows[:side], chosen, message["batch_size"], bos_id,
                                     len(self.tokenizer), None, lambda _s: None, 10**9, should_stop,
-                                    window_bytes=window_bytes[:side], positions=view.for_settings(range(len(chosen))))
+                                    window_bytes=window_bytes[:side], positions=view.for_settings(range(len(chosen))),
+                                    on_status=oom)
                     except ev.Cancelled:
                         raise ev.Cancelled(resume.copy()) from None
             # the settings were checked above, once for the whole request: run_pass trusts them
             sums = ev.run_pass(self.models, token_ids, windows, message["settings"], message["batch_size"], bos_id,
                                len(self.tokenizer), resume, on_progress, message["progress_every"],
-                               should_stop, window_bytes=window_bytes, positions=view)
+                               should_stop, window_bytes=window_bytes, positions=view, on_status=oom)
         except ev.Cancelled as c:
             on_progress(c.sums)  # what was finished reaches the controller before the error
             raise
@@ -326,7 +343,7 @@ class Server:
                 sums = ev.run_pass(self.models, prep.token_ids, prep.windows, message["settings"],
                                    message["batch_size"], bos_id, len(self.tokenizer), None, never, 10**9,
                                    self.stop_check(request_id), window_bytes=prep.window_bytes, positions=view,
-                                   share=(first, stop))
+                                   share=(first, stop), on_status=self.warn_once())
                 beams = None
         except ValueError as e:
             raise RequestError("bad_request", str(e)) from None
@@ -438,7 +455,8 @@ class Server:
         try:
             sums = ev.run_pass(self.models, token_ids, windows, message["settings"], message["batch_size"], bos_id,
                                len(self.tokenizer), None, on_progress, message["progress_every"],
-                               self.stop_check(request_id), window_bytes=window_bytes, collect=collector.add)
+                               self.stop_check(request_id), window_bytes=window_bytes, collect=collector.add,
+                               on_status=self.warn_once())
         except ev.Cancelled as c:
             on_progress(c.sums)
             raise
@@ -736,7 +754,8 @@ class Server:
         try:
             sums = ev.run_pass(self.models, token_ids, windows, message["settings"], message["batch_size"], None,
                                len(tok), resume, on_progress, message["progress_every"],
-                               self.stop_check(request_id), window_bytes=doc_windows_bytes, feed_last=False)
+                               self.stop_check(request_id), window_bytes=doc_windows_bytes, feed_last=False,
+                               on_status=self.warn_once())
         except ev.Cancelled as c:
             on_progress(c.sums)
             raise
