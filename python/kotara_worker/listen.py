@@ -205,8 +205,16 @@ def main(args) -> int:
     class OnlyTheKeyFile:
         """ZAP: the one client key this listener accepts."""
 
+        refused: set[bytes] = set()
+
         def callback(self, domain: str, client_public: bytes) -> bool:
-            return hmac.compare_digest(client_public, keys["client_public"].encode())
+            if hmac.compare_digest(client_public, keys["client_public"].encode()):
+                return True
+            if client_public not in self.refused:  # once per key: its client retries for as long as it runs
+                self.refused.add(client_public)
+                log(f"kotara-worker: refused a controller whose key is not the key file's (client key "
+                    f"{client_public[:8].decode()}…): does it hold another key file?")
+            return False
 
     context = zmq.Context()
     # ZAP runs before the socket binds: without a handler a CURVE server lets any client in.

@@ -122,6 +122,7 @@ def test_the_right_client_gets_sessions_and_wrong_keys_hear_nothing(tmp_path: Pa
         wrong_client = Client(ctx, listener.endpoint, {**right, "client_public": other["client_public"],
                                                        "client_secret": other["client_secret"]})
         assert wrong_client.recv(SILENCE_MS) is None
+        listener.wait_for(f"refused a controller whose key is not the key file's (client key {other['client_public'][:8]}…)")
         # the right client pair, but another server's public key: the handshake cannot complete
         wrong_server = Client(ctx, listener.endpoint, right, server_public=other["server_public"])
         assert wrong_server.recv(SILENCE_MS) is None
