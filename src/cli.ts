@@ -8,8 +8,10 @@ import { doctorCommand } from "./commands/doctor.js";
 import { evalCommand } from "./commands/eval.js";
 import { fitCommand } from "./commands/fit.js";
 import { generateCommand } from "./commands/generate.js";
+import { keygenCommand } from "./commands/keygen.js";
 import { runCommand } from "./commands/run.js";
 import { setupCommand } from "./commands/setup.js";
+import { workerCommand } from "./commands/worker.js";
 import { DEFAULTS } from "./defaults.js";
 import { UserError } from "./errors.js";
 import { VERSION } from "./session.js";
@@ -153,6 +155,22 @@ export function buildProgram(): Command {
     .argument("[config]", "also consider this config's runtime.python")
     .action((config: string | undefined) => doctorCommand(config));
 
+  program
+    .command("keygen")
+    .description("write a key file for a remote worker (mode 600): copy it to both machines")
+    .argument("<file>", "where to write it")
+    .option("--force", "replace an existing file (both machines then need the new one)")
+    .action((file: string, opts) => keygenCommand(file, opts));
+
+  program
+    .command("worker")
+    .description("a worker for controllers on other machines: listen on TCP (CURVE, with the key file) until Ctrl-C")
+    .requiredOption("--listen <endpoint>", "tcp://HOST:PORT to listen on (tcp://0.0.0.0:5555: every interface)")
+    .option("--key-file <file>", "the key file from `kotara keygen` (required)")
+    .option("--python <path>", "the worker's Python (default: as the other commands choose it)")
+    .option("--heartbeat <s>", "seconds between the worker's heartbeats (default 1)", positiveNumber("--heartbeat"))
+    .action((opts) => workerCommand(opts));
+
   return program;
 }
 
@@ -166,7 +184,7 @@ export async function main(argv: string[]): Promise<number> {
       return e.exitCode === 0 ? 0 : 2;
     }
     if (e instanceof UserError) {
-      process.stderr.write(`kotara: ${e.message}\n`);
+      if (e.message) process.stderr.write(`kotara: ${e.message}\n`);
       return e.exitCode;
     }
     process.stderr.write(`kotara: unexpected error (a bug; please report it with this trace)\n${(e as Error)?.stack ?? String(e)}\n`);

@@ -23,3 +23,11 @@ export class Interrupted extends UserError {
     this.name = "Interrupted";
   }
 }
+
+/** Exit with this code, saying nothing more: a child process with this terminal's stdio said it. */
+export class Exited extends UserError {
+  constructor(exitCode: number) {
+    super("", exitCode);
+    this.name = "Exited";
+  }
+}

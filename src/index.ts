@@ -15,4 +15,5 @@ export { htmlReport, type HtmlReportOptions, type TokenView } from "./html-repor
 export { tokenViewOf } from "./token-view.js";
 export { PROTOCOL_VERSION, type Setting, type Sums, type ModelSpec, type FitKind, type FitOptions, type FitResult } from "./protocol.js";
 export { UserError, ConfigError, Interrupted } from "./errors.js";
-export { WorkerDied, WorkerRequestError } from "./worker.js";
+export { Worker, WorkerDied, WorkerRequestError, type ConnectOptions, type WorkerOptions } from "./worker.js";
+export { readKeyFile, type KeyFile } from "./keys.js";

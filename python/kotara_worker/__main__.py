@@ -1,5 +1,8 @@
 """The worker process: `python -m kotara_worker --endpoint ENDPOINT`.
 
+(`--listen tcp://HOST:PORT --key-file F` is the other mode, a worker that a controller
+connects to: listen.py.)
+
 It reads the session key from the first line of stdin (never the command line),
 connects a DEALER socket to the controller's ROUTER, says hello, and serves
 load / evaluate / cancel / shutdown until told to stop. It exits by itself when
@@ -53,9 +56,16 @@ def watch_parent(parent_pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kotara_worker")
-    parser.add_argument("--endpoint", required=True)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--endpoint", help="the controller's socket (the controller starts this process)")
+    mode.add_argument("--listen", help="tcp://HOST:PORT: listen for a controller (with --key-file)")
+    parser.add_argument("--key-file", help="--listen: the key file from `kotara keygen`")
     parser.add_argument("--heartbeat", type=float, default=float(os.environ.get("KOTARA_HEARTBEAT_S", "1.0")))
     args = parser.parse_args(argv)
+    if args.listen is not None:
+        from .listen import main as listen
+
+        return listen(args)
 
     # A Python without Kotara's requirements: one line (the controller turns it into
     # "run `kotara setup`"), exit 3, before any thread starts.

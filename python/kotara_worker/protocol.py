@@ -97,12 +97,17 @@ class Channel:
 
     The socket is shared by the main thread and the heartbeat thread, so every
     socket call goes through one lock (ZeroMQ sockets are not thread-safe).
+
+    With `peer` (a routing identity) the socket is a ROUTER that may hear several
+    peers (a listening worker, listen.py): frames then carry the identity first, and
+    what comes from any other identity goes to `stranger` instead.
     """
 
-    def __init__(self, socket, key: bytes, log=print):
+    def __init__(self, socket, key: bytes, log=print, peer: bytes | None = None):
         self.socket = socket
         self.key = key
         self.log = log
+        self.peer = peer
         self.lock = threading.Lock()
         self.send_seq = 0
         self.last_recv_seq = -1
@@ -111,7 +116,11 @@ class Channel:
         with self.lock:
             message = {**message, "seq": self.send_seq}
             self.send_seq += 1
-            self.socket.send_multipart(encode(message, self.key), copy=False)
+            frames = encode(message, self.key)
+            self.socket.send_multipart(frames if self.peer is None else [self.peer, *frames], copy=False)
+
+    def stranger(self, frames: list[bytes]) -> None:
+        self.log("kotara-worker: dropped a message from another peer")
 
     def recv(self, timeout_ms: int) -> dict | None:
         """The next valid message, or None after timeout_ms. Invalid ones are dropped (and logged)."""
@@ -126,6 +135,11 @@ class Channel:
                     break
             if time.monotonic() >= deadline:
                 return None
+        if self.peer is not None:
+            if frames[0] != self.peer:
+                self.stranger(frames)
+                return None
+            frames = frames[1:]
         try:
             message = decode(frames, self.key)
         except ProtocolError as e:
