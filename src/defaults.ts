@@ -51,6 +51,8 @@ export const DEFAULTS = {
   cancel_grace_ms: 5000,
   /** How long the worker may take to say hello (Python importing torch); env KOTARA_START_TIMEOUT_MS. */
   start_timeout_ms: 180_000,
+  /** How long a remote worker (already running, torch imported) may take to answer a connect; env KOTARA_CONNECT_TIMEOUT_MS. */
+  connect_timeout_ms: 30_000,
   /** A worker silent this long is stopped; env KOTARA_HEARTBEAT_TIMEOUT_MS. */
   heartbeat_timeout_ms: 60_000,
 } as const;

@@ -204,9 +204,9 @@ export async function runShares(members: Member[], req: ShareRequest, hooks: Poo
       } catch (e) {
         inFlight.delete(m);
         if (settled) return;
-        if (e instanceof WorkerRequestError || !(e instanceof WorkerDied)) return finish(e as Error);
-        // a lost worker: its share goes to the others
-        m.lost = e.message.split("\n")[0];
+        if (e instanceof WorkerRequestError) return finish(e);
+        // a lost worker (it died, hung, or its connection went): its share goes to the others
+        m.lost = (e instanceof Error ? e.message : String(e)).split("\n")[0];
         live = live.filter((x) => x !== m);
         if (share.first < (total ?? Infinity)) requeued.unshift(share);
         hooks.onStatus?.(`worker ${m.label} was lost (${m.lost}); ${live.length ? `windows ${share.first}..${share.stop - 1} go to the ${live.length} others` : "no worker is left"}`);

@@ -414,7 +414,11 @@ export class Session {
 /** A worker of SessionOptions.workers, started (local: spawned; remote: connected). */
 async function startWorker(spec: WorkerSpec, opts: WorkerOptions, python: string): Promise<Worker> {
   if (isRemote(spec)) {
-    throw new UserError(`remote workers (${spec.connect}) are not available in this build`, 2);
+    // a worker started by hand elsewhere (`kotara worker --listen`); nothing to spawn
+    return Worker.connect({
+      endpoint: spec.connect, keyFile: spec.key_file, startTimeoutMs: opts.startTimeoutMs, heartbeatTimeoutMs: opts.heartbeatTimeoutMs,
+      onStatus: opts.onStatus, onStderr: opts.onStderr, onDropped: opts.onDropped, onWarning: (m) => opts.onStatus?.(`warning: ${m}`),
+    });
   }
   const threads = spec.threads ?? null;
   // intra-op threads: torch reads OMP_NUM_THREADS when it starts (a worker per core wants 1)

@@ -287,7 +287,10 @@ export class Worker {
   }
 
   private async waitHello(): Promise<HelloMsg> {
-    const startTimeoutMs = this.opts.startTimeoutMs ?? Number(process.env.KOTARA_START_TIMEOUT_MS ?? DEFAULTS.start_timeout_ms);
+    // a remote worker is already running (torch imported): it answers a connect at once
+    const startTimeoutMs = this.opts.startTimeoutMs ?? (this.remote
+      ? Number(process.env.KOTARA_CONNECT_TIMEOUT_MS ?? DEFAULTS.connect_timeout_ms)
+      : Number(process.env.KOTARA_START_TIMEOUT_MS ?? DEFAULTS.start_timeout_ms));
     const hello = await new Promise<FromWorkerMsg>((resolve, reject) => {
       this.helloWaiter = {
         what: this.remote ? `waiting for the worker at ${this.remote} to answer` : "waiting for the worker to start (Python is importing torch and transformers)",

@@ -10,7 +10,9 @@ import { after, before, test } from "node:test";
 import { execa, type ResultPromise } from "execa";
 import { curvePublic, KeyFile, readKeyFile } from "../src/keys.js";
 import { PACKAGE_ROOT, Worker } from "../src/worker.js";
-import { KOTARA, PYTHON, kotara, tempDir, waitFor, writeFile } from "./helpers.js";
+import { KOTARA, PYTHON, childPids, kotara, tempDir, waitFor, writeFile } from "./helpers.js";
+import { openSession } from "../src/session.js";
+import type { WorkerSpec } from "../src/pool.js";
 
 const GUARD_MS = 180_000;
 const Z85 = /^[0-9a-zA-Z.\-:+=^!/*?&<>()[\]{}@%$#]{40}$/;
@@ -41,7 +43,7 @@ test("keygen writes a 0600 file of Z85 CURVE keypairs and an HMAC key, and refus
   assert.equal(r.exitCode, 0, r.stderr);
   assert.match(r.stdout, new RegExp(`^wrote ${file} \\(mode 600\\)`));
   assert.ok(r.stdout.includes(`kotara worker --listen tcp://0.0.0.0:5555 --key-file ${file}`), r.stdout);
-  assert.ok(r.stdout.includes(`Worker.connect({ endpoint: "tcp://gpu-box:5555", keyFile: "${file}" })`), r.stdout);
+  assert.ok(r.stdout.includes(`runtime: { workers: [{ connect: "tcp://gpu-box:5555", key_file: ${file} }] }`), r.stdout);
   assert.equal(statSync(file).mode & 0o777, 0o600);
   const doc = JSON.parse(readFileSync(file, "utf8"));
   assert.deepEqual(Object.keys(doc), ["kotara_key", "server_public", "server_secret", "client_public", "client_secret", "hmac"]);
@@ -92,10 +94,10 @@ test("readKeyFile: `path: message` errors (exit 2), and a warning for a file oth
 });
 
 /** `kotara worker --listen` on a free loopback port, its output collected. */
-async function startListener(keyFile: string) {
+async function startListener(keyFile: string, env: Record<string, string> = {}) {
   const endpoint = `tcp://127.0.0.1:${await freePort()}`;
   const child: ResultPromise = execa(process.execPath, [KOTARA, "worker", "--listen", endpoint, "--key-file", keyFile, "--python", PYTHON],
-    { reject: false, all: true, cwd: PACKAGE_ROOT });
+    { reject: false, all: true, cwd: PACKAGE_ROOT, env });
   let out = "";
   child.all!.on("data", (d: Buffer) => (out += d.toString()));
   await waitFor(() => out.includes("listening on") || child.exitCode !== null, GUARD_MS, "the listener");
@@ -199,4 +201,47 @@ test("kotara worker: a missing key file, no key file, a non-tcp endpoint (exit 2
   assert.equal(r3.exitCode, 2);
   assert.match(r3.stderr, /--listen takes tcp:\/\/HOST:PORT/);
   await assert.rejects(Worker.connect({ endpoint: "ipc:///tmp/w.sock", keyFile: missing }), { message: 'a remote worker\'s endpoint is tcp://HOST:PORT, got "ipc:///tmp/w.sock"' });
+});
+
+test("a pool of a local and a remote worker gives one worker's sums; the remote one lost mid-run, the local one finishes", async () => {
+  const ONE_THREAD = { OMP_NUM_THREADS: "1", MKL_NUM_THREADS: "1" };
+  const keyFile = await keygen("pool.key");
+  const remote = await startListener(keyFile, ONE_THREAD);
+  const text = writeFile(work, "pool.txt", readFileSync(join(PACKAGE_ROOT, "data/demo/docs-heldout-2k.txt"), "utf8").repeat(6));
+  const opts = { dataset: { path: text, max_length: 128, stride: 64 }, batchSize: 2, strategies: ["average", "entropy"] as const };
+  const models = demoModels.map((m) => m.ref);
+  const open = (workers: WorkerSpec[] | null) => openSession({ models, workers, env: ONE_THREAD, startTimeoutMs: GUARD_MS });
+  const one = await open(null);
+  const want = await one.evaluate({ ...opts, strategies: [...opts.strategies] }).finally(() => one.close());
+  const pool = await open([{ threads: 1 }, { connect: remote.endpoint, key_file: keyFile }]);
+  const statuses: string[] = [];
+  try {
+    const both = await pool.evaluate({ ...opts, strategies: [...opts.strategies] });
+    assert.deepEqual(both.result.sums, want.result.sums);
+    const [here, there] = both.metrics.runtime.workers;
+    assert.equal(there.endpoint, remote.endpoint);
+    assert.ok(here.windows > 0 && there.windows > 0, JSON.stringify(both.metrics.runtime.workers));
+  } finally {
+    await pool.close();
+  }
+  // again, and the remote worker's process is killed once the run is under way
+  const again = await openSession({ models, workers: [{ threads: 1 }, { connect: remote.endpoint, key_file: keyFile }], env: ONE_THREAD,
+    startTimeoutMs: GUARD_MS, onStatus: (m) => statuses.push(m) });
+  try {
+    let killed = false;
+    const r = await again.evaluate({
+      ...opts, strategies: [...opts.strategies], onProgress: () => {
+        if (killed) return;
+        killed = true;
+        for (const pid of childPids(remote.child.pid!)) process.kill(pid, "SIGKILL");
+      },
+    });
+    assert.ok(killed);
+    assert.deepEqual(r.result.sums, want.result.sums);
+    assert.ok(statuses.some((m) => m.startsWith(`worker ${remote.endpoint}#2 was lost (`)), statuses.join("\n"));
+    assert.ok(r.metrics.runtime.workers[1].lost);
+  } finally {
+    await again.close();
+    remote.child.kill("SIGKILL");
+  }
 });
