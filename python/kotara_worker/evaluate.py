@@ -26,7 +26,7 @@ from .positions import Collector
 from .fusion import _each_position as each_position   # score_chunk's per-position scores, settings trusted
 from .windows import Window
 
-__all__ = ["Model", "Sums", "Cancelled", "NumericalError", "OutOfMemory", "EvalConfig", "plan_batches", "evaluate", "run_pass",
+__all__ = ["Model", "Sums", "Cancelled", "NumericalError", "OutOfMemory", "ForwardSize", "EvalConfig", "plan_batches", "evaluate", "run_pass",
            "share_sums"]
 
 # run_pass's collect hook: (each model's logits [p, V_m], targets [p], window index [p]) per chunk
@@ -228,7 +228,8 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
              should_stop: Callable[[], bool], cfg: EvalConfig | None = None,
              window_bytes: Sequence[int] | None = None, feed_last: bool = True,
              positions: Collector | None = None, collect: Collect | None = None,
-             share: tuple[int, int] | None = None, on_status: Callable[[str], None] | None = None) -> Sums:
+             share: tuple[int, int] | None = None, on_status: Callable[[str], None] | None = None,
+             forward: "ForwardSize | None" = None) -> Sums:
     """evaluate() for a caller that has checked the settings already (the server does, once
     per request, before tokenizing): the settings are trusted, everything else is checked.
     feed_last=False feeds each window without its last token (a target only: its logits
@@ -254,7 +255,7 @@ def run_pass(models: Sequence[Model], token_ids: torch.Tensor, windows: Sequence
     fusion_cfg = cfg.fusion or FusionConfig.for_device(models[0].device)
     reported = sums.windows_done
     group_weights = torch.zeros(len(settings), len(models), dtype=torch.float64)   # [K, N] Σ α of this group
-    forward = _ForwardSize(batch_size)
+    forward = forward or ForwardSize(batch_size)
     with _forward_pool(models, cfg.concurrent) as pool:
         for batch in plan_batches(windows, batch_size):
             if batch.stop <= first:
@@ -377,9 +378,10 @@ class OutOfMemory(RuntimeError):
 _ALLOCATE = re.compile(r"Tried to allocate ([0-9.]+ ?[KMGTP]?i?B)")
 
 
-class _ForwardSize:
+class ForwardSize:
     """Windows per forward: batch_size, halved at each out-of-memory error, for the rest of
-    the request (the groups of batch_size windows, their weights, and the cancel points at
+    the request (a pool's request is many shares: the server passes one ForwardSize to all
+    of a request's shares, run_pass's `forward`) (the groups of batch_size windows, their weights, and the cancel points at
     their starts are those of the batch_size run: only the forwards get smaller)."""
 
     def __init__(self, batch_size: int):

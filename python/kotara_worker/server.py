@@ -62,6 +62,7 @@ class Server:
         self.byte_models: list[byte_eval.ByteModel] = []   # byte space: each model as a byte LM
         self.stopping = False
         self._prepared: Prepared | None = None              # a pool's text, between its shares
+        self._share_oom: tuple | None = None                # (request id, its warning, its ForwardSize)
         self.channel.send({
             "type": "hello",
             "protocol_version": protocol.PROTOCOL_VERSION,
@@ -329,6 +330,10 @@ class Server:
             return self.send_result(request_id, self.space, prep.positions, n, sums, beams, started,
                                     prep.take_seconds(), view_field=self.positions_out(None, None))
         stop = min(stop, n)
+        # an out-of-memory retry's smaller forwards (and its one warning) last for the request,
+        # not for one of its shares
+        if self._share_oom is None or self._share_oom[0] != request_id:
+            self._share_oom = (request_id, self.warn_once(), ev.ForwardSize(int(message["batch_size"])))
         view = None
         if asked is not None and prep.view is not None and first < pos.windows_in_view(prep.windows, prep.view.n):
             view = pos.Collector(prep.view, asked[0], n_models)
@@ -343,7 +348,7 @@ class Server:
                 sums = ev.run_pass(self.models, prep.token_ids, prep.windows, message["settings"],
                                    message["batch_size"], bos_id, len(self.tokenizer), None, never, 10**9,
                                    self.stop_check(request_id), window_bytes=prep.window_bytes, positions=view,
-                                   share=(first, stop), on_status=self.warn_once())
+                                   share=(first, stop), on_status=self._share_oom[1], forward=self._share_oom[2])
                 beams = None
         except ValueError as e:
             raise RequestError("bad_request", str(e)) from None

@@ -307,3 +307,39 @@ def test_the_server_warns_once_and_reports_an_oom_at_one_window(tiny, monkeypatc
     assert error["type"] == "error" and error["code"] == "internal" and error["request_id"] == "r2", error
     assert str(tiny["gpt2-b"]) in error["message"] and "2.00 GiB" in error["message"]
     assert protocol.schema_errors({**error, "seq": 0}, "from_worker") == []
+
+
+def test_a_pools_request_keeps_its_smaller_forwards_across_its_shares(tiny, monkeypatch):
+    # a pool sends a request as many shares (one group each): the first share's retry sets the
+    # forward size for the rest of the request on that worker, with one warning; a new request
+    # starts again at batch_size
+    s = server.Server(FakeChannel(), log=lambda _m: None)
+    s.dispatch({"type": "load", "request_id": "load", "models": [spec(tiny["gpt2-a"]), spec(tiny["gpt2-b"])],
+                "tokenizer": None, "max_length": 64, "bos_per_window": False})
+    real = s.models[1]
+    original = type(real).hidden
+    sizes: list[int] = []
+
+    def hidden(self, input_ids):
+        if self is real:
+            sizes.append(input_ids.shape[0])
+            if input_ids.shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, input_ids)
+    monkeypatch.setattr(type(real), "hidden", hidden)
+
+    def share(request_id: str, first: int) -> dict:
+        s.dispatch({"type": "evaluate", "request_id": request_id, "batch_size": 4, "progress_every": 1, "resume": None,
+                    "dataset": {"path": str(tiny["text"]), "max_length": 16, "stride": 16, "bos_per_window": False},
+                    "settings": all_settings(2)[:2], "share": {"first": first, "stop": first + 4}})
+        return s.channel.sent[-1]
+
+    s.channel.sent.clear()
+    for first in (0, 4, 8):
+        assert share("r1", first)["type"] == "result"
+    warnings = [m for m in s.channel.sent if m["type"] == "status" and "out of memory" in m["message"]]
+    assert len(warnings) == 1
+    assert sizes == [4, 2, 2, 2, 2, 2, 2]          # one failed attempt, then 2 per forward for every share
+    sizes.clear()
+    assert share("r2", 0)["type"] == "result"
+    assert sizes == [4, 2, 2]                       # a new request tries batch_size again
