@@ -17,3 +17,4 @@ export { PROTOCOL_VERSION, type Setting, type Sums, type ModelSpec, type FitKind
 export { UserError, ConfigError, Interrupted } from "./errors.js";
 export { Worker, WorkerDied, WorkerRequestError, type ConnectOptions, type WorkerOptions } from "./worker.js";
 export { readKeyFile, type KeyFile } from "./keys.js";
+export type { WorkerSpec, WorkerReport, PoolProgress } from "./pool.js";
