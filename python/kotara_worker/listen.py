@@ -145,17 +145,21 @@ def serve_session(socket, key: bytes, peer: bytes, name: str, heartbeat_s: float
         while not stop.wait(heartbeat_s):
             channel.send({"type": "heartbeat"})
 
-    server = Server(channel, log)  # says hello
     beat = threading.Thread(target=heartbeat, daemon=True)
-    beat.start()
+    server = None
+    # the try covers the hello too: a Ctrl-C that lands between the hello and the loop
+    # must still end with a bye
     try:
+        server = Server(channel, log)  # says hello
+        beat.start()
         server.run()
     except Stop:
         channel.send({"type": "bye"})  # the controller learns the worker was stopped, not that it vanished
         raise
     finally:
         stop.set()
-        beat.join()
+        if beat.is_alive():
+            beat.join()
         del server  # the loaded models
         gc.collect()
         free_device_memory()
