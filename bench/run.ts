@@ -9,9 +9,9 @@
 // What it does, in one process, on the same models, text, max_length and stride:
 //   1. builds (once, cached in .kotara/bench-models/) two GPT-2-small-shaped models with
 //      random weights and a 50257-entry word-level tokenizer (bench/make_models.py);
-//   2. Kotara (src/session.ts, the library API): one session, a warm-up, then evaluate()
-//      with 1 setting, every strategy of the registry (src/strategies.ts) at its defaults,
-//      and the sweep (every strategy × a 5×5 temperature grid: 100 settings for the 4
+//   2. Kotara (src/session.ts, the library API): one session, a warm-up, then three
+//      interleaved rounds (medians) of evaluate() with 1 setting, every strategy of the
+//      registry (src/strategies.ts) at its defaults, and the sweep (every strategy × a 5×5 temperature grid: 100 settings for the 4
 //      strategies); then one session measures peak memory: the text once, then a 2× and an
 //      8× longer text (the same batch shapes), three times each, interleaved;
 //   3. the naive reference (bench/naive.py): each base model in its own pass, then one pass
@@ -56,6 +56,7 @@ const GRID = [0.7, 0.85, 1.0, 1.15, 1.3];
 /** Every strategy × GRID for each of the two models: 100 settings for the 4 strategies. */
 const SWEEP_SIZE = KNOWN_STRATEGIES.length * GRID.length ** 2;
 const MEMORY_ROUNDS = 3;  // requests of each of the 2× and 8× texts, interleaved
+const SPEED_ROUNDS = 3;   // rounds of the 1-setting, strategies and sweep requests, interleaved (medians)
 const MEMORY_BAND = 0.02; // of the 2× peak: the allocator's request-to-request spread
 const PPL_RTOL = 1e-4;
 const WEIGHT_ATOL = 1e-4;
@@ -408,12 +409,16 @@ async function kotaraRuns(o: Options, inputs: Inputs, s: SettingsUnderTest): Pro
   let closeSeconds: number;
   let intervals: unknown = null;
   try {
-    timed = [
-      await timedEvaluate(session, "warm-up (not timed)", inputs.warm.path, s.four, o),
-      await timedEvaluate(session, "1 setting", inputs.text1.path, s.one, o),
-      await timedEvaluate(session, `${s.four.length} strategies`, inputs.text1.path, s.four, o),
-      await timedEvaluate(session, `${s.sweep.length}-setting sweep`, inputs.text1.path, s.sweep, o),
-    ];
+    // three rounds of the three requests, interleaved; each figure the round with the median
+    // wall (one request of ~5 s moves by ±20 % on a shared machine: a single one misled once)
+    const warm = await timedEvaluate(session, "warm-up (not timed)", inputs.warm.path, s.four, o);
+    const rounds: Timed[][] = [[], [], []];
+    for (let r = 1; r <= (o.quick ? 1 : SPEED_ROUNDS); r++) {
+      rounds[0].push(await timedEvaluate(session, `1 setting, round ${r}`, inputs.text1.path, s.one, o));
+      rounds[1].push(await timedEvaluate(session, `${s.four.length} strategies, round ${r}`, inputs.text1.path, s.four, o));
+      rounds[2].push(await timedEvaluate(session, `${s.sweep.length}-setting sweep, round ${r}`, inputs.text1.path, s.sweep, o));
+    }
+    timed = [warm, ...rounds.map((xs) => [...xs].sort((a, b) => a.wall - b.wall)[(xs.length - 1) >> 1])];
     intervals = await intervalsCost({ session, path: inputs.text2.path, maxLength: o.maxLength, stride: o.stride, batchSize: o.batchSize,
       settings: s.sweep, rounds: o.quick ? 1 : 3, log, row });
   } finally {
