@@ -28,8 +28,8 @@ from .windows import window_bytes as windows_bytes
 
 @dataclass
 class Prepared:
-    """A pool request's text as windows (Server.prepared_windows), for its next shares."""
-    key: tuple
+    """A request's text as windows (Server.token_windows, Server.prepared_windows); a pool's
+    is kept for its next shares, under `key`."""
     windows: list
     positions: int                       # the stream's positions: tokens, or bytes
     seconds: float                       # reading and tokenizing it (reported by the first share only)
@@ -37,6 +37,7 @@ class Prepared:
     window_bytes: list | None = None
     text: bytes | None = None            # byte space
     view: pos.View | None = None
+    key: tuple | None = None
 
     def take_seconds(self) -> float:
         seconds, self.seconds = self.seconds, 0.0
@@ -177,29 +178,9 @@ class Server:
         bos_id = self.check_request(message)  # before tokenizing: fail fast
         asked = self.positions_request(message)
         reset_peak_memory()  # the request's peak: tokenizing and the pass
-        tokenize_started = time.perf_counter()
-        token_ids, text, token_ends = self.tokenize(self.read_dataset_text(data), data["path"])
-        try:
-            windows = plan_windows(len(token_ids), data["max_length"], data["stride"], bos=data["bos_per_window"])
-        except ValueError as e:
-            raise RequestError("bad_request", str(e)) from None
-        # each window's bytes of text (the paired bootstrap's weights), and the token
-        # view's spans; then the text goes
-        window_bytes = (windows_bytes(windows, text, token_ends) if token_ends is not None
-                        else self.decoded_window_bytes(windows, token_ids))
-        view = None
-        if asked is not None:
-            if token_ends is None:
-                self.status("warning: no token view: the tokenizer has no offset mapping (a Python tokenizer), "
-                            "so its tokens' places in the text are unknown")
-            else:
-                view = pos.Collector(pos.token_view(text, token_ends, asked[1]), asked[0], len(self.models))
-        del text, token_ends
-        # the fast tokenizer frees ~850 bytes a token that glibc would keep resident
-        # through the pass: hand them back (0.3 ms at 1.5k tokens, 2 ms at 25k), so the
-        # request's peak grows with the text by its ids alone (docs/benchmarks.md)
-        release_memory()
-        tokenize_seconds = time.perf_counter() - tokenize_started
+        prep = self.token_windows(data, asked[1] if asked is not None else None)
+        token_ids, windows, window_bytes, tokenize_seconds = prep.token_ids, prep.windows, prep.window_bytes, prep.seconds
+        view = pos.Collector(prep.view, asked[0], len(self.models)) if prep.view is not None else None
         resume = self.resume_sums(message)
         if resume is not None:
             try:
@@ -259,11 +240,7 @@ class Server:
         not apply: every window starts from each model's start token."""
         request_id = message["request_id"]
         data = message["dataset"]
-        self.check_settings(message)                       # before reading: fail fast
-        try:
-            byte_eval.check_byte_settings(message["settings"])
-        except ValueError as e:
-            raise RequestError("bad_request", str(e)) from None
+        self.check_byte_settings(message)                  # before reading: fail fast
         asked = self.positions_request(message)
         text, windows, tokenize_seconds = self.byte_windows(data)
         resume = self.resume_sums(message)
@@ -311,11 +288,7 @@ class Server:
             raise RequestError("bad_request", "a share of the windows cannot also resume (the controller holds the "
                                               "checkpoint)")
         if self.space == "bytes":
-            self.check_settings(message)
-            try:
-                byte_eval.check_byte_settings(message["settings"])
-            except ValueError as e:
-                raise RequestError("bad_request", str(e)) from None
+            self.check_byte_settings(message)
             bos_id = None
         else:
             bos_id = self.check_request(message)
@@ -368,8 +341,18 @@ class Server:
         if self.space == "bytes":
             text, windows, seconds = self.byte_windows(data)
             view = pos.byte_view(text, asked[1]) if asked is not None else None
-            self._prepared = Prepared(key, windows, len(text), seconds, text=text, view=view)
-            return self._prepared
+            prep = Prepared(windows, len(text), seconds, text=text, view=view)
+        else:
+            prep = self.token_windows(data, asked[1] if asked is not None else None)
+        prep.key = key
+        self._prepared = prep
+        return prep
+
+    def token_windows(self, data: dict, view_bytes: int | None = None) -> Prepared:
+        """A token-space request's stream-mode text, tokenized and cut into windows: each
+        window's bytes of text (the paired bootstrap's weights) and, when `view_bytes` is
+        given, the token view's spans; then the text goes. Shared by evaluate, fit and a
+        pool's shares. seconds: reading, tokenizing and cutting it."""
         started = time.perf_counter()
         token_ids, text, token_ends = self.tokenize(self.read_dataset_text(data), data["path"])
         try:
@@ -379,17 +362,19 @@ class Server:
         window_bytes = (windows_bytes(windows, text, token_ends) if token_ends is not None
                         else self.decoded_window_bytes(windows, token_ids))
         view = None
-        if asked is not None:
+        if view_bytes is not None:
             if token_ends is None:
                 self.status("warning: no token view: the tokenizer has no offset mapping (a Python tokenizer), "
                             "so its tokens' places in the text are unknown")
             else:
-                view = pos.token_view(text, token_ends, asked[1])
+                view = pos.token_view(text, token_ends, view_bytes)
         del text, token_ends
+        # the fast tokenizer frees ~850 bytes a token that glibc would keep resident
+        # through the pass: hand them back (0.3 ms at 1.5k tokens, 2 ms at 25k), so the
+        # request's peak grows with the text by its ids alone (docs/benchmarks.md)
         release_memory()
-        self._prepared = Prepared(key, windows, len(token_ids), time.perf_counter() - started, token_ids=token_ids,
-                                  window_bytes=window_bytes, view=view)
-        return self._prepared
+        return Prepared(windows, len(token_ids), time.perf_counter() - started, token_ids=token_ids,
+                        window_bytes=window_bytes, view=view)
 
     def generate(self, message: dict) -> None:
         """Fused generation (generate.py): every prompt of the request decoded together,
@@ -442,17 +427,8 @@ class Server:
         bos_id = self.check_request(message)            # before tokenizing: fail fast
         options = self.fit_options(message)
         reset_peak_memory()
-        tokenize_started = time.perf_counter()
-        token_ids, text, token_ends = self.tokenize(self.read_dataset_text(data), data["path"])
-        try:
-            windows = plan_windows(len(token_ids), data["max_length"], data["stride"], bos=data["bos_per_window"])
-        except ValueError as e:
-            raise RequestError("bad_request", str(e)) from None
-        window_bytes = (windows_bytes(windows, text, token_ends) if token_ends is not None
-                        else self.decoded_window_bytes(windows, token_ids))
-        del text, token_ends
-        release_memory()
-        tokenize_seconds = time.perf_counter() - tokenize_started
+        prep = self.token_windows(data)
+        token_ids, windows, window_bytes, tokenize_seconds = prep.token_ids, prep.windows, prep.window_bytes, prep.seconds
         collector = self.collector(sum(w.n_scored for w in windows), len(self.tokenizer), options,
                                    self.models[0].device)
         started = time.perf_counter()
@@ -472,11 +448,7 @@ class Server:
         """fit in byte space: the byte pass (byte_eval) with the same collector over the 257 outcomes."""
         request_id = message["request_id"]
         data = message["dataset"]
-        self.check_settings(message)
-        try:
-            byte_eval.check_byte_settings(message["settings"])
-        except ValueError as e:
-            raise RequestError("bad_request", str(e)) from None
+        self.check_byte_settings(message)
         options = self.fit_options(message)
         text, windows, tokenize_seconds = self.byte_windows(data)
         collector = self.collector(sum(w.n_scored for w in windows), byte_eval.VOCAB, options, "cpu")
@@ -598,6 +570,14 @@ class Server:
             raise RequestError("bad_request", "no models are loaded (send load first)")
         try:
             check_settings(message["settings"], len(self.models))
+        except ValueError as e:
+            raise RequestError("bad_request", str(e)) from None
+
+    def check_byte_settings(self, message: dict) -> None:
+        """check_settings, then what byte space refuses on top (byte_eval.check_byte_settings)."""
+        self.check_settings(message)
+        try:
+            byte_eval.check_byte_settings(message["settings"])
         except ValueError as e:
             raise RequestError("bad_request", str(e)) from None
 
