@@ -7,9 +7,8 @@ import { join } from "node:path";
 import { PROTOCOL_VERSION } from "../src/protocol.js";
 import { before, test } from "node:test";
 import { encode } from "@msgpack/msgpack";
-import { execa } from "execa";
 import { Worker } from "../src/worker.js";
-import { FAKE_PYTHON, KOTARA, PYTHON, alive, childPids, kotara, tempDir, tinyModels, waitFor, writeFile } from "./helpers.js";
+import { FAKE_PYTHON, PYTHON, alive, kotara, longText as longTextIn, startRun, tempDir, tinyModels, waitFor, writeFile } from "./helpers.js";
 
 let models: string;
 let work: string;
@@ -18,8 +17,7 @@ let longText: string;
 before(() => {
   models = tinyModels();
   work = tempDir();
-  // Long enough to interrupt: stride 8 makes ~700 windows of 64 tokens.
-  longText = writeFile(work, "long.txt", readFileSync(join(models, "text.txt"), "utf8").repeat(3));
+  longText = longTextIn(models, work);
 });
 
 function longConfig(name: string, stride = 8) {
@@ -31,13 +29,10 @@ function longConfig(name: string, stride = 8) {
 
 /** Start `kotara run` in the background and wait until its worker is evaluating. */
 async function startLongRun(name: string, env: Record<string, string> = {}) {
-  const child = execa(process.execPath, [KOTARA, "run", longConfig(name)], { reject: false, env, all: true });
-  let out = "";
-  child.all!.on("data", (d: Buffer) => (out += d.toString()));
-  await waitFor(() => /windows \d+\/\d+/.test(out), 60_000, `progress of ${name}`);
-  const [workerPid] = childPids(child.pid!);
+  const { child, pids, output } = await startRun(longConfig(name), env, 60_000);
+  const [workerPid] = pids;
   assert.ok(workerPid, "the worker is a child of the controller");
-  return { child, workerPid, output: () => out };
+  return { child, workerPid, output };
 }
 
 test("the worker killed with SIGKILL mid-run: the run fails at once, says so, keeps what was done", async () => {

@@ -130,3 +130,21 @@ export function windowedSums(o: { modelNll: number[][]; fusionNll: number[][]; f
     window_model_nll: wm, window_fusion_nll: wf,
   };
 }
+
+/** The tiny models' text three times, in `work`: with stride 8, ~700 windows of 64 tokens, long enough to interrupt a run. */
+export function longText(models: string, work: string): string {
+  return writeFile(work, "long.txt", readFileSync(join(models, "text.txt"), "utf8").repeat(3));
+}
+
+/**
+ * `kotara run CONFIG` in the background, returned once its progress shows (its workers are
+ * evaluating): the child, its worker processes (the controller's children) and its output so far.
+ */
+export async function startRun(cfg: string, env: Record<string, string>, deadlineMs: number) {
+  const child = execa(process.execPath, [KOTARA, "run", cfg], { reject: false, env, all: true });
+  let out = "";
+  child.all!.on("data", (d: Buffer) => (out += d.toString()));
+  await waitFor(() => /windows \d+\/\d+/.test(out), deadlineMs, `progress of ${cfg}`);
+  return { child, pids: childPids(child.pid!), output: () => out };
+}
+

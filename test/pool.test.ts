@@ -11,10 +11,9 @@ import assert from "node:assert/strict";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { before, test } from "node:test";
-import { execa } from "execa";
 import { openSession, type EvaluateOptions } from "../src/index.js";
 import { addShare, emptySums } from "../src/sums.js";
-import { KOTARA, alive, childPids, kotara, tempDir, tinyModels, waitFor, writeFile } from "./helpers.js";
+import { alive, kotara, longText as longTextIn, startRun, tempDir, tinyModels, waitFor, writeFile } from "./helpers.js";
 
 const ONE_THREAD = { OMP_NUM_THREADS: "1", MKL_NUM_THREADS: "1" };
 const TWO = [{ device: "cpu", threads: 1 }, { device: "cpu", threads: 1 }];
@@ -26,7 +25,7 @@ let longText: string;
 before(() => {
   models = tinyModels();
   work = tempDir();
-  longText = writeFile(work, "long.txt", readFileSync(join(models, "text.txt"), "utf8").repeat(3));
+  longText = longTextIn(models, work);
 });
 
 async function evaluateWith(refs: string[], workers: typeof TWO | null, opts: EvaluateOptions, space?: "bytes") {
@@ -118,13 +117,9 @@ const POOL3 = "[{ threads: 1 }, { threads: 1 }, { threads: 1 }]";
 
 /** `kotara run` in the background, once every worker of its pool is running and progress shows. */
 async function startPoolRun(cfg: string, workers: number) {
-  const child = execa(process.execPath, [KOTARA, "run", cfg], { reject: false, all: true, env: ONE_THREAD });
-  let out = "";
-  child.all!.on("data", (d: Buffer) => (out += d.toString()));
-  await waitFor(() => /windows \d+\/\d+/.test(out), 90_000, "progress");
-  const pids = childPids(child.pid!);
+  const { child, pids, output } = await startRun(cfg, ONE_THREAD, 90_000);
   assert.equal(pids.length, workers, "every worker is a child of the controller");
-  return { child, pids, output: () => out };
+  return { child, pids, output };
 }
 
 function numbers(path: string) {
