@@ -213,3 +213,25 @@ test("runtime.workers is checked entry by entry, as path: message lines", async 
   assert.equal(e.exitCode, 2);
   assert.match(e.stderr, /runtime\.workers: must list at least one worker/);
 });
+
+test("kotara eval --workers: each device checked as the config's entries (exit 2); --threads must be positive", async () => {
+  const base = ["eval", "--model_a", join(models, "gpt2-a"), "--model_b", join(models, "llama"), "--dataset_path", longText];
+  const bad = await kotara([...base, "--workers", "gpu,cpu"]);
+  assert.equal(bad.exitCode, 2, bad.stderr);
+  assert.match(bad.stderr, /runtime\.workers\[0\]\.device: must be auto, cpu, cuda, cuda:N or mps, got "gpu"/);
+  const zero = await kotara([...base, "--workers", "cpu,cpu", "--threads", "0"]);
+  assert.equal(zero.exitCode, 2, zero.stderr);
+  assert.match(zero.stderr, /--threads must be a positive integer, got "0"/);
+});
+
+test("a worker of the pool that cannot start fails the run naming its entry (exit 1), with no metrics", async () => {
+  // a remote entry where nothing listens: no answer within the connect deadline
+  const key = join(work, "unused.key");
+  const made = await kotara(["keygen", key]);
+  assert.equal(made.exitCode, 0, made.stderr);
+  const cfg = poolConfig("no-listener", `[{ threads: 1 }, { connect: "tcp://127.0.0.1:9", key_file: ${key} }]`);
+  const r = await kotara(["run", cfg, "--quiet"], { env: { ...ONE_THREAD, KOTARA_CONNECT_TIMEOUT_MS: "1500" } });
+  assert.equal(r.exitCode, 1, r.stderr);
+  assert.match(r.stderr, /^kotara: runtime\.workers\[1\]: no answer from tcp:\/\/127\.0\.0\.1:9 within 1\.5s: is `kotara worker --listen` running there/m);
+  assert.ok(!existsSync(join(work, "no-listener.json")));
+});
